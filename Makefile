@@ -1,0 +1,24 @@
+# Set-up and everyday commands. `make test` and `make demo` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch lies on these machines' disk; installing it first keeps pip
+# from pulling a multi-GB CUDA build to satisfy the package's torch requirement.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv test demo bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+test: venv
+	$(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

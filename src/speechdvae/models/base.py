@@ -1,0 +1,101 @@
+"""The DVAE interface: what training, resynthesis, generation and enhancement rely on.
+
+Every model maps a power spectrogram s of shape (B, T, F) to
+  * a posterior q(z | s) (and q(w | s) for hierarchical models)  -> `infer`
+  * a decoder log-variance log v_s and a prior p(z_t | ...)       -> `decode`
+so callers never branch on the model type. Autoregressive models take a `feedback`
+probability: 0 feeds the true past s_{1:t-1} (teacher forcing, "GT"), 1 feeds the model's own
+past outputs (generation, "GEN", eq. 31 of the SE paper), values in between give scheduled
+sampling. Tensors are batch-first everywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, sample: bool) -> torch.Tensor:
+    """mean + eps * exp(logvar / 2) when sampling, else (a copy of) the mean."""
+    if not sample:
+        return mean.clone()
+    return mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+
+
+@dataclass
+class Posterior:
+    """Output of `infer`: samples (or means) and Gaussian parameters of q."""
+
+    z: torch.Tensor                      # (B, T, Lz)
+    z_mean: torch.Tensor
+    z_logvar: torch.Tensor
+    w: torch.Tensor | None = None        # (B, Lw) for hierarchical models
+    w_mean: torch.Tensor | None = None
+    w_logvar: torch.Tensor | None = None
+    cache: dict = field(default_factory=dict)  # model-private intermediate results reused by decode
+
+
+@dataclass
+class Decoded:
+    """Output of `decode`: speech log-variance and the prior over z under the same past."""
+
+    y_logvar: torch.Tensor               # (B, T, F)
+    prior_mean: torch.Tensor             # (B, T, Lz); zeros for an i.i.d. standard normal prior
+    prior_logvar: torch.Tensor
+
+
+class DVAE(nn.Module):
+    """Base class of all speech priors. Subclasses set the class attributes and implement
+    `infer`, `decode`, `sample_prior` and `encoder_modules`."""
+
+    name: ClassVar[str] = "dvae"
+    autoregressive: ClassVar[bool] = False
+    hierarchical: ClassVar[bool] = False
+
+    def __init__(self, x_dim: int = 513, z_dim: int = 16) -> None:
+        super().__init__()
+        self.x_dim = x_dim
+        self.z_dim = z_dim
+
+    # -- the interface -------------------------------------------------------------------
+    def infer(self, s: torch.Tensor, sample: bool = True) -> Posterior:
+        """q(z | s) (and q(w | s)); with sample=False every sample is replaced by its mean."""
+        raise NotImplementedError
+
+    def decode(self, post: Posterior, s: torch.Tensor | None = None, feedback: float = 0.0) -> Decoded:
+        """v_s and p(z_t | ...) given the latents of `post`; `s` is the true past for AR models."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample_prior(self, batch: int, frames: int) -> torch.Tensor:
+        """Ancestral sampling from the generative model: speech variances (batch, frames, F)."""
+        raise NotImplementedError
+
+    def encoder_modules(self) -> list[nn.Module]:
+        """The modules of the inference network, fine-tuned in the VEM E-step."""
+        raise NotImplementedError
+
+    # -- shared behaviour ----------------------------------------------------------------
+    def forward(self, s: torch.Tensor, sample: bool = True, feedback: float = 0.0) -> tuple[Posterior, Decoded]:
+        post = self.infer(s, sample=sample)
+        return post, self.decode(post, s if self.autoregressive else None, feedback=feedback)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        seen: set[int] = set()
+        params = []
+        for module in self.encoder_modules():
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def standard_prior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of an i.i.d. N(0, I) prior shaped like z."""
+        return torch.zeros_like(z), torch.zeros_like(z)
