@@ -24,7 +24,42 @@ def build_parser() -> argparse.ArgumentParser:
     open_corpus.add_arguments(data_sub.add_parser(
         "open", help="download and convert the open speech + noise corpus from Debian packages",
         description=open_corpus.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+
+    from .data import corpora
+    scan = data_sub.add_parser(
+        "scan", help="list a corpus you own (wsj0, voicebank, librispeech, folder) into manifests",
+        description="Scan a corpus folder in its published layout and write one JSONL manifest per split "
+                    "(noisy VoiceBank-DEMAND files go to <split>_noisy.jsonl).")
+    scan.add_argument("corpus", choices=sorted(corpora.CORPORA))
+    scan.add_argument("root", help="corpus root folder")
+    scan.add_argument("-o", "--output", required=True, metavar="MANIFEST_DIR")
+    scan.add_argument("--split", default="test", help="folder: split of every file (default: test)")
+    scan.add_argument("--language", default="und", help="folder: language code (default: und)")
+    scan.add_argument("--subsets", nargs="+", metavar="SUBSET", help="librispeech: e.g. train-clean-100 dev-clean")
+    scan.add_argument("--train-set", choices=["28spk", "56spk"],
+                      help="voicebank: training set (default: 28spk if present)")
+    scan.add_argument("--materialize", metavar="DIR",
+                      help="also write 16 kHz mono FLAC copies here and point the manifests at them")
+    scan.set_defaults(func=_data_scan)
     return parser
+
+
+def _data_scan(args: argparse.Namespace) -> int:
+    """`speechdvae data scan`: corpus folder -> one manifest per split."""
+    from .audio import AudioError
+    from .data import corpora
+    from .data.manifest import format_summary, summarize
+    options = {"folder": {"split": args.split, "language": args.language},
+               "librispeech": {"subsets": args.subsets},
+               "voicebank": {"train_set": args.train_set}}.get(args.corpus, {})
+    try:
+        result = corpora.scan(args.corpus, args.root, **options)
+        records = corpora.materialize(result.records, args.materialize) if args.materialize else result.records
+        written = corpora.write_manifests(records, args.output, result.skipped)
+    except (corpora.CorpusError, AudioError) as err:
+        raise UserError(str(err)) from err
+    print(format_summary(summarize(records), title=f"{args.corpus} -> {', '.join(map(str, written.values()))}"))
+    return 0
 
 
 def _version() -> str:

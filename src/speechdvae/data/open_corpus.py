@@ -1,0 +1,420 @@
+"""Build the open speech + noise corpus from Debian packages.
+
+Speech: studio phone prompts (asterisk, G.722), spoken stamp names (tuxpaint), letters and
+words (klettres, ktuberling). Noise: ambience loops (ufoai, 0ad). Each package is fetched
+with `apt-get download` and unpacked with `dpkg-deb` (nothing is installed), every file is
+converted to 16 kHz mono FLAC, noisy speech recordings are dropped, and JSONL manifests are
+written per split:
+
+  ROOT/manifests/speech_{train,valid,valid_unseen,test}.jsonl
+  ROOT/manifests/noise_{train,valid,test}.jsonl
+  ROOT/manifests/rejected.jsonl   (undecodable files and noisy recordings, with the reason)
+
+Splits: train/valid = asterisk en, es, it; tuxpaint fr ca bg es be da lt nl; klettres and
+ktuberling in every language but ro, el, ru (10 % of each source held out for validation by a
+hash of the file name). Test = asterisk fr + tuxpaint ro. valid_unseen = tuxpaint el, an unseen
+speaker. Noise is split by recording (never by segment) into train (supervised baseline only),
+valid and test, within each noise type.
+
+The build is idempotent and resumable: finished conversions are logged in ROOT/cache and never
+redone; a second run only rewrites identical manifests.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from .. import audio
+from ..io import atomic_path
+from .manifest import format_summary, summarize, write_manifest
+
+NOISE_FLOOR_MAX_DB = -45.0
+VALID_FRACTION = 0.10
+
+TUXPAINT_TRAIN = ("fr", "ca", "bg", "es", "be", "da", "lt", "nl")
+KDE_EXCLUDED = ("ro", "el", "ru")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One audio file inside an unpacked package, and where it belongs."""
+
+    id: str
+    locator: str            # a file path, or "ZIP::MEMBER" for a member of a zip archive
+    codec: str              # "g722" or "soundfile"
+    kind: str               # "speech" or "noise"
+    speaker: str
+    language: str
+    split: str
+    noise_type: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Package:
+    name: str
+    lister: Callable[[Path], Iterator[Source]]
+    members: tuple[str, ...] = ()    # extract only these paths (large packages)
+
+
+# -- splits --------------------------------------------------------------------------------
+
+def _held_out(key: str, fraction: float = VALID_FRACTION) -> bool:
+    """Deterministic pseudo-random choice, stable across machines and runs."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _train_or_valid(key: str) -> str:
+    return "valid" if _held_out(key) else "train"
+
+
+# -- speech packages -----------------------------------------------------------------------
+
+def _asterisk(lang: str) -> Callable[[Path], Iterator[Source]]:
+    def lister(root: Path) -> Iterator[Source]:
+        for path in sorted(root.glob("usr/share/asterisk/sounds/*/**/*.g722")):
+            rel = path.relative_to(root / "usr/share/asterisk/sounds")
+            if "silence" in rel.parts:   # digital silence used as padding by Asterisk
+                continue
+            voice = "asterisk/" + rel.parts[0].rsplit("_", 1)[-1]   # es_MX_f_Allison is en's Allison
+            sid = f"asterisk-{lang}/" + str(rel.with_suffix(""))
+            split = "test" if lang == "fr" else _train_or_valid(sid)
+            yield Source(sid, str(path), "g722", "speech", voice, lang, split)
+    return lister
+
+
+def _tuxpaint(root: Path) -> Iterator[Source]:
+    pattern = re.compile(r"^(?P<stem>.+)_desc_(?P<lang>[a-z]{2,3})\.ogg$")
+    for path in sorted(root.glob("usr/share/tuxpaint/stamps/**/*_desc_*.ogg")):
+        m = pattern.match(path.name)
+        if not m:
+            continue
+        lang = m["lang"]
+        sid = "tuxpaint/" + str(path.relative_to(root / "usr/share/tuxpaint/stamps").with_suffix(""))
+        if lang in TUXPAINT_TRAIN:
+            split = _train_or_valid(sid)
+        elif lang == "ro":
+            split = "test"
+        elif lang == "el":
+            split = "valid_unseen"
+        else:
+            continue
+        yield Source(sid, str(path), "soundfile", "speech", f"tuxpaint-{lang}", lang, split)
+
+
+def _kde_lister(package: str, base: str, lang_depth: int) -> Callable[[Path], Iterator[Source]]:
+    """klettres (BASE/<lang>/<set>/x.ogg) and ktuberling (BASE/<lang>/x.ogg), minus excluded languages."""
+    def lister(root: Path) -> Iterator[Source]:
+        base_dir = root / base
+        for path in sorted(base_dir.rglob("*")):
+            if path.suffix.lower() not in (".ogg", ".wav", ".opus") or not path.is_file():
+                continue
+            rel = path.relative_to(base_dir)
+            if len(rel.parts) != lang_depth + 1:
+                continue
+            lang = rel.parts[0]
+            if lang in KDE_EXCLUDED or "@" in lang:   # sr@latin etc. duplicate sr
+                continue
+            sid = f"{package}/" + str(rel.with_suffix(""))
+            yield Source(sid, str(path), "soundfile", "speech", f"{package}-{lang}", lang, _train_or_valid(sid))
+    return lister
+
+
+# -- noise packages ------------------------------------------------------------------------
+
+UFOAI_TYPES = {
+    "machinery": ("alien-device", "alien-generator", "alien-ventilation", "alien_engine", "alienenergy",
+                  "alienmachinery", "alienpowermachinery", "droning_long", "droning_short", "engine_alien_big",
+                  "engine_alien_medium", "engine_alien_small", "hum", "lights_loop", "machine", "minepump",
+                  "steam", "wind_turbine"),
+    "fire": ("fire", "firesoft", "smallfire"),
+    "water": ("alienbase-bubbles", "water", "waterfontain"),
+    "weather": ("arcticwind", "thunder"),
+}
+OAD_TYPES = {"building": "crowd", "dayscape": "nature", "water": "water", "weather": "weather"}
+
+
+def recording_group(name: str) -> str:
+    """Recording a file belongs to: numbered variants (fire03, amb_farm_12) share one group."""
+    return re.sub(r"[_-]?\d+$", "", name)
+
+
+def _ufoai(root: Path) -> Iterator[Source]:
+    for pk3 in sorted(root.glob("usr/share/games/ufoai/base/0snd.pk3")):
+        with zipfile.ZipFile(pk3) as z:
+            names = sorted(n for n in z.namelist() if n.startswith("sound/ambience/") and n.endswith(".ogg"))
+        for member in names:
+            stem = Path(member).stem
+            group = recording_group(stem)
+            ntype = next((t for t, groups in UFOAI_TYPES.items() if group in groups), None)
+            if ntype is None:
+                continue
+            yield Source(f"ufoai/{stem}", f"{pk3}::{member}", "soundfile", "noise", f"ufoai/{group}", "none",
+                         "", ntype)
+
+
+def _0ad(root: Path) -> Iterator[Source]:
+    for archive in sorted(root.glob("usr/share/games/0ad/mods/public/public.zip")):
+        with zipfile.ZipFile(archive) as z:
+            names = sorted(n for n in z.namelist() if n.startswith("audio/ambient/") and n.endswith(".ogg"))
+        for member in names:
+            folder, stem = Path(member).parent.name, Path(member).stem
+            ntype = OAD_TYPES.get(folder)
+            if ntype is None:
+                continue
+            group = recording_group(stem)
+            yield Source(f"0ad/{folder}/{stem}", f"{archive}::{member}", "soundfile", "noise", f"0ad/{group}",
+                         "none", "", ntype)
+
+
+PACKAGES = (
+    Package("asterisk-core-sounds-en-g722", _asterisk("en")),
+    Package("asterisk-core-sounds-es-g722", _asterisk("es")),
+    Package("asterisk-core-sounds-it-g722", _asterisk("it")),
+    Package("asterisk-core-sounds-fr-g722", _asterisk("fr")),
+    Package("tuxpaint-stamps-default", _tuxpaint),
+    Package("klettres-data", _kde_lister("klettres", "usr/share/klettres", 2)),
+    Package("ktuberling-data", _kde_lister("ktuberling", "usr/share/ktuberling/sounds", 1)),
+    Package("ufoai-sound", _ufoai),
+    Package("0ad-data", _0ad, members=("./usr/share/games/0ad/mods/public/public.zip",)),
+)
+
+
+def split_noise_by_recording(sources: list[Source]) -> tuple[list[Source], list[str]]:
+    """Assign each noise recording group to test / valid / train within its noise type.
+
+    About a quarter of the groups of a type go to test and a quarter to valid (at least one
+    each), the rest to train; types with fewer than three groups are dropped (returned as notes).
+    """
+    by_type: dict[str, dict[str, list[Source]]] = {}
+    for s in sources:
+        by_type.setdefault(s.noise_type, {}).setdefault(s.speaker, []).append(s)
+    out, notes = [], []
+    for ntype, groups in sorted(by_type.items()):
+        names = sorted(groups, key=lambda g: hashlib.sha256(g.encode()).hexdigest())
+        if len(names) < 3:
+            notes.append(f"noise type {ntype!r} dropped: only {len(names)} recording(s)")
+            continue
+        n_test = max(1, round(0.25 * len(names)))
+        n_valid = max(1, round(0.25 * len(names)))
+        for i, group in enumerate(names):
+            split = "test" if i < n_test else "valid" if i < n_test + n_valid else "train"
+            out.extend(dataclasses.replace(s, split=split) for s in groups[group])
+    return out, notes
+
+
+# -- fetching ------------------------------------------------------------------------------
+
+def fetch_package(pkg: Package, root: Path) -> Path:
+    """Download (apt-get download) and unpack (dpkg-deb) a package once; returns the unpacked tree."""
+    debs, unpacked = root / "debs", root / "unpacked" / pkg.name
+    if unpacked.is_dir():
+        return unpacked
+    debs.mkdir(parents=True, exist_ok=True)
+    deb = next(iter(sorted(debs.glob(f"{pkg.name}_*.deb"))), None)
+    if deb is None:
+        with tempfile.TemporaryDirectory(dir=debs) as tmp:
+            _run(["apt-get", "download", pkg.name], cwd=tmp)
+            downloaded = next(Path(tmp).glob(f"{pkg.name}_*.deb"))
+            deb = debs / downloaded.name
+            os.replace(downloaded, deb)
+    unpacked.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(dir=unpacked.parent, prefix=f".{pkg.name}."))
+    try:
+        if pkg.members:
+            tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+            _run(["tar", "-x", "-C", str(tmp_dir), *pkg.members], stdin=tar.stdout)
+            if tar.wait() != 0:
+                raise RuntimeError(f"dpkg-deb failed on {deb}")
+        else:
+            _run(["dpkg-deb", "-x", str(deb), str(tmp_dir)])
+        os.replace(tmp_dir, unpacked)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+    return unpacked
+
+
+def _run(cmd: list[str], **kw) -> None:
+    try:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    except FileNotFoundError as err:
+        raise RuntimeError(f"`{cmd[0]}` is not available: the open corpus needs a Debian system "
+                           "(apt-get, dpkg-deb, tar)") from err
+    except subprocess.CalledProcessError as err:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed: {err.stderr.decode(errors='replace').strip()}") from err
+
+
+# -- conversion ----------------------------------------------------------------------------
+
+def decode(source: Source) -> tuple[np.ndarray, int]:
+    """Decode a source file to mono float32 at its own rate."""
+    if source.codec == "g722":
+        from G722 import G722
+        pcm = np.asarray(G722(16000, 64000).decode(Path(source.locator).read_bytes()), dtype=np.int16)
+        if pcm.size == 0:
+            raise audio.AudioError(f"{source.locator}: empty G.722 stream")
+        return pcm.astype(np.float32) / 32768.0, 16000
+    if "::" in source.locator:
+        archive, member = source.locator.split("::", 1)
+        with zipfile.ZipFile(archive) as z:
+            data = io.BytesIO(z.read(member))
+        x, sr = sf.read(data, dtype="float32", always_2d=True)
+    else:
+        x, sr = sf.read(source.locator, dtype="float32", always_2d=True)
+    if x.shape[0] == 0:
+        raise audio.AudioError(f"{source.locator}: no samples")
+    return audio.to_mono(x), sr
+
+
+def convert(source: Source, out_path: str) -> dict:
+    """Decode, resample to 16 kHz, screen the noise floor (speech) and write FLAC; returns a cache entry."""
+    entry = {"id": source.id}
+    try:
+        x, sr = decode(source)
+        x = audio.resample(x, sr, audio.SAMPLE_RATE)
+        if not np.all(np.isfinite(x)) or not np.any(x):
+            raise audio.AudioError("silent or non-finite audio")
+        floor = audio.noise_floor_db(x)
+        entry.update(duration=len(x) / audio.SAMPLE_RATE, noise_floor_db=round(floor, 2), source_sr=sr)
+        if source.kind == "speech" and floor > NOISE_FLOOR_MAX_DB:
+            entry.update(status="rejected", reason=f"noise floor {floor:.1f} dB > {NOISE_FLOOR_MAX_DB:.0f} dB")
+            return entry
+        audio.write_audio(out_path, x, audio.SAMPLE_RATE, subtype="PCM_16")
+        entry.update(status="ok", sha256=hashlib.sha256(Path(out_path).read_bytes()).hexdigest())
+    except Exception as err:  # one bad file must never stop the build
+        entry.update(status="failed", reason=f"{type(err).__name__}: {err}")
+    return entry
+
+
+def _read_cache(path: Path) -> dict[str, dict]:
+    """Entries of an append-only cache log; a torn last line (interrupted run) is ignored."""
+    entries = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            entries[e["id"]] = e
+    return entries
+
+
+def convert_package(pkg: Package, sources: list[Source], root: Path, workers: int) -> dict[str, dict]:
+    """Convert every source not already done; results are appended to ROOT/cache/PKG.jsonl."""
+    cache_path = root / "cache" / f"{pkg.name}.jsonl"
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    done = _read_cache(cache_path)
+    todo = [s for s in sources if s.id not in done]
+    if todo:
+        with open(cache_path, "a") as log, ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(convert, s, str(audio_path(root, s))) for s in todo]
+            for fut in tqdm(futures, desc=pkg.name, unit="file", leave=False):
+                entry = fut.result()
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                done[entry["id"]] = entry
+    return done
+
+
+def audio_path(root: Path, source: Source) -> Path:
+    return root / source.kind / (source.id + ".flac")
+
+
+# -- the build -----------------------------------------------------------------------------
+
+def build(root: str | os.PathLike, workers: int | None = None, packages: tuple[Package, ...] = PACKAGES) -> dict:
+    """Fetch, convert and describe the whole open corpus under `root`; returns the statistics."""
+    root = Path(root)
+    workers = workers or os.cpu_count() or 1
+    start = time.time()
+    speech, noise, rejected, notes = [], [], [], []
+    for pkg in packages:
+        tree = fetch_package(pkg, root)
+        sources = list(pkg.lister(tree))
+        if not sources:
+            notes.append(f"{pkg.name}: no usable files found")
+            continue
+        if sources[0].kind == "noise":
+            sources, type_notes = split_noise_by_recording(sources)
+            notes += type_notes
+        entries = convert_package(pkg, sources, root, workers)
+        for s in sources:
+            e = entries[s.id]
+            if e["status"] != "ok":
+                rejected.append({"id": s.id, "source": s.locator, "status": e["status"], "reason": e["reason"]})
+                continue
+            record = {"id": s.id, "path": str(audio_path(root, s)), "duration": round(e["duration"], 4),
+                      "speaker": s.speaker, "language": s.language, "split": s.split, "sha256": e["sha256"],
+                      "corpus": pkg.name, "noise_floor_db": e["noise_floor_db"]}
+            if s.kind == "noise":
+                record["noise_type"] = s.noise_type
+                noise.append(record)
+            else:
+                speech.append(record)
+    manifests = root / "manifests"
+    for kind, records, splits in (("speech", speech, ("train", "valid", "valid_unseen", "test")),
+                                  ("noise", noise, ("train", "valid", "test"))):
+        for split in splits:
+            write_manifest(manifests / f"{kind}_{split}.jsonl", [r for r in records if r["split"] == split])
+    write_manifest(manifests / "rejected.jsonl", [dict(r, path=None) for r in rejected])
+    stats = {"speech": summarize(speech), "noise": summarize(noise),
+             "noise_types": _count_types(noise), "rejected": _count_reasons(rejected),
+             "notes": notes, "seconds": round(time.time() - start, 1)}
+    with atomic_path(manifests / "summary.json") as tmp:
+        tmp.write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def _count_types(noise: list[dict]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for r in noise:
+        counts.setdefault(r["noise_type"], {}).setdefault(r["split"], 0)
+        counts[r["noise_type"]][r["split"]] += 1
+    return dict(sorted(counts.items()))
+
+
+def _count_reasons(rejected: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rejected:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return counts
+
+
+def format_report(stats: dict) -> str:
+    lines = [format_summary(stats["speech"], "Speech"), format_summary(stats["noise"], "Noise (speakers = recordings)"),
+             "Noise files per type and split: " + json.dumps(stats["noise_types"]),
+             "Rejected files: " + (json.dumps(stats["rejected"]) or "none")]
+    lines += stats["notes"]
+    lines.append(f"Build time: {stats['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", required=True, type=Path, help="folder to build the corpus in")
+    parser.add_argument("--workers", type=int, default=None, help="conversion processes (default: all cores)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    stats = build(args.root, workers=args.workers)
+    print(format_report(stats))
+    print(f"Manifests: {args.root / 'manifests'}")
+    return 0

@@ -1,0 +1,133 @@
+"""Training data: fixed-length power-spectrogram sequences, computed once and memory-mapped.
+
+Preprocessing follows the papers: trim leading/trailing silence (30 dB), normalise each file by
+its peak, power STFT; then each file is cut into non-overlapping sequences of T frames (the
+remainder is dropped), or, with `random_crop`, one random T-frame window per such sequence slot is
+drawn anew each epoch. The spectrograms of all files are stored back to back in one float32
+file of shape (frames, 513) under the cache folder, keyed by the manifest content and the
+preprocessing settings, so a second run (or another process) reuses them at no cost.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .. import audio, stft
+from ..io import atomic_path, write_json_atomic
+from .manifest import read_manifest
+
+CACHE_VERSION = 1
+
+
+def preprocess(x: np.ndarray, trim: bool = True) -> np.ndarray:
+    """Trim + peak-normalise a 16 kHz waveform and return its power spectrogram (T, F) float32."""
+    if trim:
+        x = audio.trim(x)
+    x = audio.peak_normalize(x)
+    spec = stft.power_spectrogram(torch.from_numpy(np.asarray(x, dtype=np.float64)))
+    return spec.to(torch.float32).numpy()
+
+
+class SpectrogramCache:
+    """All spectrograms of a manifest, back to back in one memory-mapped (frames, F) array."""
+
+    def __init__(self, manifest: str | os.PathLike, cache_dir: str | os.PathLike, trim: bool = True,
+                 show_progress: bool = True) -> None:
+        records = read_manifest(manifest)
+        key = hashlib.sha256(json.dumps({
+            "version": CACHE_VERSION, "trim": trim, "n_fft": stft.N_FFT, "hop": stft.HOP_LENGTH,
+            "files": [(r["id"], r.get("sha256") or r["path"]) for r in records]}).encode()).hexdigest()[:16]
+        self.folder = Path(cache_dir) / f"{Path(manifest).stem}-{key}"
+        if not (self.folder / "index.json").is_file():
+            self._build(records, trim, show_progress)
+        index = json.loads((self.folder / "index.json").read_text())
+        self.ids: list[str] = index["ids"]
+        self.offsets = np.asarray(index["offsets"], dtype=np.int64)
+        self.lengths = np.asarray(index["lengths"], dtype=np.int64)
+        self.skipped: list[str] = index["skipped"]
+        total = int(self.lengths.sum())
+        self.frames = np.memmap(self.folder / "spec.f32", dtype=np.float32, mode="r",
+                                shape=(total, stft.N_FREQ)) if total else np.zeros((0, stft.N_FREQ), np.float32)
+
+    def _build(self, records: list[dict], trim: bool, show_progress: bool) -> None:
+        from tqdm import tqdm
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ids, lengths, skipped = [], [], []
+        with atomic_path(self.folder / "spec.f32") as tmp, open(tmp, "wb") as f:
+            for r in tqdm(records, desc=f"spectrograms {self.folder.name}", unit="file", disable=not show_progress):
+                try:
+                    x, _ = audio.read_audio(r["path"])
+                    spec = preprocess(x, trim)
+                except (audio.AudioError, ValueError) as err:
+                    skipped.append(f"{r['id']}: {err}")
+                    continue
+                f.write(spec.tobytes())
+                ids.append(r["id"])
+                lengths.append(spec.shape[0])
+        if skipped:
+            warnings.warn(f"{len(skipped)} file(s) skipped while computing spectrograms, e.g. {skipped[0]}")
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist() if lengths else []
+        write_json_atomic(self.folder / "index.json",
+                          {"ids": ids, "offsets": offsets, "lengths": lengths, "skipped": skipped})
+
+
+class SequenceDataset:
+    """T-frame sequences of a SpectrogramCache, served as whole (B, T, F) batches.
+
+    Batches are gathered with one fancy-indexing read of the memory map, which is much faster
+    than collating items one by one. `rank`/`world_size` shard the sequences for DDP.
+    """
+
+    def __init__(self, cache: SpectrogramCache, seq_len: int, random_crop: bool = False) -> None:
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be positive, got {seq_len}")
+        self.cache = cache
+        self.seq_len = seq_len
+        self.random_crop = random_crop
+        n_chunks = cache.lengths // seq_len
+        self.file_of = np.repeat(np.arange(len(n_chunks)), n_chunks)
+        chunk_in_file = np.concatenate([np.arange(n) for n in n_chunks]) if len(n_chunks) else np.zeros(0, int)
+        self.starts = cache.offsets[self.file_of] + chunk_in_file * seq_len
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def frames(self) -> int:
+        return len(self) * self.seq_len
+
+    def sequence_starts(self, rng: np.random.Generator | None) -> np.ndarray:
+        """Start frame of every sequence: fixed chunks, or random windows inside the same files."""
+        if not self.random_crop or rng is None:
+            return self.starts
+        files = self.file_of
+        span = self.cache.lengths[files] - self.seq_len
+        return self.cache.offsets[files] + (rng.random(len(files)) * (span + 1)).astype(np.int64)
+
+    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+                rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                skip: int = 0) -> Iterator[torch.Tensor]:
+        """Yield (B, T, F) float32 tensors; the order depends only on (seed, epoch), so it can resume.
+
+        `skip` batches are skipped without being read (resuming mid-epoch).
+        """
+        rng = np.random.default_rng([seed, epoch])
+        starts = self.sequence_starts(rng)
+        order = rng.permutation(len(starts)) if shuffle else np.arange(len(starts))
+        order = order[: len(order) - len(order) % world_size][rank::world_size]  # equal shares for DDP
+        n_batches = len(order) // batch_size if drop_last else -(-len(order) // batch_size)
+        window = np.arange(self.seq_len)
+        for b in range(skip, n_batches):
+            idx = starts[order[b * batch_size:(b + 1) * batch_size]]
+            yield torch.from_numpy(np.ascontiguousarray(self.cache.frames[idx[:, None] + window]))
+
+    def num_batches(self, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
+        n = len(self) // world_size
+        return n // batch_size if drop_last else -(-n // batch_size)
