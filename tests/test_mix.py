@@ -17,9 +17,7 @@ from speechdvae.data.manifest import read_manifest, sha256_file, write_manifest
 from speechdvae.data.mix import (MANIFEST_NAME, build_mixtures, mix_at_snr, mix_from_official, plan_mixtures,
                                  read_official_list)
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "official-dvae-se"
 LSB = 1 / 32768
-needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(), reason="../shared/official-dvae-se is absent")
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -222,24 +220,23 @@ def test_unreadable_speech_file_is_skipped_and_reported(corpus, tmp_path, caplog
 
 # ------------------------------------------------------------------------------------- official lists
 
-@needs_official
-def test_read_official_lists():
-    wsj = read_official_list(OFFICIAL / "wsj_test.json", "/n", "/c")
+def test_read_official_lists(official_dir):
+    wsj = read_official_list(official_dir / "wsj_test.json", "/n", "/c")
     assert len(wsj) == 651
     assert wsj[0] == {"id": "440c0201", "path": "/n/440c0201_CAFE-CAFE-2_0.wav", "clean_path": "/c/440/440c0201.wav",
                       "duration": 5.725, "speaker": "440", "language": "en", "split": "test",
                       "noise_type": "CAFE-CAFE-2", "snr": 0.0, "noise_start": 2295104}
     assert {r["snr"] for r in wsj} == {-5.0, 0.0, 5.0}
-    vb = read_official_list(OFFICIAL / "vb_test.json", "/n", "/c")
+    vb = read_official_list(official_dir / "vb_test.json", "/n", "/c")
     assert len(vb) == 824 and vb[0]["path"] == "/n/p257_001_16k.wav" and vb[0]["snr"] == 17.5
     assert {r["snr"] for r in vb} == {2.5, 7.5, 12.5, 17.5} and all(isinstance(r["snr"], float) for r in vb)
     assert not any("noise_start" in r or "{" in r["path"] + r["clean_path"] for r in vb)
 
 
 @pytest.fixture
-def official_excerpt(tmp_path: Path) -> tuple[Path, Path, Path, dict]:
+def official_excerpt(official_dir: Path, tmp_path: Path) -> tuple[Path, Path, Path, dict]:
     """Three real wsj_test.json entries over fake WSJ0 (16 kHz) and QUT-NOISE (48 kHz stereo) trees."""
-    entries = dict(list(json.loads((OFFICIAL / "wsj_test.json").read_text()).items())[:3])
+    entries = dict(list(json.loads((official_dir / "wsj_test.json").read_text()).items())[:3])
     clean_root, noise_root = tmp_path / "wsj0", tmp_path / "qut"
     for i, (key, entry) in enumerate(entries.items()):
         entry["length"], entry["noise_start"] = 1.0 + 0.2 * i, 4000 + 9000 * i
@@ -253,7 +250,6 @@ def official_excerpt(tmp_path: Path) -> tuple[Path, Path, Path, dict]:
     return json_path, clean_root, noise_root, entries
 
 
-@needs_official
 def test_mix_from_official_regenerates_the_listed_mixtures(official_excerpt, tmp_path):
     json_path, clean_root, noise_root, entries = official_excerpt
     out = tmp_path / "out"
@@ -272,7 +268,6 @@ def test_mix_from_official_regenerates_the_listed_mixtures(official_excerpt, tmp
         assert loudness(clean) - loudness(added) == pytest.approx(entry["snr"], abs=0.1)
 
 
-@needs_official
 def test_official_segment_past_the_noise_end_is_skipped(official_excerpt, tmp_path, caplog):
     json_path, clean_root, noise_root, entries = official_excerpt
     first = next(iter(entries))

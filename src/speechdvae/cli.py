@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
         "open", help="download and convert the open speech + noise corpus from Debian packages",
         description=open_corpus.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
 
+    from .data import mix
+    mix.add_arguments(data_sub.add_parser(
+        "mix", help="make noisy mixtures at BS.1770 loudness SNRs, or regenerate the official WSJ0-QUT set",
+        description=mix.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+
     from .data import corpora
     scan = data_sub.add_parser(
         "scan", help="list a corpus you own (wsj0, voicebank, librispeech, folder) into manifests",

@@ -59,12 +59,12 @@ class DKF(DVAE):
     def infer(self, s: torch.Tensor, sample: bool = True) -> Posterior:
         g = run_lstm(self.x_rnn, self.x_mlp(s), backward=True)
         z_prev = s.new_zeros(s.shape[0], self.z_dim)
-        zs, means, logvars = [], [], []
+        steps = []
         for g_t in g.unbind(1):
             mean, logvar = self.posterior((self.combiner_mlp(z_prev) + g_t) / 2)
             z_prev = reparameterize(mean, logvar, sample)
-            zs.append(z_prev), means.append(mean), logvars.append(logvar)
-        return Posterior(stack_steps(zs), stack_steps(means), stack_steps(logvars), cache={"g": g})
+            steps.append((z_prev, mean, logvar))
+        return Posterior(*stack_steps(steps), cache={"g": g})
 
     def decode(self, post: Posterior, s: torch.Tensor | None = None, feedback: float = 0.0) -> Decoded:
         return Decoded(self.decoder(post.z), *self.transition(previous(post.z)))
@@ -76,7 +76,7 @@ class DKF(DVAE):
         for _ in range(frames):
             z_prev = reparameterize(*self.transition(z_prev), sample=True)
             zs.append(z_prev)
-        return self.decoder(stack_steps(zs)).exp()
+        return self.decoder(torch.stack(zs, dim=1)).exp()
 
     def encoder_modules(self) -> list[nn.Module]:
         return [self.x_mlp, self.x_rnn, self.combiner_mlp, self.posterior]

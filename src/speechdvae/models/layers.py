@@ -165,9 +165,9 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, backward: bool = False) -> torch.Te
     return lstm(x)[0]
 
 
-def stack_steps(steps: list[torch.Tensor]) -> torch.Tensor:
-    """Per-step (B, D) outputs -> one (B, T, D) sequence."""
-    return torch.stack(steps, dim=1)
+def stack_steps(steps: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Per-step tuples of (B, D) outputs -> a tuple of (B, T, D) sequences."""
+    return tuple(torch.stack(frames, dim=1) for frames in zip(*steps))
 
 
 def randn_like_params(module: nn.Module, *shape: int) -> torch.Tensor:

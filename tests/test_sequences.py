@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+
+from speechdvae import audio, stft
+from speechdvae.data.manifest import write_manifest
+from speechdvae.data.sequences import SequenceDataset, SpectrogramCache, preprocess
+from conftest import tone_burst
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    records = []
+    for i, seconds in enumerate((1.0, 2.5, 0.2)):
+        path = tmp_path / f"u{i}.flac"
+        audio.write_audio(path, tone_burst(seconds=seconds, seed=i, floor=0.01), subtype="PCM_24")
+        records.append({"id": f"u{i}", "path": str(path), "sha256": str(i)})
+    (tmp_path / "bad.wav").write_bytes(b"junk")
+    records.append({"id": "bad", "path": str(tmp_path / "bad.wav"), "sha256": "x"})
+    write_manifest(tmp_path / "train.jsonl", records)
+    return tmp_path / "train.jsonl"
+
+
+def test_cache_holds_trimmed_normalised_spectrograms(manifest, tmp_path):
+    with pytest.warns(UserWarning, match="skipped"):
+        cache = SpectrogramCache(manifest, tmp_path / "cache", show_progress=False)
+    assert cache.ids == ["u0", "u1", "u2"] and "bad" in cache.skipped[0]
+    x, _ = audio.read_audio(tmp_path / "u1.flac")
+    expected = preprocess(x)
+    # the stored frames are exactly the preprocessing of the file: trim + peak-normalise + power STFT
+    start, end = audio.trim_bounds(x)
+    direct = stft.power_spectrogram(torch.from_numpy(x[start:end] / np.abs(x[start:end]).max()).double())
+    np.testing.assert_allclose(expected, direct.float().numpy(), rtol=1e-5, atol=1e-6)
+    got = cache.frames[cache.offsets[1]:cache.offsets[1] + cache.lengths[1]]
+    np.testing.assert_array_equal(got, expected)
+    # a second instance reuses the cache without reading audio
+    again = SpectrogramCache(manifest, tmp_path / "cache", show_progress=False)
+    assert again.folder == cache.folder and np.array_equal(again.lengths, cache.lengths)
+
+
+def test_non_overlapping_chunks_and_batches(manifest, tmp_path):
+    with pytest.warns(UserWarning):
+        cache = SpectrogramCache(manifest, tmp_path / "cache", show_progress=False)
+    data = SequenceDataset(cache, seq_len=20)
+    assert len(data) == int(sum(n // 20 for n in cache.lengths))
+    seen = []
+    for batch in data.batches(batch_size=3, shuffle=True, seed=1):
+        assert batch.shape[1:] == (20, 513) and batch.dtype == torch.float32
+        seen.append(batch)
+    seqs = torch.cat(seen)
+    assert seqs.shape[0] == len(data)
+    # every chunk appears exactly once and equals the cached frames at its start
+    expected = torch.stack([torch.from_numpy(np.array(cache.frames[s:s + 20])) for s in data.starts])
+    order = [next(i for i in range(len(expected)) if torch.equal(expected[i], s)) for s in seqs]
+    assert sorted(order) == list(range(len(data)))
+    # the order depends only on (seed, epoch), and skipping batches resumes it
+    again = list(data.batches(batch_size=3, seed=1))
+    assert all(torch.equal(a, b) for a, b in zip(seen, again))
+    resumed = list(data.batches(batch_size=3, seed=1, skip=2))
+    assert all(torch.equal(a, b) for a, b in zip(seen[2:], resumed))
+    assert not torch.equal(next(data.batches(batch_size=3, seed=1, epoch=1)), seen[0])
+
+
+def test_random_crops_stay_inside_their_file(manifest, tmp_path):
+    with pytest.warns(UserWarning):
+        cache = SpectrogramCache(manifest, tmp_path / "cache", show_progress=False)
+    data = SequenceDataset(cache, seq_len=20, random_crop=True)
+    starts = data.sequence_starts(np.random.default_rng(0))
+    files = data.file_of
+    assert np.all(starts >= cache.offsets[files])
+    assert np.all(starts + 20 <= cache.offsets[files] + cache.lengths[files])
+    assert not np.array_equal(starts, data.starts)
+
+
+def test_ddp_shards_are_disjoint_and_equal(manifest, tmp_path):
+    with pytest.warns(UserWarning):
+        cache = SpectrogramCache(manifest, tmp_path / "cache", show_progress=False)
+    data = SequenceDataset(cache, seq_len=10)
+    shards = [torch.cat(list(data.batches(4, seed=0, rank=r, world_size=2))) for r in range(2)]
+    assert shards[0].shape[0] == shards[1].shape[0] == len(data) // 2
+    assert not any(torch.equal(a, b) for a in shards[0] for b in shards[1])
