@@ -113,14 +113,13 @@ def peak_normalize(x: np.ndarray) -> np.ndarray:
     return x / peak
 
 
-def noise_floor_db(x: np.ndarray, quantile: float = 0.05, frame_length: int = 1024, hop_length: int = 256) -> float:
-    """Level in dB relative to the peak sample of the quietest `quantile` of frames.
+def noise_floor_db(x: np.ndarray, quantile: float = 0.05, frame_length: int = 320, hop_length: int = 160) -> float:
+    """Level in dBFS of the quietest `quantile` of 20-ms frames: the recording's noise floor.
 
     Used to reject recordings with audible background noise: a clean studio recording
-    reaches well below -45 dB in its pauses.
+    reaches well below -45 dBFS in its pauses.
     """
-    peak = float(np.max(np.abs(x))) if len(x) else 0.0
-    if peak == 0.0:
+    if len(x) == 0 or not np.any(x):
         return -np.inf
-    rms = frame_rms(x / peak, frame_length, hop_length)
+    rms = frame_rms(x, frame_length, hop_length)
     return float(20 * np.log10(max(float(np.quantile(rms, quantile)), 1e-10)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -46,7 +47,45 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--materialize", metavar="DIR",
                       help="also write 16 kHz mono FLAC copies here and point the manifests at them")
     scan.set_defaults(func=_data_scan)
+    train = sub.add_parser(
+        "train", help="train a speech prior from a preset or a config file",
+        description="Train a speech prior. Data come from --data-root (the open corpus layout: "
+                    "manifests/speech_{train,valid}.jsonl) or explicit --train/--valid manifests. "
+                    "Runs resume exactly with --resume; under `torchrun --nproc_per_node N` training is distributed.")
+    train.add_argument("--preset", help="preset name (e.g. vae, dkf, rvae, rvae-causal, srnn-tf, srnn-ss)")
+    train.add_argument("--size", default="small", choices=["small", "paper"], help="preset size (default: small)")
+    train.add_argument("--config", help="a YAML file with model/train/data sections, instead of a preset")
+    train.add_argument("--data-root", default=os.environ.get("SPEECHDVAE_DATA", "data/open"),
+                       help="corpus folder built by `speechdvae data open` (default: $SPEECHDVAE_DATA or data/open)")
+    train.add_argument("--train", help="training manifest (overrides --data-root)")
+    train.add_argument("--valid", help="validation manifest (overrides --data-root)")
+    train.add_argument("--cache", help="spectrogram cache folder (default: DATA_ROOT/cache/spectrograms)")
+    train.add_argument("-o", "--out", required=True, help="run folder (state, logs, best model)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config value, e.g. --set train.lr=5e-4 (repeatable)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    """`speechdvae train`: resolve and check the configuration, then train."""
+    from pathlib import Path
+
+    from .train import ConfigError, Trainer, resolve_config
+    root = Path(args.data_root)
+    try:
+        config = resolve_config(args.preset, args.size,
+                                args.train or str(root / "manifests" / "speech_train.jsonl"),
+                                args.valid or str(root / "manifests" / "speech_valid.jsonl"),
+                                args.cache or str(root / "cache" / "spectrograms"), args.overrides, args.config)
+        trainer = Trainer(config, args.out, resume=args.resume, progress=not args.no_progress)
+    except ConfigError as err:
+        raise UserError(str(err)) from err
+    model_dir = trainer.train()
+    print(f"best model (epoch {trainer.best_epoch}, validation loss {trainer.best_loss:.4f}): {model_dir}")
+    return 0
 
 
 def _data_scan(args: argparse.Namespace) -> int:

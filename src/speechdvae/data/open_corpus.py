@@ -285,7 +285,7 @@ def decode(source: Source) -> tuple[np.ndarray, int]:
 
 
 def convert(source: Source, out_path: str) -> dict:
-    """Decode, resample to 16 kHz, screen the noise floor (speech) and write FLAC; returns a cache entry."""
+    """Decode, resample to 16 kHz, measure the noise floor and write FLAC; returns a cache entry."""
     entry = {"id": source.id}
     try:
         x, sr = decode(source)
@@ -294,9 +294,6 @@ def convert(source: Source, out_path: str) -> dict:
             raise audio.AudioError("silent or non-finite audio")
         floor = audio.noise_floor_db(x)
         entry.update(duration=len(x) / audio.SAMPLE_RATE, noise_floor_db=round(floor, 2), source_sr=sr)
-        if source.kind == "speech" and floor > NOISE_FLOOR_MAX_DB:
-            entry.update(status="rejected", reason=f"noise floor {floor:.1f} dB > {NOISE_FLOOR_MAX_DB:.0f} dB")
-            return entry
         audio.write_audio(out_path, x, audio.SAMPLE_RATE, subtype="PCM_16")
         entry.update(status="ok", sha256=hashlib.sha256(Path(out_path).read_bytes()).hexdigest())
     except Exception as err:  # one bad file must never stop the build
@@ -345,19 +342,25 @@ def build(root: str | os.PathLike, workers: int | None = None, packages: tuple[P
     root = Path(root)
     workers = workers or os.cpu_count() or 1
     start = time.time()
-    speech, noise, rejected, notes = [], [], [], []
+    notes: list[str] = []
+    listed: dict[str, list[Source]] = {}
     for pkg in packages:
-        tree = fetch_package(pkg, root)
-        sources = list(pkg.lister(tree))
-        if not sources:
+        listed[pkg.name] = list(pkg.lister(fetch_package(pkg, root)))
+        if not listed[pkg.name]:
             notes.append(f"{pkg.name}: no usable files found")
-            continue
-        if sources[0].kind == "noise":
-            sources, type_notes = split_noise_by_recording(sources)
-            notes += type_notes
+    # noise recordings are split jointly over all noise packages, by recording, within each type
+    noise_sources, type_notes = split_noise_by_recording([s for v in listed.values() for s in v if s.kind == "noise"])
+    notes += type_notes
+    noise_split = {s.id: s for s in noise_sources}
+    speech, noise, rejected = [], [], []
+    for pkg in packages:
+        sources = [noise_split[s.id] if s.kind == "noise" else s for s in listed[pkg.name]
+                   if s.kind == "speech" or s.id in noise_split]
         entries = convert_package(pkg, sources, root, workers)
         for s in sources:
             e = entries[s.id]
+            if e["status"] == "ok" and s.kind == "speech" and e["noise_floor_db"] > NOISE_FLOOR_MAX_DB:
+                e = dict(e, status="rejected", reason=f"noise floor {e['noise_floor_db']:.1f} dBFS > {NOISE_FLOOR_MAX_DB:.0f} dBFS")
             if e["status"] != "ok":
                 rejected.append({"id": s.id, "source": s.locator, "status": e["status"], "reason": e["reason"]})
                 continue
@@ -374,7 +377,7 @@ def build(root: str | os.PathLike, workers: int | None = None, packages: tuple[P
                                   ("noise", noise, ("train", "valid", "test"))):
         for split in splits:
             write_manifest(manifests / f"{kind}_{split}.jsonl", [r for r in records if r["split"] == split])
-    write_manifest(manifests / "rejected.jsonl", [dict(r, path=None) for r in rejected])
+    write_manifest(manifests / "rejected.jsonl", rejected)
     stats = {"speech": summarize(speech), "noise": summarize(noise),
              "noise_types": _count_types(noise), "rejected": _count_reasons(rejected),
              "notes": notes, "seconds": round(time.time() - start, 1)}

@@ -8,6 +8,7 @@ the whole sequence in one matrix product, leaving only the recursive part inside
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Apply the layers from index `start` on (used to finish a split first layer)."""
-        for layer in self.layers[start:]:
+        for layer in islice(self.layers, start, None):
             x = torch.tanh(layer(x))
         return x
 

@@ -1,0 +1,437 @@
+"""One trainer for every speech prior.
+
+A run is a folder holding `config.json` (the full resolved configuration), `state.pt` (the
+complete training state, rewritten atomically every `checkpoint_every` steps and at each epoch
+end), `log.jsonl` / `log.csv` (one row per epoch) and `model/` (the best model on validation,
+in the checkpoint format of `speechdvae.checkpoints`). `resume=True` continues exactly where the
+last state left off, mid-epoch included, so an interrupted run (even `kill -9`) ends with the
+same weights as an uninterrupted one.
+
+Under `torchrun --nproc_per_node N` the same code trains with DistributedDataParallel: every
+process reads its own shard of each batch, gradients are averaged, rank 0 writes the files.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoints
+from .data.sequences import SequenceDataset, SpectrogramCache
+from .io import atomic_path, write_json_atomic, write_text_atomic
+from .models import DVAE, build_model, load_preset
+from .models.losses import elbo_loss
+
+
+class ConfigError(ValueError):
+    """An invalid training configuration or missing data, reported before any work starts."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Epoch-based quantities count passes over the training sequences."""
+
+    optimizer: str = "adam"                 # "adam" or "adamw"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"           # "constant" or "warmup_cosine" (LigHT-DVAE paper)
+    warmup_steps: int = 0
+    cosine_steps: int = 0
+    lr_min: float = 0.0
+    batch_size: int = 128
+    seq_len: int = 50
+    random_crop: bool = False
+    epochs: int = 300
+    max_steps: int | None = None            # stop after this many optimiser steps (None: no limit)
+    beta_z: float = 1.0
+    beta_w: float = 1.0
+    kl_warmup_epochs: int = 0               # KL weight epoch / kl_warmup_epochs, then 1 (0: off)
+    early_stop_patience: int | None = None  # epochs without validation improvement
+    grad_clip: float | None = None          # max global gradient norm
+    # Scheduled sampling for autoregressive models: feedback probability 0 before
+    # `ss_start_epoch`, then `ss_step`, 2 * `ss_step`, ... every `ss_epochs_per_step` epochs, up to 1.
+    ss_start_epoch: int | None = None
+    ss_step: float = 0.2
+    ss_epochs_per_step: int = 50
+    seed: int = 0
+    checkpoint_every: int = 200             # steps between state saves (also saved at every epoch end)
+    valid_batch_size: int = 256
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}")
+        cfg = cls(**{k: (tuple(v) if k == "betas" else v) for k, v in d.items()})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        problems = []
+        if self.optimizer not in ("adam", "adamw"):
+            problems.append(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.lr_schedule not in ("constant", "warmup_cosine"):
+            problems.append(f"lr_schedule must be constant or warmup_cosine, got {self.lr_schedule!r}")
+        for name in ("lr", "batch_size", "seq_len", "epochs", "checkpoint_every", "valid_batch_size"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 < self.ss_step <= 1 or self.ss_epochs_per_step < 1:
+            problems.append("ss_step must lie in (0, 1] and ss_epochs_per_step be >= 1")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def feedback(self, epoch: int) -> float:
+        """Probability of feeding the model's own past instead of the true past at `epoch`."""
+        if self.ss_start_epoch is None or epoch < self.ss_start_epoch:
+            return 0.0
+        stage = 1 + (epoch - self.ss_start_epoch) // self.ss_epochs_per_step
+        return min(1.0, round(stage * self.ss_step, 6))
+
+    def final_feedback(self) -> float:
+        return 0.0 if self.ss_start_epoch is None else 1.0
+
+    def kl_weight(self, epoch: int) -> float:
+        return 1.0 if self.kl_warmup_epochs <= 0 else min(1.0, epoch / self.kl_warmup_epochs)
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up to `lr` over `warmup_steps`, cosine decay to `lr_min` over `cosine_steps`."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.cosine_steps))
+        return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run: model, optimisation and data."""
+
+    model: dict
+    train: TrainConfig
+    train_manifest: str
+    valid_manifest: str
+    cache_dir: str
+    preset: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["train"]["betas"] = list(self.train.betas)
+        return d
+
+
+def resolve_config(preset: str | None, size: str, train_manifest: str | None, valid_manifest: str | None,
+                   cache_dir: str | None, overrides: list[str] = (), config_file: str | None = None) -> RunConfig:
+    """Preset (or a YAML/JSON config file) + `section.key=value` overrides -> a checked RunConfig."""
+    import yaml
+
+    if config_file:
+        raw = yaml.safe_load(Path(config_file).read_text())
+    elif preset:
+        try:
+            raw = copy.deepcopy(load_preset(preset, size))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    else:
+        raise ConfigError("give a --preset or a --config file")
+    raw.setdefault("train", {})
+    raw.setdefault("data", {})
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in ("model", "train", "data"):
+            raise ConfigError(f"override {item!r} must look like model.KEY=VALUE, train.KEY=VALUE or data.KEY=VALUE")
+        raw[section][name] = yaml.safe_load(value)
+    data = raw["data"]
+    train_manifest = train_manifest or data.get("train")
+    valid_manifest = valid_manifest or data.get("valid")
+    for label, path in (("training", train_manifest), ("validation", valid_manifest)):
+        if not path:
+            raise ConfigError(f"no {label} manifest: pass --{label[:5]} or set data.{label[:5]}")
+        if not Path(path).is_file():
+            raise ConfigError(f"{label} manifest not found: {path}")
+    try:
+        build_model(raw["model"])
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"invalid model section: {err}") from None
+    return RunConfig(model=raw["model"], train=TrainConfig.from_dict(raw["train"]),
+                     train_manifest=str(Path(train_manifest).resolve()),
+                     valid_manifest=str(Path(valid_manifest).resolve()),
+                     cache_dir=str(Path(cache_dir or Path(train_manifest).resolve().parent.parent / "cache" / "spectrograms")),
+                     preset=preset)
+
+
+# -- distributed helpers -------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend=backend)
+        return cls(torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def device(self) -> torch.device:
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    def all_sum(self, values: list[float], device: torch.device) -> list[float]:
+        if self.world_size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+# -- the trainer ---------------------------------------------------------------------------
+
+class Trainer:
+    """Trains one model as described by a RunConfig, writing into `run_dir`."""
+
+    def __init__(self, config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
+                 progress: bool = True) -> None:
+        self.config = config
+        self.cfg = config.train
+        self.run_dir = Path(run_dir)
+        self.dist = Dist.from_env()
+        self.device = self.dist.device()
+        self.progress = progress and self.dist.main
+        state_path = self.run_dir / "state.pt"
+        if state_path.exists() and not resume:
+            raise ConfigError(f"{self.run_dir} already holds a run: pass --resume to continue it, or choose another folder")
+        if resume and not state_path.exists() and (self.run_dir / "config.json").exists():
+            raise ConfigError(f"{self.run_dir} has no state to resume from")
+
+        torch.manual_seed(self.cfg.seed)
+        self.model: DVAE = build_model(config.model).to(self.device)
+        torch.manual_seed(self.cfg.seed + self.dist.rank)   # same initial weights, independent sampling noise
+        self.train_data = SequenceDataset(SpectrogramCache(config.train_manifest, config.cache_dir, show_progress=self.progress),
+                                          self.cfg.seq_len, random_crop=self.cfg.random_crop)
+        self.valid_data = SequenceDataset(SpectrogramCache(config.valid_manifest, config.cache_dir, show_progress=self.progress),
+                                          self.cfg.seq_len)
+        for label, data in (("training", self.train_data), ("validation", self.valid_data)):
+            if len(data) < self.dist.world_size:
+                raise ConfigError(f"the {label} manifest yields {len(data)} sequences of {self.cfg.seq_len} frames: "
+                                  "not enough to train (shorter seq_len or more data needed)")
+        self.module = self.model
+        if self.dist.world_size > 1:
+            self.module = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=self.cfg.learning_rate(0), betas=self.cfg.betas,
+                                 eps=self.cfg.eps, weight_decay=self.cfg.weight_decay)
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.step = 0
+        self.best_loss = math.inf
+        self.best_epoch = -1
+        self.best_state: dict | None = None
+        self.stale_epochs = 0
+        self.history: list[dict] = []
+        self.epoch_sums = np.zeros(4)   # running sums of the epoch's training loss terms
+        self.elapsed = 0.0
+        if resume and state_path.exists():
+            self._load_state(state_path)
+        elif self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / "config.json", config.to_json())
+
+    # -- state -------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                "best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state,
+                "stale_epochs": self.stale_epochs, "history": self.history, "elapsed": self.elapsed,
+                "epoch_sums": self.epoch_sums,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "config": self.config.to_json()}
+
+    def _save_state(self) -> None:
+        if not self.dist.main:
+            return
+        buffer = io.BytesIO()
+        torch.save(self._state(), buffer)
+        with atomic_path(self.run_dir / "state.pt") as tmp:
+            tmp.write_bytes(buffer.getvalue())
+        self._write_logs()
+
+    def _load_state(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["config"] != self.config.to_json():
+            raise ConfigError(f"{path} was written with a different configuration; resume with the same options")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for key in ("epoch", "batch_in_epoch", "step", "best_loss", "best_epoch", "best_state",
+                    "stale_epochs", "history", "elapsed", "epoch_sums"):
+            setattr(self, key, state[key])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def _write_logs(self) -> None:
+        lines = "".join(json.dumps(row) + "\n" for row in self.history)
+        write_text_atomic(self.run_dir / "log.jsonl", lines)
+        if self.history:
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=list(self.history[0]))
+            writer.writeheader()
+            writer.writerows(self.history)
+            write_text_atomic(self.run_dir / "log.csv", out.getvalue())
+
+    # -- loop ----------------------------------------------------------------------------
+    def _finished(self) -> bool:
+        out_of_steps = self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
+        patience = self.cfg.early_stop_patience
+        stopped = (patience is not None and self.stale_epochs >= patience
+                   and self.cfg.feedback(self.epoch) >= self.cfg.final_feedback())
+        return self.epoch >= self.cfg.epochs or out_of_steps or stopped
+
+    def train(self) -> Path:
+        """Run until the epoch budget, the step budget or early stopping; returns the model folder."""
+        from tqdm import tqdm
+
+        n_batches = self.train_data.num_batches(self._local_batch(), self.dist.world_size, drop_last=True)
+        while not self._finished():
+            feedback, kl_weight = self.cfg.feedback(self.epoch), self.cfg.kl_weight(self.epoch)
+            self.model.train()
+            bar = tqdm(total=n_batches, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}",
+                       unit="batch", disable=not self.progress, leave=False)
+            t0 = time.time()
+            for batch in self.train_data.batches(self._local_batch(), shuffle=True, seed=self.cfg.seed,
+                                                 epoch=self.epoch, rank=self.dist.rank,
+                                                 world_size=self.dist.world_size, drop_last=True,
+                                                 skip=self.batch_in_epoch):
+                terms = self._train_step(batch.to(self.device), feedback, kl_weight)
+                self.epoch_sums += [terms[k] for k in ("loss", "recon", "kl_z", "kl_w")]
+                self.batch_in_epoch += 1
+                self.step += 1
+                bar.update()
+                bar.set_postfix(loss=f"{terms['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+                if self.step % self.cfg.checkpoint_every == 0:
+                    self.elapsed += time.time() - t0
+                    t0 = time.time()
+                    self._save_state()
+                if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
+                    break
+            bar.close()
+            self.elapsed += time.time() - t0
+            epoch_done = self.batch_in_epoch >= n_batches
+            self._end_epoch(self.epoch_sums / max(1, self.batch_in_epoch), feedback, complete=epoch_done)
+        self._check_replicas()
+        return self._export()
+
+    def _local_batch(self) -> int:
+        return max(1, self.cfg.batch_size // self.dist.world_size)
+
+    def _train_step(self, batch: torch.Tensor, feedback: float, kl_weight: float) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.learning_rate(self.step)
+        post, dec = self.module(batch, sample=True, feedback=feedback)
+        terms = elbo_loss(batch, post, dec, self.cfg.beta_z, self.cfg.beta_w, kl_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    @torch.no_grad()
+    def validate(self, feedback: float) -> dict[str, float]:
+        """Validation ELBO terms (per frame), with a fixed seed so epochs compare fairly."""
+        self.model.eval()
+        totals = np.zeros(5)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed + 1)
+            for batch in self.valid_data.batches(self.cfg.valid_batch_size, shuffle=False, rank=self.dist.rank,
+                                                 world_size=self.dist.world_size):
+                batch = batch.to(self.device)
+                post, dec = self.model(batch, sample=True, feedback=feedback)
+                terms = elbo_loss(batch, post, dec, self.cfg.beta_z, self.cfg.beta_w)
+                frames = batch.shape[0] * batch.shape[1]
+                totals += [float(terms[k]) * frames for k in ("loss", "recon", "kl_z", "kl_w")] + [frames]
+        totals = np.asarray(self.dist.all_sum(totals.tolist(), self.device))
+        return {k: float(v) for k, v in zip(("loss", "recon", "kl_z", "kl_w"), totals[:4] / totals[4])}
+
+    def _end_epoch(self, train_sums: np.ndarray, feedback: float, complete: bool) -> None:
+        train_means = [float(v) for v in train_sums]
+        valid = self.validate(self.cfg.final_feedback())
+        # best-model selection only once training runs in its final (test) mode
+        selectable = feedback >= self.cfg.final_feedback()
+        improved = selectable and valid["loss"] < self.best_loss
+        if improved:
+            self.best_loss, self.best_epoch, self.stale_epochs = valid["loss"], self.epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        elif selectable:
+            self.stale_epochs += 1
+        self.history.append({
+            "epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+            "feedback": feedback, "kl_weight": self.cfg.kl_weight(self.epoch),
+            "train_loss": train_means[0], "train_recon": train_means[1], "train_kl_z": train_means[2],
+            "train_kl_w": train_means[3], "valid_loss": valid["loss"], "valid_recon": valid["recon"],
+            "valid_kl_z": valid["kl_z"], "valid_kl_w": valid["kl_w"], "best": improved,
+            "seconds": round(self.elapsed, 1)})
+        if self.progress:
+            print(f"epoch {self.epoch}: train {train_means[0]:.4f}  valid {valid['loss']:.4f}"
+                  f"{'  *' if improved else ''}  feedback {feedback:.1f}  ({self.elapsed:.0f} s)", flush=True)
+        if complete:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.epoch_sums = np.zeros(4)
+        self._save_state()
+
+    def _check_replicas(self) -> None:
+        """Under DDP every process must end with the same weights; anything else is a setup error."""
+        if self.dist.world_size == 1:
+            return
+        checksum = sum(float(p.double().sum()) for p in self.model.parameters())
+        sums = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(sums, checksum)
+        if max(sums) - min(sums) > 1e-6 * max(1.0, abs(checksum)):
+            raise RuntimeError(f"DDP replicas diverged (parameter checksums {sums})")
+
+    def _export(self) -> Path:
+        """Write the best model (or the last one if none was selectable) as a checkpoint."""
+        out = self.run_dir / "model"
+        if self.dist.main:
+            model = build_model(self.config.model)
+            model.load_state_dict(self.best_state if self.best_state is not None else self.model.state_dict())
+            meta = {"training": {"preset": self.config.preset, "train_manifest": self.config.train_manifest,
+                                 "valid_manifest": self.config.valid_manifest, "best_epoch": self.best_epoch,
+                                 "best_valid_loss": self.best_loss, "steps": self.step, "epochs": self.epoch,
+                                 "seconds": round(self.elapsed, 1), "processes": self.dist.world_size,
+                                 "train": self.config.to_json()["train"]}}
+            checkpoints.save_model(model, out, metadata=meta)
+        return out

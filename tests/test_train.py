@@ -1,0 +1,174 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from speechdvae import audio, checkpoints
+from speechdvae.data.manifest import write_manifest
+from speechdvae.data.sequences import SequenceDataset, SpectrogramCache
+from speechdvae.train import ConfigError, TrainConfig, Trainer, resolve_config
+
+TINY_VAE = {"name": "vae", "z_dim": 4, "dense_x_z": [16]}
+TINY_SRNN = {"name": "srnn", "z_dim": 4, "dense_x_h": [16], "dim_rnn_h": 8, "dense_hx_g": [16], "dim_rnn_g": 8,
+             "dense_gz_z": [8], "dense_hz_x": [16], "dense_hz_z": [8]}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Tiny train/valid manifests of noise-modulated tones (each file gives a few sequences)."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("valid", 2)):
+        records = []
+        for i in range(n):
+            t = np.arange(24000) / 16000
+            x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 900) * t) * (1 + np.sin(2 * np.pi * 3 * t)) \
+                + 0.01 * rng.standard_normal(len(t))
+            path = root / f"{split}{i}.flac"
+            audio.write_audio(path, x, subtype="PCM_24")
+            records.append({"id": f"{split}{i}", "path": str(path), "sha256": f"{split}{i}"})
+        write_manifest(root / f"{split}.jsonl", records)
+    return root
+
+
+def make_config(corpus, tmp_path, model=TINY_VAE, **train):
+    options = {"lr": 1e-3, "batch_size": 4, "seq_len": 10, "epochs": 3, "beta_z": 0.5,
+               "checkpoint_every": 2, "valid_batch_size": 8, **train}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": model, "train": options}))
+    return resolve_config(None, "small", str(corpus / "train.jsonl"), str(corpus / "valid.jsonl"),
+                          str(corpus / "cache"), config_file=str(path))
+
+
+def weights(path):
+    return torch.load(path, weights_only=False)["model"]
+
+
+def test_schedules():
+    cfg = TrainConfig(lr=5e-5, lr_schedule="warmup_cosine", warmup_steps=10, cosine_steps=20, lr_min=1e-8)
+    assert cfg.learning_rate(0) == pytest.approx(5e-6)
+    assert cfg.learning_rate(9) == pytest.approx(5e-5)
+    assert cfg.learning_rate(20) == pytest.approx(1e-8 + 0.5 * (5e-5 - 1e-8))
+    assert cfg.learning_rate(30) == pytest.approx(1e-8) and cfg.learning_rate(99) == pytest.approx(1e-8)
+    ss = TrainConfig(ss_start_epoch=2, ss_step=0.2, ss_epochs_per_step=3)
+    assert [ss.feedback(e) for e in (0, 1, 2, 4, 5, 8, 11, 14, 30)] == [0, 0, 0.2, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    assert TrainConfig().feedback(100) == 0.0
+    warm = TrainConfig(kl_warmup_epochs=50)
+    assert [warm.kl_weight(e) for e in (0, 25, 50, 80)] == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_bad_configuration_fails_before_any_work(corpus, tmp_path):
+    with pytest.raises(ConfigError, match="unknown training option"):
+        make_config(corpus, tmp_path, learning_rate=1)
+    with pytest.raises(ConfigError, match="optimizer"):
+        make_config(corpus, tmp_path, optimizer="sgd")
+    with pytest.raises(ConfigError, match="invalid model"):
+        make_config(corpus, tmp_path, model={"name": "nope"})
+    with pytest.raises(ConfigError, match="manifest not found"):
+        resolve_config(None, "small", str(tmp_path / "missing.jsonl"), str(corpus / "valid.jsonl"), None,
+                       config_file=str(tmp_path / "config.yaml"))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        resolve_config("nope", "small", str(corpus / "train.jsonl"), str(corpus / "valid.jsonl"), None)
+    with pytest.raises(ConfigError, match="not enough"):
+        Trainer(make_config(corpus, tmp_path, seq_len=5000), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_lowers_the_loss_and_exports_the_best_copy(corpus, tmp_path):
+    torch.set_num_threads(1)
+    trainer = Trainer(make_config(corpus, tmp_path, epochs=6, lr=3e-3), tmp_path / "run", progress=False)
+    model_dir = trainer.train()
+    history = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(6))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    best = min(history, key=lambda h: h["valid_loss"])
+    assert trainer.best_epoch == best["epoch"] and sum(h["best"] for h in history) >= 1
+    exported = checkpoints.load_model(model_dir, device="cpu")
+    meta = json.loads((model_dir / "config.json").read_text())
+    assert meta["metadata"]["training"]["best_epoch"] == trainer.best_epoch if "metadata" in meta else True
+    for k, v in exported.state_dict().items():
+        assert torch.equal(v, trainer.best_state[k])     # the best weights, not the live ones
+    if trainer.best_epoch < 5:
+        assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in trainer.best_state.items())
+    assert (tmp_path / "run" / "log.csv").read_text().startswith("epoch,")
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("model, extra", [(TINY_VAE, {}), (TINY_SRNN, {"ss_start_epoch": 1, "ss_step": 0.5,
+                                                                          "ss_epochs_per_step": 1})])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch, model, extra):
+    torch.set_num_threads(1)
+    config = make_config(corpus, tmp_path, model=model, **extra)
+    Trainer(config, tmp_path / "straight", progress=False).train()
+
+    original = Trainer._train_step
+
+    def crashing(self, *args):
+        if self.step == 7:           # dies mid-epoch, one step after the state saved at step 6
+            raise Crash()
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", crashing)
+    with pytest.raises(Crash):
+        Trainer(config, tmp_path / "crashed", progress=False).train()
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    with pytest.raises(ConfigError, match="--resume"):
+        Trainer(config, tmp_path / "crashed", progress=False)
+    Trainer(config, tmp_path / "crashed", resume=True, progress=False).train()
+
+    a, b = weights(tmp_path / "straight" / "state.pt"), weights(tmp_path / "crashed" / "state.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
+    log = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in p.read_text().splitlines()]
+    assert log(tmp_path / "straight" / "log.jsonl") == log(tmp_path / "crashed" / "log.jsonl")
+
+
+def test_scheduled_sampling_selects_only_fully_generative_epochs(corpus, tmp_path):
+    torch.set_num_threads(1)
+    config = make_config(corpus, tmp_path, model=TINY_SRNN, epochs=4, ss_start_epoch=1, ss_step=0.5,
+                         ss_epochs_per_step=1, early_stop_patience=1)
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.train()
+    feedback = [h["feedback"] for h in trainer.history]
+    assert feedback[:3] == [0.0, 0.5, 1.0]
+    assert all(not h["best"] for h in trainer.history if h["feedback"] < 1) and trainer.best_epoch >= 2
+
+
+def test_resume_refuses_a_changed_configuration(corpus, tmp_path):
+    Trainer(make_config(corpus, tmp_path, epochs=1), tmp_path / "run", progress=False).train()
+    with pytest.raises(ConfigError, match="different configuration"):
+        Trainer(make_config(corpus, tmp_path, epochs=1, lr=0.5), tmp_path / "run", resume=True, progress=False)
+
+
+def test_ddp_two_processes_train_in_sync(corpus, tmp_path):
+    """torchrun with 2 gloo processes: replicas stay identical (checked by the trainer at the end),
+    each step consumes one global batch, and the result is not that of one process on its shard."""
+    make_config(corpus, tmp_path, epochs=2)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    common = ["--config", str(tmp_path / "config.yaml"), "--train", str(corpus / "train.jsonl"), "--valid",
+              str(corpus / "valid.jsonl"), "--cache", str(corpus / "cache"), "--no-progress"]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "speechdvae.cli", "train", *common, "-o", str(tmp_path / "ddp")],
+                   check=True, env=env, capture_output=True, timeout=300)
+    shard = tmp_path / "shard.yaml"
+    shard.write_text((tmp_path / "config.yaml").read_text().replace("batch_size: 4", "batch_size: 2"))
+    subprocess.run([sys.executable, "-m", "speechdvae.cli", "train", *common[:-1], "--config", str(shard),
+                    "--no-progress", "-o", str(tmp_path / "single")], check=True, env=env, capture_output=True, timeout=300)
+    ddp = torch.load(tmp_path / "ddp" / "state.pt", weights_only=False)
+    single = torch.load(tmp_path / "single" / "state.pt", weights_only=False)
+    meta = json.loads((tmp_path / "ddp" / "model" / "config.json").read_text())
+    assert json.dumps(meta).count('"processes": 2') == 1
+    n = len(SequenceDataset(SpectrogramCache(corpus / "train.jsonl", corpus / "cache", show_progress=False), 10))
+    assert ddp["step"] == 2 * ((n // 2) // 2)        # 2 epochs of global batches of 4 (2 per process)
+    assert single["step"] == 2 * (n // 2)
+    assert any(not torch.allclose(ddp["model"][k], single["model"][k]) for k in ddp["model"])
