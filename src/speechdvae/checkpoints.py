@@ -150,7 +150,7 @@ def available_pretrained() -> list[str]:
 def from_pretrained(name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> DVAE:
     """Load a checkpoint folder given by path, or a shipped checkpoint given by name."""
     candidate = Path(name_or_path)
-    if candidate.exists() or len(candidate.parts) > 1:
+    if candidate.exists() or any(sep in str(name_or_path) for sep in {"/", os.sep}):
         return load_model(candidate, device)
     if str(name_or_path) not in available_pretrained():
         shipped = ", ".join(available_pretrained()) or "none are shipped with this version"

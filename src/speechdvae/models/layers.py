@@ -127,14 +127,14 @@ class LSTMSteps:
     sequence at once; `step` advances the state given a projected frame (gate order i, f, g, o).
     """
 
-    def __init__(self, lstm: nn.LSTM, batch: int, like: torch.Tensor) -> None:
+    def __init__(self, lstm: nn.LSTM, batch: int) -> None:
         if lstm.num_layers != 1 or lstm.bidirectional or not lstm.bias:
             raise ValueError("LSTMSteps needs a one-layer unidirectional LSTM with biases")
         self.w_ih = lstm.weight_ih_l0
         self.bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
         self.w_hh_t = lstm.weight_hh_l0.t()
-        self.h = like.new_zeros(batch, lstm.hidden_size)
-        self.c = like.new_zeros(batch, lstm.hidden_size)
+        self.h = self.w_hh_t.new_zeros(batch, lstm.hidden_size)
+        self.c = self.w_hh_t.new_zeros(batch, lstm.hidden_size)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.w_ih, self.bias)

@@ -55,7 +55,7 @@ class RVAE(DVAE):
     def infer(self, s: torch.Tensor, sample: bool = True) -> Posterior:
         g_x = self.speech_features(s)
         head = HeadSteps(self.posterior, g_x)
-        rnn = LSTMSteps(self.zprev_rnn, s.shape[0], s)
+        rnn = LSTMSteps(self.zprev_rnn, s.shape[0])
         z_prev = s.new_zeros(s.shape[0], self.z_dim)
         steps = []
         for t in range(s.shape[1]):
@@ -65,13 +65,16 @@ class RVAE(DVAE):
             steps.append((z_prev, mean, logvar))
         return Posterior(*stack_steps(steps), cache={"g_x": g_x})
 
+    def speech_logvar(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder log-variance y from the latent sequence (from z_{1:t} only when causal)."""
+        return self.decoder(self.z_rnn(self.z_mlp(z))[0])
+
     def decode(self, post: Posterior, s: torch.Tensor | None = None, feedback: float = 0.0) -> Decoded:
-        return Decoded(self.decoder(self.z_rnn(self.z_mlp(post.z))[0]), *self.standard_prior(post.z))
+        return Decoded(self.speech_logvar(post.z), *self.standard_prior(post.z))
 
     @torch.no_grad()
     def sample_prior(self, batch: int, frames: int) -> torch.Tensor:
-        z = randn_like_params(self, batch, frames, self.z_dim)
-        return self.decode(Posterior(z, z, torch.zeros_like(z))).y_logvar.exp()
+        return self.speech_logvar(randn_like_params(self, batch, frames, self.z_dim)).exp()
 
     def encoder_modules(self) -> list[nn.Module]:
         return [self.x_mlp, self.x_rnn, self.zprev_mlp, self.zprev_rnn, self.posterior]

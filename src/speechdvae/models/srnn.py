@@ -76,7 +76,7 @@ class SRNN(DVAE):
                             feedback: float) -> tuple[torch.Tensor, torch.Tensor]:
         """h and y when some past frames are the model's own predictions exp(y_{t-1})."""
         batch, frames = z.shape[:2]
-        rnn = LSTMSteps(self.past_rnn, batch, z)
+        rnn = LSTMSteps(self.past_rnn, batch)
         decoder = HeadSteps(self.decoder, z, known_first=False)
         if feedback < 1.0:
             true_gates = rnn.project(self.past_mlp(previous(s))).unbind(1)
@@ -96,7 +96,7 @@ class SRNN(DVAE):
 
     @torch.no_grad()
     def sample_prior(self, batch: int, frames: int) -> torch.Tensor:
-        rnn = LSTMSteps(self.past_rnn, batch, zeros_like_params(self, 1))
+        rnn = LSTMSteps(self.past_rnn, batch)
         x_prev = zeros_like_params(self, batch, self.x_dim)
         z_prev = zeros_like_params(self, batch, self.z_dim)
         variances = []
