@@ -172,3 +172,15 @@ def test_ddp_two_processes_train_in_sync(corpus, tmp_path):
     assert ddp["step"] == 2 * ((n // 2) // 2)        # 2 epochs of global batches of 4 (2 per process)
     assert single["step"] == 2 * (n // 2)
     assert any(not torch.allclose(ddp["model"][k], single["model"][k]) for k in ddp["model"])
+
+
+def test_fine_tuning_starts_from_a_checkpoint(corpus, tmp_path):
+    first = Trainer(make_config(corpus, tmp_path, epochs=1), tmp_path / "first", progress=False).train()
+    tuned = Trainer(make_config(corpus, tmp_path, epochs=1, init_from=str(first)), tmp_path / "tuned", progress=False)
+    start = checkpoints.load_model(first, device="cpu").state_dict()
+    assert all(torch.equal(v, tuned.model.state_dict()[k]) for k, v in start.items())
+    with pytest.raises(ConfigError, match="different architecture"):
+        Trainer(make_config(corpus, tmp_path, model={**TINY_VAE, "z_dim": 3}, init_from=str(first)),
+                tmp_path / "other", progress=False)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        make_config(corpus, tmp_path, init_from=str(tmp_path / "nowhere"))

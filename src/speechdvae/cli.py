@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--materialize", metavar="DIR",
                       help="also write 16 kHz mono FLAC copies here and point the manifests at them")
     scan.set_defaults(func=_data_scan)
+    official = sub.add_parser(
+        "import-official", help="convert the original authors' DVAE-SE checkpoints into speechdvae checkpoints",
+        description="Convert every trained_models/<tag>/*_final_epochNNN.pt (with its config.ini) of the official "
+                    "DVAE-SE release (GPL-3.0) into a speechdvae checkpoint folder OUT/official-<tag>.")
+    official.add_argument("source", help="folder holding trained_models/ (or trained_models/ itself)")
+    official.add_argument("-o", "--out", required=True, help="folder for the converted checkpoints")
+    official.set_defaults(func=_import_official)
+
     train = sub.add_parser(
         "train", help="train a speech prior from a preset or a config file",
         description="Train a speech prior. Data come from --data-root (the open corpus layout: "
@@ -67,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
     return parser
+
+
+def _import_official(args: argparse.Namespace) -> int:
+    """`speechdvae import-official`: official .pt + config.ini -> our checkpoint folders."""
+    from .checkpoints import CheckpointError
+    from .official import OfficialImportError, import_official
+    try:
+        paths = import_official(args.source, args.out)
+    except (OfficialImportError, CheckpointError) as err:
+        raise UserError(str(err)) from err
+    for path in paths:
+        print(path)
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

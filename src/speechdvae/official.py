@@ -40,7 +40,7 @@ def import_official(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> l
     tag_dirs = sorted(p for p in root.glob("*") if p.is_dir() and _checkpoint_files(p))
     if not tag_dirs:
         raise OfficialImportError(f"{src_dir}: no trained_models/<tag>/*_final_epochNNN.pt checkpoints found")
-    licence = src_dir / "LICENSE.txt" if (src_dir / "LICENSE.txt").is_file() else None
+    licence = next((p for p in (src_dir / "LICENSE.txt", root.parent / "LICENSE.txt") if p.is_file()), None)
     return [convert_official(tag_dir, out_dir / f"official-{tag_dir.name.replace('_', '-')}", licence)
             for tag_dir in tag_dirs]
 
@@ -67,6 +67,8 @@ def convert_official(tag_dir: str | os.PathLike, out_path: str | os.PathLike,
         official_state = torch.load(pt_path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or foreign files
         raise OfficialImportError(f"{pt_path}: cannot read the checkpoint ({err})") from None
+    if not isinstance(official_state, dict):
+        raise OfficialImportError(f"{pt_path}: expected a bare state_dict, found {type(official_state).__name__}")
     model.load_state_dict(rename_official_state(official_state, model, pt_path))
     metadata = _metadata(tag_dir.name, pt_path, ini)
     extra = {"LICENSE.txt": licence_file} if licence_file is not None else None
@@ -128,7 +130,7 @@ def official_prefixes(config: dict[str, Any]) -> dict[str, str]:
     heads = {"inf_mean": "posterior.mean", "inf_logvar": "posterior.logvar", "gen_logvar": "decoder.logvar"}
     if c["name"] == "vae":
         return {**_mlp("mlp_x_z", "posterior.mlp", c["dense_x_z"]), **heads,
-                **_mlp("mlp_z_x", "decoder.mlp", c.get("dense_z_x", c["dense_x_z"][::-1]))}
+                **_mlp("mlp_z_x", "decoder.mlp", c["dense_z_x"])}
     if c["name"] == "dkf":
         return {**_mlp("mlp_x_gx", "x_mlp", c["dense_x_gx"]), "rnn_gx": "x_rnn",
                 **_mlp("mlp_ztm1_g", "combiner_mlp", [*c["dense_ztm1_g"], c["dim_rnn_gx"]], last_named=True),
@@ -144,6 +146,8 @@ def official_prefixes(config: dict[str, Any]) -> dict[str, str]:
                 **_mlp("mlp_g_z", "posterior.mlp", c["dense_g_z"]), **heads,
                 **_mlp("mlp_z_h", "z_mlp", c["dense_z_h"]), "rnn_h": "z_rnn",
                 **_mlp("mlp_h_x", "decoder.mlp", c["dense_h_x"])}
+    if c["name"] != "srnn":
+        raise OfficialImportError(f"no official counterpart for model {c['name']!r}")
     return {**_mlp("mlp_x_h", "past_mlp", c["dense_x_h"]), "rnn_h": "past_rnn",
             **_mlp("mlp_hx_g", "enc_mlp", c["dense_hx_g"]), "rnn_g": "enc_rnn",
             **_mlp("mlp_gz_z", "posterior.mlp", c["dense_gz_z"]), **heads,
@@ -178,8 +182,8 @@ def rename_official_state(state: dict[str, torch.Tensor], model: DVAE,
         name = official_key(key, prefixes, swapped)
         if name is None or name not in ours:
             raise OfficialImportError(f"{source}: unexpected parameter {key!r} for a {config['name']} model")
-        if tuple(value.shape) != tuple(ours[name].shape):
-            raise OfficialImportError(f"{source}: {key} has shape {tuple(value.shape)}, "
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(ours[name].shape):
+            raise OfficialImportError(f"{source}: {key} has shape {tuple(getattr(value, 'shape', ()))}, "
                                       f"expected {tuple(ours[name].shape)}")
         renamed[name] = value
     missing = sorted(set(ours) - set(renamed))

@@ -67,6 +67,7 @@ class TrainConfig:
     ss_step: float = 0.2
     ss_epochs_per_step: int = 50
     seed: int = 0
+    init_from: str | None = None            # checkpoint folder whose weights start the run (fine-tuning)
     checkpoint_every: int = 200             # steps between state saves (also saved at every epoch end)
     valid_batch_size: int = 256
 
@@ -91,6 +92,8 @@ class TrainConfig:
                 problems.append(f"{name} must be positive, got {getattr(self, name)!r}")
         if not 0 < self.ss_step <= 1 or self.ss_epochs_per_step < 1:
             problems.append("ss_step must lie in (0, 1] and ss_epochs_per_step be >= 1")
+        if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
+            problems.append(f"init_from: no checkpoint at {self.init_from}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -236,6 +239,11 @@ class Trainer:
 
         torch.manual_seed(self.cfg.seed)
         self.model: DVAE = build_model(config.model).to(self.device)
+        if self.cfg.init_from:
+            start = checkpoints.load_model(self.cfg.init_from, device=self.device)
+            if start.config != self.model.config:
+                raise ConfigError(f"init_from: {self.cfg.init_from} holds a different architecture ({start.config})")
+            self.model.load_state_dict(start.state_dict())
         torch.manual_seed(self.cfg.seed + self.dist.rank)   # same initial weights, independent sampling noise
         self.train_data = SequenceDataset(SpectrogramCache(config.train_manifest, config.cache_dir, show_progress=self.progress),
                                           self.cfg.seq_len, random_crop=self.cfg.random_crop)

@@ -91,8 +91,7 @@ class SRNN(DVAE):
             y = decoder(t, h)
             x_prev = y.detach().exp()
             steps.append((h, y))
-        h, y = stack_steps(steps)
-        return h, y
+        return stack_steps(steps)
 
     @torch.no_grad()
     def sample_prior(self, batch: int, frames: int) -> torch.Tensor:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Train the six RNN-family `small` priors on the open corpus, two at a time (one thread each).
+# Usage: recipes/train_small.sh [RUNS_DIR=runs/small] [DATA_ROOT=data/open]
+# Every run resumes where it stopped; finished runs are skipped. SRNN-SS fine-tunes SRNN-TF with
+# scheduled sampling, as in the SE paper, so it waits for it.
+set -euo pipefail
+runs=${1:-runs/small}
+data=${2:-data/open}
+export OMP_NUM_THREADS=1
+
+train() {  # train NAME [extra args...]
+    local name=$1; shift
+    [ -d "$runs/$name/model" ] && { echo "$name: done"; return; }
+    local resume=()
+    [ -f "$runs/$name/state.pt" ] && resume=(--resume)
+    speechdvae train --preset "$name" --size small --data-root "$data" -o "$runs/$name" --no-progress \
+        "${resume[@]}" "$@" > "$runs/$name.log" 2>&1
+    echo "$name: $(tail -n 1 "$runs/$name.log")"
+}
+
+mkdir -p "$runs"
+( train srnn-tf && train srnn-ss --set "train.init_from=$runs/srnn-tf/model" && train rvae-causal ) &
+( train vae && train dkf && train rvae ) &
+wait
