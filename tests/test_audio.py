@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -89,6 +91,9 @@ def test_write_never_clips_and_is_atomic(tmp_path):
     y, _ = sf.read(path, dtype="float32")
     assert np.max(np.abs(y)) <= 1.0 and y[1] == pytest.approx(y.max()) and y[2] == pytest.approx(-0.5, abs=1e-4)
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_noise_floor():

@@ -411,7 +411,7 @@ class Trainer:
             "train_kl_w": train_means[3], "valid_loss": valid["loss"], "valid_recon": valid["recon"],
             "valid_kl_z": valid["kl_z"], "valid_kl_w": valid["kl_w"], "best": improved,
             "seconds": round(self.elapsed, 1)})
-        if self.progress:
+        if self.dist.main:
             print(f"epoch {self.epoch}: train {train_means[0]:.4f}  valid {valid['loss']:.4f}"
                   f"{'  *' if improved else ''}  feedback {feedback:.1f}  ({self.elapsed:.0f} s)", flush=True)
         if complete:
