@@ -158,11 +158,11 @@ def test_ddp_two_processes_train_in_sync(corpus, tmp_path):
     common = ["--config", str(tmp_path / "config.yaml"), "--train", str(corpus / "train.jsonl"), "--valid",
               str(corpus / "valid.jsonl"), "--cache", str(corpus / "cache"), "--no-progress"]
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "speechdvae.cli", "train", *common, "-o", str(tmp_path / "ddp")],
+                    "-m", "speechdvae", "train", *common, "-o", str(tmp_path / "ddp")],
                    check=True, env=env, capture_output=True, timeout=300)
     shard = tmp_path / "shard.yaml"
     shard.write_text((tmp_path / "config.yaml").read_text().replace("batch_size: 4", "batch_size: 2"))
-    subprocess.run([sys.executable, "-m", "speechdvae.cli", "train", *common[:-1], "--config", str(shard),
+    subprocess.run([sys.executable, "-m", "speechdvae", "train", *common[:-1], "--config", str(shard),
                     "--no-progress", "-o", str(tmp_path / "single")], check=True, env=env, capture_output=True, timeout=300)
     ddp = torch.load(tmp_path / "ddp" / "state.pt", weights_only=False)
     single = torch.load(tmp_path / "single" / "state.pt", weights_only=False)

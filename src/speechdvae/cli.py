@@ -144,6 +144,3 @@ def main(argv: list[str] | None = None) -> int:
         print("speechdvae: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -417,7 +417,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stats = build(args.root, workers=args.workers)
+    from ..cli import UserError
+    try:
+        stats = build(args.root, workers=args.workers)
+    except RuntimeError as err:   # apt-get / dpkg-deb missing or failing
+        raise UserError(str(err)) from err
     print(format_report(stats))
     print(f"Manifests: {args.root / 'manifests'}")
     return 0
