@@ -144,10 +144,15 @@ def test_scheduled_sampling_selects_only_fully_generative_epochs(corpus, tmp_pat
     assert all(not h["best"] for h in trainer.history if h["feedback"] < 1) and trainer.best_epoch >= 2
 
 
-def test_resume_refuses_a_changed_configuration(corpus, tmp_path):
+def test_resume_refuses_a_changed_configuration_but_accepts_a_new_budget(corpus, tmp_path):
     Trainer(make_config(corpus, tmp_path, epochs=1), tmp_path / "run", progress=False).train()
     with pytest.raises(ConfigError, match="different configuration"):
         Trainer(make_config(corpus, tmp_path, epochs=1, lr=0.5), tmp_path / "run", resume=True, progress=False)
+    longer = Trainer(make_config(corpus, tmp_path, epochs=2), tmp_path / "run", resume=True, progress=False)
+    assert longer.epoch == 1
+    longer.train()
+    assert [h["epoch"] for h in longer.history] == [0, 1]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2
 
 
 def test_ddp_two_processes_train_in_sync(corpus, tmp_path):

@@ -34,6 +34,11 @@ from .models import DVAE, build_model, load_preset
 from .models.losses import elbo_loss
 
 
+# Options that may change when a run is resumed: they extend or shorten it without changing
+# what one step computes.
+BUDGET_OPTIONS = ("epochs", "max_steps", "early_stop_patience")
+
+
 class ConfigError(ValueError):
     """An invalid training configuration or missing data, reported before any work starts."""
 
@@ -298,8 +303,13 @@ class Trainer:
 
     def _load_state(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
-        if state["config"] != self.config.to_json():
-            raise ConfigError(f"{path} was written with a different configuration; resume with the same options")
+        saved, current = state["config"], self.config.to_json()
+        budget = {k: current["train"][k] for k in BUDGET_OPTIONS}
+        if dict(saved, train=dict(saved["train"], **budget)) != current:
+            raise ConfigError(f"{path} was written with a different configuration; resume with the same options "
+                              f"(only {', '.join(BUDGET_OPTIONS)} may change)")
+        if self.dist.main:
+            write_json_atomic(self.run_dir / "config.json", current)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for key in ("epoch", "batch_in_epoch", "step", "best_loss", "best_epoch", "best_state",
