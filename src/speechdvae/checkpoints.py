@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .audio import SAMPLE_RATE
+from .io import umask
 from .models import DVAE, build_model
 from .stft import HOP_LENGTH, N_FFT
 
@@ -89,6 +90,7 @@ def save_model(model: DVAE, path: str | os.PathLike, metadata: dict[str, Any] | 
         raise CheckpointError(f"{path} exists and is not a speechdvae checkpoint; not replacing it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-"))
+    os.chmod(tmp, 0o777 & ~umask())   # mkdtemp creates 0700; a checkpoint gets the usual permissions
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

@@ -55,6 +55,31 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("-o", "--out", required=True, help="folder for the converted checkpoints")
     official.set_defaults(func=_import_official)
 
+    evaluate = sub.add_parser("eval", help="evaluate speech priors and write Markdown/CSV/PNG reports",
+                              description="Evaluate speech priors and write Markdown/CSV/PNG reports.")
+    eval_sub = evaluate.add_subparsers(dest="eval_command", metavar="TASK", required=True)
+    resynth = eval_sub.add_parser(
+        "resynth", help="analysis-resynthesis (RMSE, SI-SDR, PESQ, ESTOI) of models on test speech",
+        description="Analysis-resynthesis evaluation (HiT-DVAE paper Tables 1-2, SE paper Table I): each test "
+                    "utterance is encoded (z = posterior mean), decoded and resynthesised with its own phase; "
+                    "autoregressive models are decoded with the true past (GT) and with their own past (GEN).")
+    resynth.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                         help="checkpoint folder to evaluate, labelled NAME in the tables (repeatable)")
+    resynth.add_argument("--official", metavar="DIR",
+                         help="also evaluate the official DVAE-SE checkpoints in DIR (WSJ0 and VoiceBank), "
+                              "imported into OUTDIR/official/ unless already there")
+    resynth.add_argument("--manifest", required=True, metavar="MANIFEST", help="test speech manifest (JSONL)")
+    resynth.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder of the report")
+    resynth.add_argument("--limit", type=int, metavar="N", help="evaluate N utterances evenly spaced by id")
+    resynth.add_argument("--modes", nargs="+", choices=["GT", "GEN"], default=["GT", "GEN"],
+                         help="decoding modes of autoregressive models (default: both)")
+    resynth.add_argument("--sample", action="store_true", help="draw z from the posterior instead of its mean")
+    resynth.add_argument("--seed", type=int, default=0, help="torch seed with --sample (default: 0)")
+    resynth.add_argument("--no-oracle", action="store_true", help="leave out the exact-power oracle row")
+    resynth.add_argument("--workers", type=int, metavar="N", help="processes computing metrics (default: all cores)")
+    resynth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    resynth.set_defaults(func=_lazy("speechdvae.evaluate.resynthesis"))
+
     train = sub.add_parser(
         "train", help="train a speech prior from a preset or a config file",
         description="Train a speech prior. Data come from --data-root (the open corpus layout: "
@@ -125,6 +150,14 @@ def _data_scan(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from err
     print(format_summary(summarize(records), title=f"{args.corpus} -> {', '.join(map(str, written.values()))}"))
     return 0
+
+
+def _lazy(module: str):
+    """The `run(args)` of `module`, imported only when the sub-command runs (keeps --help fast)."""
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+        return importlib.import_module(module).run(args)
+    return run
 
 
 def _version() -> str:

@@ -1,0 +1,102 @@
+"""Report files shared by the evaluations: Markdown documents, CSV tables and PNG figures, all written atomically."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..io import atomic_path, write_text_atomic
+from .metrics import METRICS, MetricSummary
+
+SUMMARY_FIELDS = ("mean", "median", "ci", "n_valid", "n_nan")
+
+
+def markdown_document(title: str, intro: Sequence[str], sections: Sequence[tuple[str, str]] = ()) -> str:
+    """`# title`, the intro paragraphs, then a `## heading` and its body (e.g. a table) per section."""
+    blocks = [f"# {title}", *intro]
+    for heading, body in sections:
+        blocks += [f"## {heading}", body.rstrip("\n")]
+    return "\n\n".join(blocks) + "\n"
+
+
+def escape_cell(value: object) -> object:
+    """A string made safe inside a Markdown table cell (its "|" escaped); other values unchanged."""
+    return value.replace("|", "\\|") if isinstance(value, str) else value
+
+
+def write_markdown(path: str | os.PathLike, title: str, intro: Sequence[str],
+                   sections: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write `markdown_document(title, intro, sections)` to `path` atomically."""
+    write_text_atomic(path, markdown_document(title, intro, sections))
+    return Path(path)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, object]],
+              fieldnames: Sequence[str] | None = None) -> Path:
+    """Rows as a CSV file with a header, written atomically.
+
+    Columns are `fieldnames`, or every key in order of first appearance; a missing cell is empty.
+    """
+    if fieldnames is None:
+        fieldnames = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def flatten_summary(summary: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """`summarize_metrics` rows as plain values: each MetricSummary becomes <metric>_mean, _median, _ci,
+    _n_valid and _n_nan columns, ready for `write_csv`."""
+    flat = []
+    for row in summary:
+        out: dict[str, object] = {}
+        for key, value in row.items():
+            if isinstance(value, MetricSummary):
+                out.update({f"{key}_{field}": getattr(value, field) for field in SUMMARY_FIELDS})
+            else:
+                out[key] = value
+        flat.append(out)
+    return flat
+
+
+def boxplot_figure(groups: Mapping[str, Sequence[Mapping[str, object]]], metrics: Sequence[str],
+                   columns: int = 3) -> Figure:
+    """Horizontal box plots of per-item metric values, one panel per metric and one box per group.
+
+    Only finite values are drawn; a group without any shows an empty row. Needs at least one group.
+    """
+    if not groups:
+        raise ValueError("boxplot_figure needs at least one group")
+    labels = list(groups)
+    rows = math.ceil(len(metrics) / columns)
+    fig = Figure(figsize=(4.0 * columns + 2.0, rows * (0.8 + 0.35 * len(labels))), layout="constrained")
+    axes = fig.subplots(rows, columns, sharey=True, squeeze=False).ravel()
+    for ax, name in zip(axes, metrics):
+        data = [_finite(row.get(name) for row in groups[label]) for label in labels]
+        ax.boxplot(data, orientation="horizontal", tick_labels=labels, showfliers=True)
+        info = METRICS.get(name)
+        ax.set_title(f"{info.label} {'↑' if info.higher_is_better else '↓'}" if info else name)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()  # first group on top, as in the tables
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    return fig
+
+
+def _finite(values: object) -> np.ndarray:
+    x = np.asarray([math.nan if v is None else float(v) for v in values], dtype=np.float64)  # type: ignore[union-attr]
+    return x[np.isfinite(x)]
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure (format from the suffix, e.g. .png) atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    return Path(path)
