@@ -29,13 +29,7 @@ TINY = {
 PAPER_PARAMS = {"vae": 138_273, "dkf": 516_641, "rvae": 1_026_849, "srnn-tf": 884_993, "srnn-ss": 884_993}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Step-by-step recursions on small batches run faster (and steadier on a busy machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(kind: str, seed: int = 0) -> DVAE:

@@ -32,13 +32,7 @@ PARAMS = {"vae": (138_273, 69_920), "dkf": (516_641, 339_168), "rvae": (1_026_84
 ATOL, RTOL, LOSS_RTOL = 2e-4, 1e-4, 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Step-by-step recursions on small batches run faster (and steadier on a busy machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
