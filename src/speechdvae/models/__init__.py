@@ -11,11 +11,12 @@ from .base import DVAE, Decoded, Posterior
 from .dkf import DKF
 from .rvae import RVAE
 from .srnn import SRNN
+from .transformer import TransformerDVAE
 from .vae import VAE
 
-MODELS: dict[str, type[DVAE]] = {cls.name: cls for cls in (VAE, DKF, RVAE, SRNN)}
+MODELS: dict[str, type[DVAE]] = {cls.name: cls for cls in (VAE, DKF, RVAE, SRNN, TransformerDVAE)}
 
-__all__ = ["DVAE", "Decoded", "Posterior", "VAE", "DKF", "RVAE", "SRNN", "MODELS", "build_model",
+__all__ = ["DVAE", "Decoded", "Posterior", "VAE", "DKF", "RVAE", "SRNN", "TransformerDVAE", "MODELS", "build_model",
            "available_presets", "load_preset"]
 
 
