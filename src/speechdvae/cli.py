@@ -66,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     resynth.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                          help="checkpoint folder to evaluate, labelled NAME in the tables (repeatable)")
     resynth.add_argument("--official", metavar="DIR",
-                         help="also evaluate the official DVAE-SE checkpoints in DIR (WSJ0 and VoiceBank), "
-                              "imported into OUTDIR/official/ unless already there")
+                         help="also evaluate the official DVAE-SE checkpoints in DIR (WSJ0 and VoiceBank)")
+    resynth.add_argument("--official-cache", default="checkpoints/official", metavar="DIR",
+                         help="where the official checkpoints are imported, unless already there "
+                              "(default: checkpoints/official; GPL-3.0, keep them out of your own releases)")
     resynth.add_argument("--manifest", required=True, metavar="MANIFEST", help="test speech manifest (JSONL)")
     resynth.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder of the report")
     resynth.add_argument("--limit", type=int, metavar="N", help="evaluate N utterances evenly spaced by id")

@@ -426,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
         given = parse_model_specs(args.model)
         models: dict[str, ModelSource] = dict(given)
         if args.official is not None:
-            official = official_models(args.official, Path(args.out) / "official")
+            official = official_models(args.official, args.official_cache)
             clash = sorted(set(official) & set(models))
             if clash:
                 raise ResynthesisError(f"--model labels clash with the official ones: {', '.join(clash)}")
