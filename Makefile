@@ -20,5 +20,8 @@ venv: $(BIN)/.installed
 test: venv
 	$(BIN)/python -m pytest tests
 
+demo: venv
+	$(BIN)/speechdvae demo -o demo_output
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache demo_output

@@ -348,3 +348,14 @@ def test_official_preset_and_validation() -> None:
         enhance_spectrogram(model, torch.stack([X[0], torch.zeros_like(X[1])]))
     with pytest.raises(ValueError, match="NaN"):
         enhance_spectrogram(model, torch.full((10, F), complex("nan"), dtype=torch.complex64))
+
+
+def test_frames_of_digital_silence_stay_finite():
+    """Zero frames inside an utterance (digital silence) must not turn the VEM into NaN."""
+    torch.manual_seed(0)
+    model = build_model({"name": "vae", "z_dim": 4, "dense_x_z": [16]})
+    X = torch.randn(100, 513, dtype=torch.complex64)
+    X[40:60] = 0
+    result = enhance_spectrogram(model, X, VEMConfig(niter=5, tol=0.0))
+    assert torch.isfinite(result.speech).all() and torch.isfinite(result.wiener_gain).all()
+    assert torch.all(result.speech[0, 40:60] == 0)

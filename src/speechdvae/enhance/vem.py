@@ -23,6 +23,11 @@ from ..models.base import DVAE
 from ..models.losses import kl_terms
 from .nmf import NMFNoise, m_step, mixture_loss, wiener_gain
 
+# Floor of the observed power |X|^2: frames of digital silence would otherwise drive H and g to
+# zero, V_x to zero and the updates to NaN. 1e-10 is about 200 dB below a full-scale sine's bin,
+# so it changes nothing on real (peak-normalised) recordings.
+POWER_FLOOR = 1e-10
+
 # Autoregressive priors feed their own past outputs back (generation mode, SE paper eq. 31);
 # the other priors ignore it.
 FEEDBACK = 1.0
@@ -196,7 +201,7 @@ def enhance_spectrogram(model: DVAE, X: torch.Tensor, config: VEMConfig = VEMCon
     if len(keys) != len(lengths):
         raise ValueError(f"got {len(keys)} keys for {len(lengths)} utterances")
     dtype = next(model.parameters()).dtype
-    power = (X.real.square() + X.imag.square()).to(dtype)
+    power = (X.real.square() + X.imag.square()).to(dtype).clamp_min(POWER_FLOOR)
     batch, frames, freqs = power.shape
     mask = torch.arange(frames, device=power.device)[None] < lengths.to(power.device)[:, None]
     power = power * mask[..., None]

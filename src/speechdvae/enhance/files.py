@@ -1,0 +1,498 @@
+"""Enhance audio files with a DVAE speech prior: files, folders or manifests in, enhanced files out.
+
+Each file is read at its own sample rate. Its channels are averaged, resampled to 16 kHz and
+peak-normalised for the VEM, and the Wiener gain (eq. 36) found for that mono mix is applied to the
+STFT of every channel at its original level, so the output keeps the input's sample rate, channel
+count and loudness. The prior models 16 kHz speech: content above 8 kHz is removed.
+
+Long files are cut into overlapping chunks at 16 kHz, enhanced a group at a time and joined with
+raised-cosine cross-fades while the output is written, so memory does not grow with the file's
+length. Outputs are written atomically, existing outputs are skipped (resume), and a file that cannot
+be enhanced (unreadable, silent, too short, NaN) is reported while the others are processed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from tqdm.auto import tqdm
+
+from ..audio import SAMPLE_RATE, AudioError
+from ..checkpoints import CheckpointError, default_device, from_pretrained
+from ..data.manifest import ManifestError, read_manifest
+from ..io import atomic_path, write_text_atomic
+from ..models.base import DVAE
+from ..stft import HOP_LENGTH, N_FFT, istft, min_samples, stft
+from .vem import VEMConfig, enhance_spectrogram
+
+# Suffixes searched in folders (case-insensitive): the formats libsndfile reads.
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
+                            ".au", ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc"})
+# Output formats kept from the input; any other input is written as WAV.
+OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
+FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE", "VORBIS", "OPUS"})
+MANIFEST_SUFFIX = ".jsonl"
+DEFAULT_CHUNK_SECONDS = 20.0
+DEFAULT_OVERLAP_SECONDS = 1.0
+READ_BLOCK_FRAMES = 1 << 16
+
+
+class EnhanceError(ValueError):
+    """Inputs or outputs that cannot be used as a whole (missing input, clashing or unsafe outputs)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the output it is enhanced into; `key` names its random streams."""
+
+    source: Path
+    target: Path
+    key: str
+
+
+@dataclass
+class EnhanceReport:
+    """What a run did: outputs written, outputs already there (skipped), and failures with reasons."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    audio_seconds: float = 0.0          # duration of the inputs enhanced in this run
+    elapsed: float = 0.0                # wall-clock seconds of the run
+    failed_list: Path | None = None     # the JSONL listing the failures, if any
+
+    @property
+    def real_time_factor(self) -> float:
+        """Processing time per second of audio enhanced (below 1: faster than real time)."""
+        return self.elapsed / self.audio_seconds if self.audio_seconds else float("nan")
+
+    def summary(self) -> str:
+        """One line per kind of outcome, for the console."""
+        lines = [f"enhanced {len(self.written)} file(s)" + (
+            f": {self.audio_seconds:.1f} s of audio in {self.elapsed:.1f} s (real-time factor "
+            f"{self.real_time_factor:.2f})" if self.written else "")]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} file(s) whose output already exists")
+        if self.failed:
+            lines.append(f"FAILED {len(self.failed)} file(s), listed in {self.failed_list}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """Chunk and overlap lengths in 16 kHz samples, multiples of the STFT hop so chunk frames share
+    one time grid."""
+
+    length: int
+    overlap: int
+
+    @classmethod
+    def from_seconds(cls, chunk_seconds: float, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS) -> Chunking:
+        """Round to whole hops; the overlap must span an STFT window and leave room between two overlaps."""
+        length, overlap = (HOP_LENGTH * round(s * SAMPLE_RATE / HOP_LENGTH) for s in (chunk_seconds, overlap_seconds))
+        if overlap < N_FFT or length <= 2 * overlap:
+            raise EnhanceError(f"chunks of {chunk_seconds} s with {overlap_seconds} s overlap: the overlap must "
+                               f"be at least {N_FFT / SAMPLE_RATE} s and a chunk longer than twice the overlap")
+        return cls(length, overlap)
+
+    @property
+    def hop(self) -> int:
+        return self.length - self.overlap
+
+
+# -- inputs and outputs --------------------------------------------------------------------------
+
+def collect_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> list[Job]:
+    """Jobs for files (-> OUTDIR/<name>), folders (searched recursively, structure mirrored) and
+    JSONL manifests (-> OUTDIR/<id>), sorted by output. Refuses clashing outputs and any output
+    that would replace an input."""
+    inputs, out_dir = [Path(item) for item in inputs], Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EnhanceError(f"{out_dir}: the output folder is an existing file")
+    jobs: dict[Path, Job] = {}
+    for item in inputs:
+        for source, relative in _expand(item, out_dir):
+            target = out_dir / output_name(relative)
+            job = Job(source, target, target.relative_to(out_dir).as_posix())
+            other = jobs.setdefault(target.resolve(), job)
+            if other.source.resolve() != source.resolve():
+                raise EnhanceError(f"{other.source} and {source} would both be written to {target}; "
+                                   "enhance them into different output folders")
+    if not jobs:
+        raise EnhanceError(f"no audio files found in {', '.join(map(str, inputs))}")
+    sources = {job.source.resolve() for job in jobs.values()}
+    clash = sorted(str(job.source) for resolved, job in jobs.items() if resolved in sources)
+    if clash:
+        raise EnhanceError(f"the output folder {out_dir} would overwrite input files (e.g. {clash[0]}); "
+                           "choose another output folder")
+    return sorted(jobs.values(), key=lambda job: job.key)
+
+
+def output_name(relative: Path) -> Path:
+    """The output's relative path: the input's suffix for WAV, FLAC and Ogg, else `.wav`."""
+    suffix = relative.suffix.lower()
+    return relative.with_suffix(suffix if suffix in OUTPUT_FORMATS else ".wav")
+
+
+def _expand(item: Path, out_dir: Path) -> Iterator[tuple[Path, Path]]:
+    """(source file, relative output path) pairs of one command-line input."""
+    if item.is_dir():
+        yield from _folder_files(item, out_dir)
+    elif item.is_file() and item.suffix.lower() == MANIFEST_SUFFIX:
+        yield from _manifest_files(item)
+    elif item.is_file():
+        yield item, Path(item.name)
+    else:
+        raise EnhanceError(f"{item}: no such file or folder")
+
+
+def _folder_files(folder: Path, out_dir: Path) -> Iterator[tuple[Path, Path]]:
+    """Audio files under `folder` by suffix, leaving out hidden files and an output folder inside it."""
+    out_root = out_dir.resolve()
+    nested = folder.resolve() in out_root.parents
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        hidden = any(part.startswith(".") for part in relative.parts)
+        if (path.is_file() and not hidden and path.suffix.lower() in AUDIO_SUFFIXES
+                and not (nested and out_root in path.resolve().parents)):
+            yield path, relative
+
+
+def _manifest_files(manifest: Path) -> Iterator[tuple[Path, Path]]:
+    """Each record's `path`, written under its `id` (which may hold sub-folders)."""
+    for record in read_manifest(manifest):
+        name, suffix = str(record["id"]), Path(record["path"]).suffix
+        relative = Path(name if name.lower().endswith(suffix.lower()) else name + suffix)
+        if relative.is_absolute() or ".." in relative.parts or not relative.name:
+            raise EnhanceError(f"{manifest}: id {record['id']!r} is not a relative output name")
+        yield Path(record["path"]), relative
+
+
+def _inspect(path: Path) -> sf._SoundFileInfo:
+    """The file's header; AudioError if unreadable or shorter than one STFT at 16 kHz."""
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError, ...)
+        raise AudioError(f"{path}: cannot read audio ({err})") from err
+    if round(info.frames * SAMPLE_RATE / info.samplerate) < min_samples():
+        raise AudioError(f"{path}: too short ({info.frames / info.samplerate:.3f} s; at least "
+                         f"{min_samples() / SAMPLE_RATE:.3f} s needed)")
+    return info
+
+
+def _blocks(path: Path) -> Iterator[np.ndarray]:
+    """(frames, channels) float32 blocks of the whole file; decoding errors become AudioError."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            yield from f.blocks(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
+    except (RuntimeError, sf.SoundFileError) as err:
+        raise AudioError(f"{path}: cannot decode audio ({err})") from err
+
+
+def mono_peak(path: Path) -> float:
+    """Largest magnitude of the channel average, read block by block; AudioError on silence or NaN."""
+    peak = 0.0
+    for block in _blocks(path):
+        if not np.isfinite(block).all():
+            raise AudioError(f"{path}: the audio contains NaN or infinite samples")
+        peak = max(peak, float(np.abs(block.mean(1)).max(initial=0.0)))
+    if peak == 0.0:
+        raise AudioError(f"{path}: the audio is silent (all samples are zero)")
+    return peak
+
+
+class _Resampler:
+    """Streaming resampling of (frames, channels) blocks (soxr, VHQ); the identity at equal rates."""
+
+    def __init__(self, rate_in: int, rate_out: int, channels: int) -> None:
+        self.channels = channels
+        self.stream = (soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="VHQ")
+                       if rate_in != rate_out else None)
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        if self.stream is None:
+            return block
+        return self.stream.resample_chunk(np.ascontiguousarray(block, dtype=np.float32), last=last)
+
+    def flush(self) -> np.ndarray:
+        return self(np.zeros((0, self.channels), np.float32), last=True)
+
+
+def _read_16k(path: Path, rate: int, channels: int) -> Iterator[np.ndarray]:
+    """The file's channels as 16 kHz (frames, channels) blocks, streamed."""
+    resampler = _Resampler(rate, SAMPLE_RATE, channels)
+    for block in _blocks(path):
+        yield resampler(block)
+    yield resampler.flush()
+
+
+def overlapping_chunks(blocks: Iterable[np.ndarray], chunking: Chunking) -> Iterator[tuple[np.ndarray, bool]]:
+    """(chunk, is_last) pairs: chunk k covers samples [k hop, k hop + length) of the stream, the last one
+    ends with the stream. At most one chunk plus one block is held at a time."""
+    buffer: np.ndarray | None = None
+    for block in blocks:
+        buffer = block if buffer is None else np.concatenate([buffer, block])
+        while len(buffer) > chunking.length:
+            yield buffer[:chunking.length], False
+            buffer = buffer[chunking.hop:]
+    if buffer is not None and len(buffer):
+        yield buffer, True
+
+
+def fade_in(length: int) -> np.ndarray:
+    """Raised-cosine ramp sin^2 from 0 to 1; with its complement cos^2 it sums to one at every sample."""
+    return np.sin(0.5 * np.pi * (np.arange(length) + 0.5) / length).astype(np.float32) ** 2
+
+
+class CrossFader:
+    """Joins enhanced overlapping chunks into one stream, cross-fading each overlap."""
+
+    def __init__(self, overlap: int) -> None:
+        self.overlap = overlap
+        self.ramp = fade_in(overlap)[:, None]
+        self.tail: np.ndarray | None = None
+
+    def push(self, chunk: np.ndarray, last: bool) -> np.ndarray:
+        """The samples of `chunk` (frames, channels) now final; the chunk's last overlap is held back
+        for the next chunk unless `last`."""
+        if self.tail is not None:
+            head = self.tail * (1.0 - self.ramp) + chunk[:self.overlap] * self.ramp
+            chunk = np.concatenate([head, chunk[self.overlap:]])
+        if last:
+            self.tail = None
+            return chunk
+        self.tail = chunk[-self.overlap:]
+        return chunk[:-self.overlap]
+
+
+class _Sink:
+    """Writes blocks to an open SoundFile, exactly `frames` frames in all, clipping integer formats."""
+
+    def __init__(self, file: sf.SoundFile, frames: int) -> None:
+        self.file, self.frames, self.written = file, frames, 0
+        self.clip = file.subtype not in FLOAT_SUBTYPES
+
+    def write(self, block: np.ndarray) -> None:
+        block = block[:self.frames - self.written]
+        self.file.write(np.clip(block, -1.0, 1.0) if self.clip else block)
+        self.written += len(block)
+
+    def finish(self) -> None:
+        """Pad the last few frames the resampler may leave out."""
+        self.write(np.zeros((self.frames - self.written, self.file.channels), np.float32))
+
+
+# -- enhancement -----------------------------------------------------------------------------------
+
+def wiener_gains(model: DVAE, spectra: Sequence[torch.Tensor], keys: Sequence[str], config: VEMConfig,
+                 progress: bool = False) -> list[torch.Tensor]:
+    """Wiener gains (T, F) of mono STFTs (T, F), enhanced as one VEM batch; all-zero ones get zero gains."""
+    gains = [torch.zeros(s.shape, dtype=torch.float32) for s in spectra]
+    active = [b for b, s in enumerate(spectra) if bool(s.abs().amax() > 0)]
+    if not active:
+        return gains
+    lengths = [spectra[b].shape[0] for b in active]
+    X = torch.zeros(len(active), max(lengths), spectra[0].shape[-1], dtype=spectra[0].dtype)
+    for j, b in enumerate(active):
+        X[j, :lengths[j]] = spectra[b]
+    result = enhance_spectrogram(model, X, config, lengths=lengths, keys=[keys[b] for b in active],
+                                 progress=progress)
+    for j, b in enumerate(active):
+        gains[b] = result.wiener_gain[j, :lengths[j]].float().cpu()
+    return gains
+
+
+def enhance_chunks(model: DVAE, chunks: Sequence[np.ndarray], keys: Sequence[str], config: VEMConfig,
+                   scale: float, progress: bool = False) -> list[np.ndarray]:
+    """Enhance 16 kHz chunks (frames, channels): the gains found for the channel mean times `scale`
+    are applied to every channel."""
+    spectra = [stft(torch.from_numpy(np.ascontiguousarray(chunk.T))) for chunk in chunks]   # (C, T, F)
+    gains = wiener_gains(model, [s.mean(0) * scale for s in spectra], keys, config, progress)
+    return [istft(s * g, length=len(chunk)).T.numpy() for s, g, chunk in zip(spectra, gains, chunks)]
+
+
+def check_settings(chunk_seconds: float, batch_size: int) -> Chunking:
+    """The chunking of `chunk_seconds`; EnhanceError for unusable chunk or batch sizes."""
+    if batch_size < 1:
+        raise EnhanceError(f"the batch size must be positive, got {batch_size}")
+    return Chunking.from_seconds(chunk_seconds)
+
+
+def enhance_file(source: str | os.PathLike, target: str | os.PathLike, model: DVAE,
+                 config: VEMConfig = VEMConfig(), chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+                 batch_size: int = 1, key: str | None = None, progress: bool = False,
+                 on_progress: Callable[[float], None] | None = None) -> float:
+    """Enhance one file into `target` (format from its suffix, written atomically, replaced if present);
+    returns the input's duration in seconds. `key` names the random streams (default: the file name),
+    `on_progress` receives the seconds of input done after each group of `batch_size` chunks."""
+    source, target = Path(source), Path(target)
+    if target.exists() and target.resolve() == source.resolve():
+        raise EnhanceError(f"{target}: refusing to replace the input file with its enhanced version")
+    chunking = check_settings(chunk_seconds, batch_size)
+    info = _inspect(source)
+    scale = 1.0 / mono_peak(source)
+    fmt = OUTPUT_FORMATS.get(target.suffix.lower(), "WAV")
+    subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
+    key = key or source.name
+    with atomic_path(target) as tmp, sf.SoundFile(str(tmp), "w", info.samplerate, info.channels, subtype,
+                                                  format=fmt) as out:
+        sink, fader = _Sink(out, info.frames), CrossFader(chunking.overlap)
+        to_input_rate = _Resampler(SAMPLE_RATE, info.samplerate, info.channels)
+        chunks = enumerate(overlapping_chunks(_read_16k(source, info.samplerate, info.channels), chunking))
+        while group := list(islice(chunks, batch_size)):
+            enhanced = enhance_chunks(model, [chunk for _, (chunk, _) in group],
+                                      [f"{key}#{index}" for index, _ in group], config, scale, progress)
+            for (_, (chunk, last)), signal in zip(group, enhanced):
+                sink.write(to_input_rate(fader.push(signal, last)))
+            if on_progress is not None:
+                done = sum(len(chunk) if last else chunking.hop for _, (chunk, last) in group)
+                on_progress(done / SAMPLE_RATE)
+        sink.write(to_input_rate.flush())
+        sink.finish()
+    return info.frames / info.samplerate
+
+
+def enhance_files(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+                  model: str | os.PathLike | DVAE = "default", config: VEMConfig | None = None,
+                  chunk_seconds: float = DEFAULT_CHUNK_SECONDS, batch_size: int = 1,
+                  device: str | torch.device | None = None, progress: bool = True, overwrite: bool = False,
+                  shard: tuple[int, int] = (0, 1)) -> EnhanceReport:
+    """Enhance files, folders and manifests into `out_dir` with a prior (shipped name, checkpoint folder or
+    model). Existing outputs are skipped unless `overwrite`; failures are printed on stderr, listed in
+    OUTDIR/failed.jsonl and do not stop the run. `shard` (index, count) takes every count-th file."""
+    start = time.perf_counter()
+    config = config or VEMConfig()
+    jobs = shard_jobs(collect_jobs(inputs, out_dir), shard)
+    check_settings(chunk_seconds, batch_size)      # before any work
+    if not isinstance(model, DVAE):
+        model = from_pretrained(model, device)
+    report = EnhanceReport()
+    durations = [_duration(job.source) for job in jobs]
+    with tqdm(total=sum(durations), unit="s", desc="enhance", disable=not progress,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]") as bar:
+        for job, duration in zip(jobs, durations):
+            end = bar.n + duration
+            if job.target.exists() and not overwrite:
+                report.skipped.append(job.target)
+            else:
+                _run_job(job, model, config, chunk_seconds, batch_size, progress,
+                         partial(_advance, bar, end), report)
+            _advance(bar, end, duration)
+    report.failed_list = _write_failures(Path(out_dir), report.failed, shard)
+    report.elapsed = time.perf_counter() - start
+    return report
+
+
+def _advance(bar: tqdm, end: float, seconds: float) -> None:
+    """Move the bar `seconds` forward, never past the end of the current file."""
+    bar.update(max(0.0, min(seconds, end - bar.n)))
+
+
+def _run_job(job: Job, model: DVAE, config: VEMConfig, chunk_seconds: float, batch_size: int,
+             progress: bool, on_progress: Callable[[float], None], report: EnhanceReport) -> None:
+    """Enhance one job into the report; a failure is recorded and printed, never raised."""
+    try:
+        report.audio_seconds += enhance_file(job.source, job.target, model, config, chunk_seconds, batch_size,
+                                             job.key, progress, on_progress)
+        report.written.append(job.target)
+    except (ValueError, RuntimeError, OSError, MemoryError) as err:
+        reason = str(err) if str(job.source) in str(err) else f"{job.source}: {err}"
+        report.failed.append({"input": str(job.source), "output": str(job.target), "error": reason})
+        tqdm.write(f"speechdvae: failed: {reason}", file=sys.stderr)
+
+
+def _duration(path: Path) -> float:
+    """Seconds of audio in the file's header; 0 if unreadable (the job reports it)."""
+    try:
+        info = sf.info(str(path))
+    except Exception:  # noqa: BLE001 - any unreadable file is reported later by its job
+        return 0.0
+    return info.frames / info.samplerate
+
+
+def shard_jobs(jobs: Sequence[Job], shard: tuple[int, int]) -> list[Job]:
+    """Every count-th job starting at index, for shard (index, count)."""
+    index, count = shard
+    if not 0 <= index < count:
+        raise EnhanceError(f"shard {index}/{count}: need 0 <= index < count")
+    return list(jobs[index::count])
+
+
+def shard_from_env() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) when started by torchrun, else (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _write_failures(out_dir: Path, failed: list[dict[str, str]], shard: tuple[int, int]) -> Path | None:
+    """Write this run's failures as JSONL (one file per shard) or remove a stale list; returns its path."""
+    index, count = shard
+    path = out_dir / ("failed.jsonl" if count == 1 else f"failed.shard{index}of{count}.jsonl")
+    if not failed:
+        path.unlink(missing_ok=True)
+        return None
+    write_text_atomic(path, "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in failed))
+    return path
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+def vem_config(args: argparse.Namespace) -> VEMConfig:
+    """The VEM settings of `speechdvae enhance`: the default or --official ones, then any overrides."""
+    config = VEMConfig.official() if args.official else VEMConfig()
+    overrides = {"niter": args.iterations, "nmf_rank": args.nmf_rank, "seed": args.seed}
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """"I/N" -> (I, N); None -> the torchrun rank, if any."""
+    if text is None:
+        return shard_from_env()
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise EnhanceError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    return index, count
+
+
+def worker_device(device: str | None) -> str | None:
+    """`device`; when unset under torchrun on a CUDA machine, the GPU of the process's local rank."""
+    if device is None and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def set_threads(device: str | torch.device | None, threads: int | None) -> None:
+    """Torch CPU threads: `threads`, or one on CPU. The VEM runs many small recurrent steps per utterance,
+    where extra intra-op threads cost more in synchronisation than they gain; run one process per core
+    (--shard) to use several cores."""
+    on_cpu = torch.device(device if device is not None else default_device()).type == "cpu"
+    if threads is not None or on_cpu:
+        torch.set_num_threads(threads or 1)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `speechdvae enhance`; exit status 1 if any file failed."""
+    from ..cli import UserError
+
+    device = worker_device(args.device)
+    set_threads(device, args.threads)
+    try:
+        report = enhance_files(args.inputs, args.out, args.model, vem_config(args), args.chunk_seconds,
+                               args.batch_size, device, not args.no_progress, args.overwrite,
+                               parse_shard(args.shard))
+    except (EnhanceError, CheckpointError, ManifestError) as err:
+        raise UserError(str(err)) from err
+    print(report.summary())
+    return 1 if report.failed else 0
