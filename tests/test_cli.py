@@ -13,7 +13,7 @@ def run_cli(*args, env=None):
 
 
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "open"], ["data", "mix"], ["data", "scan"],
-                                     ["train"], ["import-official"], ["eval"], ["eval", "resynth"], ["enhance"], ["demo"]])
+                                     ["train"], ["import-official"], ["eval"], ["eval", "resynth"], ["enhance"], ["demo"], ["eval", "enhance"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])

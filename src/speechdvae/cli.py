@@ -130,6 +130,41 @@ def build_parser() -> argparse.ArgumentParser:
     resynth.add_argument("--no-progress", action="store_true", help="no progress bar")
     resynth.set_defaults(func=_lazy("speechdvae.evaluate.resynthesis"))
 
+    enhance_eval = eval_sub.add_parser(
+        "enhance", help="speech enhancement (SI-SDR, PESQ, ESTOI and improvements) of priors on noisy mixtures",
+        description="Speech-enhancement evaluation (SE paper Table II, Figs. 4-5): each noisy mixture is divided by "
+                    "its peak and enhanced by the VEM with every prior; the Wiener estimates and the mixtures "
+                    "themselves are scored against the clean references. Results are cached in OUTDIR, so an "
+                    "interrupted run continues where it stopped.")
+    enhance_eval.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                              help="checkpoint folder to evaluate, labelled NAME in the tables (repeatable)")
+    enhance_eval.add_argument("--official", metavar="DIR",
+                              help="also evaluate the official DVAE-SE checkpoints in DIR (WSJ0 and VoiceBank)")
+    enhance_eval.add_argument("--official-cache", default="checkpoints/official", metavar="DIR",
+                              help="where the official checkpoints are imported, unless already there "
+                                   "(default: checkpoints/official; GPL-3.0, keep them out of your own releases)")
+    enhance_eval.add_argument("--manifest", required=True, metavar="MANIFEST",
+                              help="noisy mixture manifest (JSONL from `speechdvae data mix`: path, clean_path, "
+                                   "noise_type, snr)")
+    enhance_eval.add_argument("-o", "--out", required=True, metavar="OUTDIR",
+                              help="output folder of the report and of the result cache")
+    enhance_eval.add_argument("--limit", type=int, metavar="N",
+                              help="evaluate N mixtures balanced over noise type x SNR, evenly spaced by id")
+    enhance_eval.add_argument("--official-settings", action="store_true",
+                              help="the official VEM settings (300 iterations, no early stop) instead of the default")
+    enhance_eval.add_argument("--iterations", type=int, metavar="N", help="maximum VEM iterations (default: 300)")
+    enhance_eval.add_argument("--lr", type=float, help="Adam learning rate of the E-step (default: 1e-3)")
+    enhance_eval.add_argument("--tol", type=float,
+                              help="relative loss change that stops a mixture early, 0 = never (default: 5e-4)")
+    enhance_eval.add_argument("--seed", type=int, help="root of every mixture's random streams (default: 0)")
+    enhance_eval.add_argument("--batch-size", type=int, default=8, metavar="N",
+                              help="mixtures enhanced together (default: 8; the results do not depend on it)")
+    enhance_eval.add_argument("--save-audio", action="store_true",
+                              help="also write the estimates to OUTDIR/audio/<model>/<id>.wav")
+    enhance_eval.add_argument("--workers", type=int, metavar="N", help="processes computing metrics (default: all cores)")
+    enhance_eval.add_argument("--no-progress", action="store_true", help="no progress bar")
+    enhance_eval.set_defaults(func=_lazy("speechdvae.evaluate.enhancement"))
+
     train = sub.add_parser(
         "train", help="train a speech prior from a preset or a config file",
         description="Train a speech prior. Data come from --data-root (the open corpus layout: "

@@ -148,7 +148,7 @@ def build_systems(models: Mapping[str, DVAE], modes: Sequence[str], oracle: bool
     return systems
 
 
-def _load(source: ModelSource) -> DVAE:
+def load_source(source: ModelSource) -> DVAE:
     return source.eval() if isinstance(source, DVAE) else load_model(source)
 
 
@@ -203,7 +203,7 @@ def _read_utterance(record: dict) -> _Utterance:
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
     """Batch-1 recursions run faster on one thread than split across busy cores."""
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -213,7 +213,7 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _metrics_with_reasons(pairs: list[tuple[np.ndarray, np.ndarray]], labels: list[str],
+def metrics_with_reasons(pairs: list[tuple[np.ndarray, np.ndarray]], labels: list[str],
                           workers: int | None) -> tuple[list[dict[str, float]], list[str]]:
     """`evaluate_pairs`, with each NaN reason attached to its pair and re-warned with the pair's label."""
     reasons = [""] * len(pairs)
@@ -259,7 +259,7 @@ def _evaluate_chunk(utterances: list[_Utterance], systems: list[System], sample:
             labels.append(f"{utterance.record['id']} ({system.title})")
             keys.append((i, {"id": utterance.record["id"], "model": system.label, "mode": system.mode,
                              "seconds": len(utterance.wave) / audio.SAMPLE_RATE}))
-    metric_rows, reasons = _metrics_with_reasons(pairs, labels, workers) if pairs else ([], [])
+    metric_rows, reasons = metrics_with_reasons(pairs, labels, workers) if pairs else ([], [])
     out += [(i, {**row, **metrics, "error": reason})
             for (i, row), metrics, reason in zip(keys, metric_rows, reasons)]
     return out
@@ -298,7 +298,7 @@ def evaluate_resynthesis(models: Mapping[str, ModelSource], manifest: str | os.P
     per metric. `limit` takes an evenly spaced subset by id; `workers` is the metric process pool size
     (default: all cores); unusable utterances and undefined metrics count as NaN, never stop the run.
     """
-    systems = build_systems({label: _load(source) for label, source in models.items()}, modes, oracle)
+    systems = build_systems({label: load_source(source) for label, source in models.items()}, modes, oracle)
     if not systems:
         raise ResynthesisError("nothing to evaluate: give at least one model or keep the oracle")
     all_records = read_manifest(manifest)
@@ -310,7 +310,7 @@ def evaluate_resynthesis(models: Mapping[str, ModelSource], manifest: str | os.P
     seconds = np.zeros(len(systems))
     indexed: list[tuple[int, dict]] = []
     utterances: list[_Utterance] = []
-    with _torch_threads(1), tqdm(total=len(records), unit="utt", desc="resynthesis", disable=not progress) as bar:
+    with torch_threads(1), tqdm(total=len(records), unit="utt", desc="resynthesis", disable=not progress) as bar:
         for start in range(0, len(records), CHUNK_UTTERANCES):
             chunk = [_read_utterance(r) for r in records[start:start + CHUNK_UTTERANCES]]
             indexed += _evaluate_chunk(chunk, systems, sample, workers, seconds, bar)
@@ -417,22 +417,28 @@ def parse_model_specs(specs: Sequence[str]) -> dict[str, str]:
     return models
 
 
+def models_from_args(args: argparse.Namespace, task: str) -> tuple[dict[str, str], dict[str, ModelSource]]:
+    """The --model NAME=PATH models, and those plus the --official ones (imported into --official-cache)."""
+    given = parse_model_specs(args.model)
+    models: dict[str, ModelSource] = dict(given)
+    if args.official is not None:
+        official = official_models(args.official, args.official_cache)
+        clash = sorted(set(official) & set(models))
+        if clash:
+            raise ResynthesisError(f"--model labels clash with the official ones: {', '.join(clash)}")
+        models.update(official)
+    if not models:
+        raise ResynthesisError(f"{task} needs at least one --model NAME=PATH or --official DIR")
+    return given, models
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `speechdvae eval resynth`."""
     from ..cli import UserError
 
     oracle = not args.no_oracle
     try:
-        given = parse_model_specs(args.model)
-        models: dict[str, ModelSource] = dict(given)
-        if args.official is not None:
-            official = official_models(args.official, args.official_cache)
-            clash = sorted(set(official) & set(models))
-            if clash:
-                raise ResynthesisError(f"--model labels clash with the official ones: {', '.join(clash)}")
-            models.update(official)
-        if not models:
-            raise ResynthesisError("eval resynth needs at least one --model NAME=PATH or --official DIR")
+        given, models = models_from_args(args, "eval resynth")
         command = cli_command(given, args.manifest, args.out, args.limit, args.modes, args.sample, args.seed,
                               oracle, args.official)
         summary = evaluate_resynthesis(models, args.manifest, args.out, args.limit, args.modes, args.workers,

@@ -1,0 +1,661 @@
+"""Speech-enhancement evaluation of speech priors on noisy mixtures (SE paper Sec. V-G and V-I, Table II, Figs. 4-5).
+
+Each mixture of a mixture manifest (written by `speechdvae data mix`, or records of an official list read with
+`data.mix.read_official_list`) is divided by its peak absolute value, as in the official code (it is not
+trimmed), and its clean reference is scaled by the same factor. Every prior enhances it with the VEM
+(`enhance.vem`): mixtures are enhanced a batch at a time, sorted by length, each with its own encoder copy, NMF
+and gains and a random stream named by its id, so results do not depend on the batching. The Wiener estimate is
+inverted to the mixture's length and scored against the clean reference: SI-SDR, PESQ (NB raw P.862, NB MOS-LQO,
+WB MOS-LQO) and ESTOI. The noisy mixture itself is scored as the first row, and each prior's improvement over it
+(output minus input) is kept per mixture for the figures.
+
+Enhancing is slow (about a minute per mixture and prior on a CPU at 300 iterations), so every result is appended
+to `enhancement_cache.jsonl` as soon as its batch is done and reused by a later run with the same key: model
+label, a hash of the model's configuration and weights, the VEM settings, the mixture id and the checksums of its
+noisy and clean files. An interrupted evaluation continues where it stopped; a prior added later costs only its
+own enhancements.
+
+Outputs in the output folder: `enhancement.md` (Table II as median ± 1.57·IQR/√n and as means, improvements per
+SNR and noise type, timing), `enhancement.csv` (the summary), `enhancement_utterances.csv` (every mixture and row,
+with its SNR, noise type and improvements), `improvement_per_snr.png` (Fig. 4), `improvement_per_noise.png`
+(Fig. 5) and, with `save_audio`, the estimates as `audio/<model>/<id>.wav` (relative to the peak-normalised
+mixture).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from .. import audio, stft
+from ..checkpoints import CheckpointError
+from ..data.manifest import ManifestError, read_manifest, sha256_file
+from ..enhance.vem import VEMConfig, enhance_spectrogram
+from ..io import write_text_atomic
+from ..models import DVAE
+from ..official import OfficialImportError
+from .metrics import METRICS, markdown_table, median_ci, summarize_metrics
+from .report import escape_cell, flatten_summary, save_figure, write_csv, write_markdown
+from .resynthesis import (ModelSource, ResynthesisError, evenly_spaced, load_source, metrics_with_reasons,
+                          models_from_args, torch_threads)
+
+NOISY_LABEL = "noisy mixture"
+SCORES = ("si_sdr", "pesq_nb_raw", "pesq_nb", "pesq_wb", "estoi")
+IMPROVEMENTS = {name: f"{name}_improvement" for name in SCORES}
+FIGURE_METRICS = ("si_sdr", "pesq_nb_raw", "estoi")   # the panels of Figs. 4-5, PESQ on the papers' raw scale
+MIXTURE_FIELDS = ("id", "path", "clean_path", "noise_type", "snr")
+BATCH_SIZE = 8
+MARKDOWN_NAME, SUMMARY_NAME, UTTERANCES_NAME = "enhancement.md", "enhancement.csv", "enhancement_utterances.csv"
+SNR_FIGURE_NAME, NOISE_FIGURE_NAME = "improvement_per_snr.png", "improvement_per_noise.png"
+CACHE_NAME, AUDIO_DIR = "enhancement_cache.jsonl", "audio"
+# VEMConfig fields settable from the command line, and their options.
+VEM_OPTIONS = {"niter": "--iterations", "lr": "--lr", "tol": "--tol", "seed": "--seed"}
+UTTERANCE_COLUMNS = ("id", "model", "noise_type", "snr", "snr_power", "duration", "seconds", "iterations",
+                     *SCORES, *IMPROVEMENTS.values(), "error")
+
+Mixtures = str | os.PathLike | Sequence[dict]
+
+
+class EnhancementError(ValueError):
+    """Options or inputs that cannot make an evaluation (no model, reserved label, bad limit, duplicate ids)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixture set
+# ---------------------------------------------------------------------------------------------
+
+def read_mixtures(source: Mixtures) -> list[dict]:
+    """Mixture records from a manifest path or given as a list; each needs id, path, clean_path, noise_type, snr."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_manifest(source, MIXTURE_FIELDS)
+    records = list(source)
+    for record in records:
+        missing = [name for name in MIXTURE_FIELDS if name not in record]
+        if missing:
+            raise EnhancementError(f"mixture {record.get('id', '?')!r} lacks {', '.join(missing)}")
+    return records
+
+
+def _condition(record: Mapping[str, object]) -> tuple[str, float]:
+    return str(record["noise_type"]), float(record["snr"])  # type: ignore[arg-type]
+
+
+def share_out(sizes: Sequence[int], n: int) -> list[int]:
+    """Shares of `n` items over groups of the given sizes: equal, capped by each size (the excess going to the
+    others), with the remainder one each to the first groups that still have room."""
+    quotas = [0] * len(sizes)
+    n = min(n, sum(sizes))
+    while n:
+        room = [g for g, size in enumerate(sizes) if quotas[g] < size]
+        share = n // len(room)
+        for g in room if share else room[:n]:
+            add = min(max(share, 1), sizes[g] - quotas[g])
+            quotas[g] += add
+            n -= add
+    return quotas
+
+
+def balanced_subset(records: Sequence[dict], limit: int | None = None) -> list[dict]:
+    """The records sorted by id, or `limit` of them balanced over the (noise type, SNR) conditions.
+
+    Conditions get equal shares (`share_out`); the remainder goes to conditions taken along a diagonal of the
+    type × SNR grid, so both margins stay balanced. Within a condition the mixtures are evenly spaced by id.
+    """
+    if limit is not None and limit < 1:
+        raise EnhancementError(f"--limit must be positive, got {limit}")
+    ordered = sorted(records, key=lambda r: r["id"])
+    if limit is None or limit >= len(ordered):
+        return ordered
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for record in ordered:
+        groups.setdefault(_condition(record), []).append(record)
+    types = sorted({t for t, _ in groups})
+    snrs = sorted({s for _, s in groups})
+    diagonal = sorted(groups, key=lambda c: ((types.index(c[0]) + snrs.index(c[1])) % len(snrs),
+                                             types.index(c[0]), snrs.index(c[1])))
+    quotas = share_out([len(groups[c]) for c in diagonal], limit)
+    chosen = [r for c, quota in zip(diagonal, quotas) if quota for r in evenly_spaced(groups[c], quota)]
+    return sorted(chosen, key=lambda r: r["id"])
+
+
+@dataclass
+class Mixture:
+    """A mixture record, the checksum of its noisy and clean files, or why they cannot be read."""
+
+    record: dict
+    digest: str = ""
+    error: str = ""
+
+    @property
+    def id(self) -> str:
+        return str(self.record["id"])
+
+    @property
+    def duration(self) -> float:
+        return float(self.record.get("duration") or 0.0)
+
+
+def identify(record: dict) -> Mixture:
+    """The mixture with the sha256 of its two files (which key its cached results)."""
+    try:
+        digests = [sha256_file(record[name]) for name in ("path", "clean_path")]
+    except OSError as err:
+        return Mixture(record, error=f"{err.filename}: cannot read ({err.strerror})")
+    return Mixture(record, digest=hashlib.sha256("/".join(digests).encode()).hexdigest())
+
+
+def read_pair(record: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray]:
+    """The noisy mixture divided by its peak and the clean reference scaled by the same factor (16 kHz)."""
+    noisy = audio.read_audio(record["path"])[0]
+    clean = audio.read_audio(record["clean_path"])[0]
+    peak = float(np.abs(noisy).max())
+    if peak == 0.0:
+        raise audio.AudioError(f"{record['path']}: the mixture is silent (all samples are zero)")
+    if len(noisy) < stft.min_samples():
+        raise audio.AudioError(f"{record['path']}: too short ({len(noisy)} samples, need {stft.min_samples()})")
+    return noisy / peak, clean / peak
+
+
+# ---------------------------------------------------------------------------------------------
+# Enhancement
+# ---------------------------------------------------------------------------------------------
+
+def enhance_waves(model: DVAE, waves: Sequence[np.ndarray], keys: Sequence[str],
+                  config: VEMConfig) -> tuple[list[np.ndarray], list[int]]:
+    """Wiener estimates (float32, each of its input's length) of waveforms enhanced as one VEM batch, and the
+    VEM iterations each ran."""
+    spectra = [stft.stft(torch.from_numpy(np.asarray(x, dtype=np.float64))) for x in waves]
+    lengths = [s.shape[0] for s in spectra]
+    X = torch.zeros(len(spectra), max(lengths), stft.N_FREQ, dtype=spectra[0].dtype)
+    for b, s in enumerate(spectra):
+        X[b, :lengths[b]] = s
+    result = enhance_spectrogram(model, X, config, lengths=lengths, keys=list(keys))
+    speech = result.speech.cpu()
+    estimates = [stft.istft(speech[b, :T], length=len(x)).to(torch.float32).numpy()
+                 for b, (T, x) in enumerate(zip(lengths, waves))]
+    return estimates, result.iterations.tolist()
+
+
+def model_fingerprint(model: DVAE) -> str:
+    """sha256 of a model's configuration and weights: results of other weights are never reused."""
+    digest = hashlib.sha256(json.dumps(model.config, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A model to evaluate, under its label, with the fingerprint of its weights."""
+
+    label: str
+    model: DVAE
+    fingerprint: str
+
+
+def result_key(label: str, fingerprint: str, config: VEMConfig | None, mixture: Mixture) -> str:
+    """The cache key of one result: label, weights, VEM settings (None for the noisy row), mixture id and files."""
+    identity = {"model": label, "weights": fingerprint, "vem": asdict(config) if config else None,
+                "id": mixture.id, "files": mixture.digest}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+class ResultCache:
+    """Results appended to a JSONL file as they are computed and found again by key. Lines cut short by an
+    interruption are dropped from the file (atomically) and their results recomputed."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        if not self.path.is_file():
+            return
+        bad = 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                self.entries[entry["key"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                bad += 1
+        if bad:
+            warnings.warn(f"{self.path}: dropped {bad} incomplete line(s); those results are recomputed",
+                          stacklevel=2)
+            write_text_atomic(self.path, "".join(json.dumps(entry) + "\n" for entry in self.entries.values()))
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
+    def add(self, entries: Sequence[dict]) -> None:
+        """Append entries (each with its `key`) and flush them to disk."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            for entry in entries:
+                f.write(json.dumps(entry) + "\n")
+                self.entries[entry["key"]] = entry
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def audio_path(out_dir: Path, label: str, mixture_id: str) -> Path:
+    """Where `--save-audio` writes a prior's estimate: audio/<label>/<id>.wav (sub-folders follow the id)."""
+    relative = Path(f"{mixture_id}.wav")
+    if relative.is_absolute() or ".." in relative.parts:
+        raise EnhancementError(f"mixture id {mixture_id!r} cannot name an output file")
+    return out_dir / AUDIO_DIR / re.sub(r"[^\w.-]+", "_", label) / relative
+
+
+@dataclass
+class _Job:
+    """A mixture and the rows (NOISY_LABEL or prior labels) it still lacks, with their cache keys."""
+
+    mixture: Mixture
+    keys: dict[str, str]
+
+
+class _Evaluation:
+    """Computes the missing results of a mixture set batch by batch and keeps every per-mixture result."""
+
+    def __init__(self, priors: list[Prior], config: VEMConfig, cache: ResultCache, out_dir: Path,
+                 save_audio: bool, workers: int | None) -> None:
+        self.priors, self.config, self.cache, self.out_dir = priors, config, cache, out_dir
+        self.save_audio, self.workers = save_audio, workers
+        self.results: dict[tuple[str, str], dict] = {}    # (label, mixture id) -> result
+        self.computed = dict.fromkeys([p.label for p in priors], 0)
+
+    @property
+    def labels(self) -> list[str]:
+        return [NOISY_LABEL, *(p.label for p in self.priors)]
+
+    def plan(self, mixtures: Sequence[Mixture]) -> list[_Job]:
+        """Take cached results; return the work left, mixtures sorted by duration."""
+        jobs = []
+        for mixture in mixtures:
+            if mixture.error:
+                self._unusable(mixture, self.labels, mixture.error)
+                continue
+            keys = {NOISY_LABEL: result_key(NOISY_LABEL, "", None, mixture)}
+            keys.update((p.label, result_key(p.label, p.fingerprint, self.config, mixture)) for p in self.priors)
+            missing = {}
+            for label, key in keys.items():
+                cached = self.cache.get(key)
+                needs_audio = (self.save_audio and label != NOISY_LABEL
+                               and not audio_path(self.out_dir, label, mixture.id).is_file())
+                if cached is None or needs_audio:
+                    missing[label] = key
+                else:
+                    self.results[label, mixture.id] = cached
+            if missing:
+                jobs.append(_Job(mixture, missing))
+        return sorted(jobs, key=lambda job: (job.mixture.duration, job.mixture.id))
+
+    def _unusable(self, mixture: Mixture, labels: Sequence[str], error: str) -> None:
+        warnings.warn(f"{mixture.id}: {error}; its metrics are NaN", stacklevel=3)
+        for label in labels:
+            self.results[label, mixture.id] = {"duration": None, "seconds": None, "iterations": None,
+                                               **dict.fromkeys(SCORES, math.nan), "error": error}
+
+    def run_batch(self, jobs: Sequence[_Job], progress: tqdm) -> None:
+        """Enhance the batch with every prior that lacks it, score everything, cache the new results."""
+        signals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for job in jobs:
+            try:
+                signals[job.mixture.id] = read_pair(job.mixture.record)
+            except audio.AudioError as err:
+                self._unusable(job.mixture, list(job.keys), str(err))
+        usable = [job for job in jobs if job.mixture.id in signals]
+        progress.update(sum(len(job.keys) - (NOISY_LABEL in job.keys) for job in jobs if job not in usable))
+        pending: list[tuple[str, _Job, np.ndarray, dict]] = [
+            (NOISY_LABEL, job, signals[job.mixture.id][0], {"seconds": None, "iterations": None})
+            for job in usable if NOISY_LABEL in job.keys]
+        for prior in self.priors:
+            todo = [job for job in usable if prior.label in job.keys]
+            if todo:
+                pending += self._enhance(prior, todo, signals)
+                progress.update(len(todo))
+        self._score(pending, signals)
+
+    def _enhance(self, prior: Prior, jobs: list[_Job], signals: Mapping[str, tuple[np.ndarray, np.ndarray]]
+                 ) -> list[tuple[str, _Job, np.ndarray, dict]]:
+        """Estimates of one prior with the wall time (VEM + iSTFT) shared out over the mixtures by length."""
+        waves = [signals[job.mixture.id][0] for job in jobs]
+        start = time.perf_counter()
+        estimates, iterations = enhance_waves(prior.model, waves, [job.mixture.id for job in jobs], self.config)
+        elapsed = time.perf_counter() - start
+        total = sum(len(x) for x in waves)
+        self.computed[prior.label] += len(jobs)
+        out = []
+        for job, wave, estimate, n_iter in zip(jobs, waves, estimates, iterations):
+            if self.save_audio:
+                audio.write_audio(audio_path(self.out_dir, prior.label, job.mixture.id), estimate, subtype="FLOAT")
+            out.append((prior.label, job, estimate, {"seconds": elapsed * len(wave) / total, "iterations": n_iter}))
+        return out
+
+    def _score(self, pending: list[tuple[str, _Job, np.ndarray, dict]],
+               signals: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        if not pending:
+            return
+        pairs = [(signals[job.mixture.id][1], estimate) for _, job, estimate, _ in pending]
+        names = [f"{job.mixture.id} ({label})" for label, job, _, _ in pending]
+        scores, reasons = metrics_with_reasons(pairs, names, self.workers)
+        entries = []
+        for (label, job, estimate, timing), score, reason in zip(pending, scores, reasons):
+            result = {"duration": len(estimate) / audio.SAMPLE_RATE, **timing,
+                      **{name: score[name] for name in SCORES}, "error": reason}
+            self.results[label, job.mixture.id] = result
+            entries.append({"key": job.keys[label], "id": job.mixture.id, "model": label, **result})
+        self.cache.add(entries)
+
+    def rows(self, mixtures: Sequence[Mixture]) -> list[dict]:
+        """Per-mixture rows, the noisy mixture first then each prior, mixtures by id, with improvements."""
+        rows = []
+        for label in self.labels:
+            for mixture in mixtures:
+                record = mixture.record
+                result = {k: v for k, v in self.results[label, mixture.id].items() if k in UTTERANCE_COLUMNS}
+                rows.append({"id": mixture.id, "model": label, "noise_type": str(record["noise_type"]),
+                             "snr": float(record["snr"]), "snr_power": record.get("snr_power"), **result})
+        noisy = {row["id"]: row for row in rows if row["model"] == NOISY_LABEL}
+        for row in rows:
+            if row["model"] != NOISY_LABEL:
+                row.update({IMPROVEMENTS[name]: row[name] - noisy[row["id"]][name] for name in SCORES})
+        return rows
+
+
+def evaluate_enhancement(models: Mapping[str, ModelSource], mixtures: Mixtures, out_dir: str | os.PathLike,
+                         limit: int | None = None, config: VEMConfig = VEMConfig(), *,
+                         batch_size: int = BATCH_SIZE, workers: int | None = None, save_audio: bool = False,
+                         progress: bool = True, command: str | None = None) -> list[dict[str, object]]:
+    """Enhance every mixture (manifest path or records) with every prior (label -> model or checkpoint folder)
+    and score it against its clean reference, reusing the results cached in `out_dir`.
+
+    Writes the report files into `out_dir` and returns the summary: the noisy mixture then one row per prior,
+    with `n`, a MetricSummary per score and per improvement, `seconds_per_utterance` and `real_time_factor`.
+    `limit` takes a subset balanced over noise type × SNR; `batch_size` mixtures share a VEM run (the results
+    do not depend on it); `workers` is the metric process pool size (default: all cores). Unusable mixtures and
+    undefined metrics count as NaN and never stop the run.
+    """
+    if batch_size < 1:
+        raise EnhancementError(f"the batch size must be positive, got {batch_size}")
+    out_dir = Path(out_dir)
+    all_records, records = select_mixtures(mixtures, limit)
+    _check_labels(list(models), records, out_dir if save_audio else None)
+    priors = [Prior(label, model, model_fingerprint(model))
+              for label, model in ((label, load_source(source)) for label, source in models.items())]
+    selected = [identify(record) for record in records]
+    evaluation = _Evaluation(priors, config, ResultCache(out_dir / CACHE_NAME), out_dir, save_audio, workers)
+    jobs = evaluation.plan(selected)
+    total = sum(len(job.keys) - (NOISY_LABEL in job.keys) for job in jobs)
+    with torch_threads(1), tqdm(total=total, unit="enh", desc="enhancement", disable=not progress) as bar:
+        for start in range(0, len(jobs), batch_size):
+            evaluation.run_batch(jobs[start:start + batch_size], bar)
+    rows = evaluation.rows(selected)
+    summary = _summary(rows, evaluation)
+    if command is None:
+        command = cli_command(models, mixtures, out_dir, limit, config, save_audio=save_audio)
+    intro = [f"Regenerate with: `{command}`", _describe_set(mixtures, len(all_records), selected, rows, limit),
+             _describe_vem(config, batch_size), METHOD_NOTE, PESQ_NOTE, NAN_NOTE,
+             _describe_cache(evaluation, len(selected))]
+    _write_report(out_dir, rows, summary, intro, _condition_table(selected))
+    return summary
+
+
+def select_mixtures(mixtures: Mixtures, limit: int | None) -> tuple[list[dict], list[dict]]:
+    """All records of the set and those to evaluate (`balanced_subset`); refuses an empty set or duplicate ids."""
+    all_records = read_mixtures(mixtures)
+    records = balanced_subset(all_records, limit)
+    if not records:
+        raise EnhancementError(f"{_source_name(mixtures)}: no mixtures listed")
+    duplicates = sorted(key for key, count in Counter(r["id"] for r in records).items() if count > 1)
+    if duplicates:
+        raise EnhancementError(f"{_source_name(mixtures)}: duplicate mixture ids, e.g. {duplicates[0]!r}")
+    return all_records, records
+
+
+def _check_labels(labels: list[str], records: list[dict], audio_dir: Path | None) -> None:
+    """Model labels must exist, leave the noisy row's label free and, when audio is saved, give distinct
+    folders for ids that can name files."""
+    if not labels:
+        raise EnhancementError("nothing to evaluate: give at least one model")
+    if NOISY_LABEL in labels:
+        raise EnhancementError(f"the label {NOISY_LABEL!r} is reserved for the noisy input row")
+    if audio_dir is not None:
+        if len({audio_path(audio_dir, label, "x").parent for label in labels}) < len(labels):
+            raise EnhancementError("two model labels give the same audio folder; rename one of them")
+        for record in records:
+            audio_path(audio_dir, labels[0], str(record["id"]))
+
+
+def _source_name(mixtures: Mixtures) -> str:
+    return os.fspath(mixtures) if isinstance(mixtures, (str, os.PathLike)) else "<mixture records>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary, figures and report
+# ---------------------------------------------------------------------------------------------
+
+def _summary(rows: list[dict], evaluation: _Evaluation) -> list[dict[str, object]]:
+    """Scores and improvements per model, with the model time per mixture and the real-time factor."""
+    summary = summarize_metrics(rows, group_by="model", metrics=[*SCORES, *IMPROVEMENTS.values()])
+    for row in summary:
+        timed = [r for r in rows if r["model"] == row["model"] and r["seconds"] is not None]
+        seconds = sum(r["seconds"] for r in timed)
+        duration = sum(r["duration"] for r in timed)
+        row["seconds_per_utterance"] = seconds / len(timed) if timed else math.nan
+        row["real_time_factor"] = seconds / duration if duration else math.nan
+        row["computed_now"] = evaluation.computed.get(str(row["model"]))
+    return summary
+
+
+def improvement_stats(rows: Sequence[Mapping[str, object]], by: str, metric: str
+                      ) -> dict[str, dict[object, tuple[float, float]]]:
+    """Median improvement of `metric` and its CI half-width per model and per value of `by` (e.g. "snr")."""
+    stats: dict[str, dict[object, list[float]]] = {}
+    for row in rows:
+        if row["model"] != NOISY_LABEL:
+            stats.setdefault(str(row["model"]), {}).setdefault(row[by], []).append(row[IMPROVEMENTS[metric]])
+    return {label: {key: median_ci(values) for key, values in sorted(groups.items())}
+            for label, groups in stats.items()}
+
+
+def _category(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def improvement_figure(rows: Sequence[Mapping[str, object]], by: str, xlabel: str, connect: bool,
+                       metrics: Sequence[str] = FIGURE_METRICS) -> Figure:
+    """One panel per metric: median improvement ± 1.57·IQR/√n per value of `by`, one series per model
+    (lines for an ordered axis such as the SNR, points otherwise)."""
+    categories = sorted({row[by] for row in rows})
+    fig = Figure(figsize=(4.5 * len(metrics), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        stats = improvement_stats(rows, by, metric)
+        width = 0.4 / max(len(stats), 1)
+        for j, (label, groups) in enumerate(stats.items()):
+            x = [categories.index(key) + (j - (len(stats) - 1) / 2) * width for key in groups]
+            median, ci = zip(*groups.values())
+            ax.errorbar(x, median, yerr=ci, marker="o", capsize=3, linestyle="-" if connect else "none", label=label)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(categories)), [_category(c) for c in categories], rotation=0 if connect else 30)
+        ax.set_title(f"Δ {METRICS[metric].label}")
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="y", alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    return fig
+
+
+METHOD_NOTE = ("**Method:** each noisy mixture is divided by its peak absolute value (not trimmed), as in the "
+               "official code, and its clean reference is scaled by the same factor; the VEM's Wiener estimate "
+               "(eq. 36) is inverted to the mixture's length and compared with that reference. The noisy mixture "
+               "row scores the input itself; an improvement is output minus input, per mixture.")
+PESQ_NOTE = ("**PESQ:** *PESQ-NB (raw P.862)* is the narrowband raw MOS in [-0.5, 4.5], the scale of the SE "
+             "paper's Table II and of the figures' PESQ panel; *PESQ-NB (MOS-LQO)* is narrowband P.862.1 "
+             "MOS-LQO (what the `pesq` package returns); *PESQ-WB (MOS-LQO)* is wideband P.862.2.")
+NAN_NOTE = ("Statistics use the finite values; \"(k NaN)\" counts mixtures on which a metric is undefined "
+            f"(unusable audio, too short for PESQ or ESTOI, non-finite output); `{UTTERANCES_NAME}` gives each "
+            "reason.")
+
+
+def _describe_set(mixtures: Mixtures, total: int, selected: list[Mixture], rows: list[dict],
+                  limit: int | None) -> str:
+    seconds = sum(row["duration"] or 0.0 for row in rows if row["model"] == NOISY_LABEL)
+    subset = (f"`--limit {limit}`: balanced over noise type × SNR (equal shares, the remainder spread along the "
+              "type × SNR diagonal), evenly spaced by id within each condition" if len(selected) < total
+              else "all of them")
+    unusable = sum(bool(row["error"]) and row["duration"] is None for row in rows if row["model"] == NOISY_LABEL)
+    return (f"**Mixtures:** `{_source_name(mixtures)}`, {len(selected)} of {total} mixtures ({subset}); "
+            f"{seconds / 3600:.3f} h ({seconds / 60:.1f} min) of noisy audio"
+            + (f"; {unusable} unusable (NaN in every row)." if unusable else "."))
+
+
+def _describe_vem(config: VEMConfig, batch_size: int) -> str:
+    settings = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in fields(config))
+    return (f"**VEM settings:** {settings}. Mixtures are enhanced {batch_size} at a time, sorted by length; each "
+            "has its own encoder copy, NMF and gains and random streams seeded from `seed` and its id, so the "
+            "results do not depend on the batching. Autoregressive priors decode from their own past (eq. 31).")
+
+
+def _describe_cache(evaluation: _Evaluation, n: int) -> str:
+    done = sum(evaluation.computed.values())
+    return (f"**Cache:** `{CACHE_NAME}` keeps every result, keyed by model label, weights, VEM settings, mixture id "
+            f"and file checksums; this run enhanced {done} of {n * len(evaluation.priors)} (mixture, prior) pairs "
+            "and reused the others.")
+
+
+def _condition_table(selected: list[Mixture]) -> str:
+    counts: dict[tuple[str, float], int] = {}
+    for mixture in selected:
+        counts[_condition(mixture.record)] = counts.get(_condition(mixture.record), 0) + 1
+    types, snrs = sorted({t for t, _ in counts}), sorted({s for _, s in counts})
+    lines = ["| noise type | " + " | ".join(f"{s:g} dB" for s in snrs) + " |", "|---|" + "---|" * len(snrs)]
+    lines += [f"| {escape_cell(t)} | " + " | ".join(str(counts.get((t, s), 0)) for s in snrs) + " |" for t in types]
+    return "\n".join(lines) + "\n"
+
+
+def _table(summary: Sequence[Mapping[str, object]], names: Sequence[str], statistic: str,
+           keys: Sequence[str] = ("model", "n")) -> str:
+    """A Markdown table of some metric columns of summary rows; improvement columns headed "Δ <metric>"."""
+    headers = {**{name: name for name in SCORES}, **{IMPROVEMENTS[m]: f"Δ {METRICS[m].label}" for m in SCORES}}
+    table = [{**{k: escape_cell(row[k]) for k in keys}, **{headers[name]: row[name] for name in names}}
+             for row in summary]
+    return markdown_table(table, statistic)
+
+
+def _timing_table(summary: Sequence[Mapping[str, object]]) -> str:
+    lines = ["| model | s / mixture | real-time factor | enhanced in this run |", "|---|---|---|---|"]
+    lines += [f"| {escape_cell(row['model'])} | {row['seconds_per_utterance']:.2f} | {row['real_time_factor']:.2f} "
+              f"| {row['computed_now']} |" for row in summary if row["model"] != NOISY_LABEL]
+    return "\n".join(lines) + "\n"
+
+
+def _write_report(out_dir: Path, rows: list[dict], summary: list[dict[str, object]], intro: list[str],
+                  conditions: str) -> None:
+    """The two CSV files and the figures, then the Markdown report that refers to them."""
+    write_csv(out_dir / UTTERANCES_NAME, rows, UTTERANCE_COLUMNS)
+    write_csv(out_dir / SUMMARY_NAME, flatten_summary(summary))
+    model_rows = [row for row in rows if row["model"] != NOISY_LABEL]
+    model_summary = [row for row in summary if row["model"] != NOISY_LABEL]
+    per = {by: summarize_metrics(model_rows, group_by=("model", by), metrics=list(IMPROVEMENTS.values()))
+           for by in ("snr", "noise_type")}
+    save_figure(improvement_figure(model_rows, "snr", "input SNR (dB, BS.1770)", connect=True),
+                out_dir / SNR_FIGURE_NAME)
+    save_figure(improvement_figure(model_rows, "noise_type", "noise type", connect=False), out_dir / NOISE_FIGURE_NAME)
+    improvements = [IMPROVEMENTS[m] for m in FIGURE_METRICS]
+    sections = [
+        ("Mixtures per noise type and input SNR", conditions),
+        ("Median ± 1.57·IQR/√n (Table II of the SE paper)", _table(summary, SCORES, "median")),
+        ("Mean", _table(summary, SCORES, "mean")),
+        ("Improvement over the noisy mixture, median ± 1.57·IQR/√n",
+         _table(model_summary, list(IMPROVEMENTS.values()), "median")),
+        ("Improvement per input SNR (Fig. 4)", _table(per["snr"], improvements, "median", ("model", "snr", "n"))
+         + f"\n![improvement per input SNR]({SNR_FIGURE_NAME})"),
+        ("Improvement per noise type (Fig. 5)",
+         _table(per["noise_type"], improvements, "median", ("model", "noise_type", "n"))
+         + f"\n![improvement per noise type]({NOISE_FIGURE_NAME})"),
+        ("Model time (VEM and iSTFT per mixture, one torch thread; real-time factor = time / audio duration)",
+         _timing_table(summary)),
+    ]
+    write_markdown(out_dir / MARKDOWN_NAME, "Speech enhancement", intro, sections)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def vem_options(config: VEMConfig) -> tuple[list[str], list[str]]:
+    """Command-line options giving `config` (plain, or from --official-settings when that needs fewer), and the
+    settings that no option can give ("name=value")."""
+    best: tuple[list[str], list[str]] | None = None
+    for base, flag in ((VEMConfig(), []), (VEMConfig.official(), ["--official-settings"])):
+        options = flag + [item for name, option in VEM_OPTIONS.items() if getattr(config, name) != getattr(base, name)
+                          for item in (option, str(getattr(config, name)))]
+        rest = [f"{f.name}={getattr(config, f.name)}" for f in fields(config)
+                if f.name not in VEM_OPTIONS and getattr(config, f.name) != getattr(base, f.name)]
+        if best is None or (len(rest), len(options)) < (len(best[1]), len(best[0])):
+            best = options, rest
+    assert best is not None
+    return best
+
+
+def cli_command(models: Mapping[str, object], mixtures: Mixtures, out_dir: str | os.PathLike, limit: int | None,
+                config: VEMConfig, official: str | os.PathLike | None = None, save_audio: bool = False) -> str:
+    """The `speechdvae eval enhance` command line that reproduces an evaluation (in-memory models and records
+    cannot be named and show as <...>; VEM settings without an option follow in a shell comment)."""
+    argv = ["speechdvae", "eval", "enhance"]
+    for label, model in models.items():
+        path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<in-memory model>"
+        argv += ["--model", f"{label}={path}"]
+    if official is not None:
+        argv += ["--official", os.fspath(official)]
+    argv += ["--manifest", _source_name(mixtures), "-o", os.fspath(out_dir)]
+    if limit is not None:
+        argv += ["--limit", str(limit)]
+    options, rest = vem_options(config)
+    argv += options
+    if save_audio:
+        argv.append("--save-audio")
+    command = shlex.join(argv)
+    return f"{command}  # VEM settings without an option: {', '.join(rest)}" if rest else command
+
+
+def vem_settings(args: argparse.Namespace) -> VEMConfig:
+    """The default or --official-settings VEM settings, with --iterations, --lr, --tol and --seed applied."""
+    base = VEMConfig.official() if args.official_settings else VEMConfig()
+    given = {"niter": args.iterations, "lr": args.lr, "tol": args.tol, "seed": args.seed}
+    try:
+        return replace(base, **{name: value for name, value in given.items() if value is not None})
+    except ValueError as err:
+        raise EnhancementError(str(err)) from err
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `speechdvae eval enhance`."""
+    from ..cli import UserError
+
+    try:
+        config = vem_settings(args)
+        given, models = models_from_args(args, "eval enhance")
+        command = cli_command(given, args.manifest, args.out, args.limit, config, args.official, args.save_audio)
+        summary = evaluate_enhancement(models, args.manifest, args.out, args.limit, config,
+                                       batch_size=args.batch_size, workers=args.workers, save_audio=args.save_audio,
+                                       progress=not args.no_progress, command=command)
+    except (EnhancementError, ResynthesisError, CheckpointError, ManifestError, OfficialImportError) as err:
+        raise UserError(str(err)) from err
+    print(_table(summary, SCORES, "median"))
+    print(f"report: {Path(args.out) / MARKDOWN_NAME}")
+    return 0

@@ -1,0 +1,311 @@
+"""Speech-enhancement evaluation: rows and files, the pipeline against a direct VEM run, groupings, resuming,
+batch independence, unusable mixtures, the balanced --limit and the command line."""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from speechdvae import stft
+from speechdvae.audio import read_audio, write_audio
+from speechdvae.checkpoints import load_model, save_model
+from speechdvae.cli import UserError
+from speechdvae.data.manifest import write_manifest
+from speechdvae.enhance.vem import VEMConfig, enhance_spectrogram
+from speechdvae.evaluate import enhancement
+from speechdvae.evaluate.enhancement import (CACHE_NAME, MARKDOWN_NAME, NOISE_FIGURE_NAME, NOISY_LABEL,
+                                             SNR_FIGURE_NAME, SUMMARY_NAME, UTTERANCES_NAME, EnhancementError,
+                                             Mixture, audio_path, balanced_subset, cli_command,
+                                             evaluate_enhancement, identify, improvement_stats, model_fingerprint,
+                                             read_mixtures, result_key, share_out, vem_settings)
+from speechdvae.evaluate.metrics import estoi, si_sdr
+from speechdvae.models import build_model
+
+VAE_CONFIG = {"name": "vae", "z_dim": 4, "dense_x_z": [16]}
+SRNN_CONFIG = {"name": "srnn", "z_dim": 4, "dense_x_h": [16], "dim_rnn_h": 8, "dense_hx_g": [16], "dim_rnn_g": 8,
+               "dense_gz_z": [8], "dense_hz_x": [16], "dense_hz_z": [8]}
+CONFIG = VEMConfig(niter=3, seed=7)
+# (id, noise type, SNR, seconds): two noise types × two SNRs, lengths 0.5-1 s.
+MIXTURES = [("m1", "hiss", -5.0, 0.9), ("m2", "hum", -5.0, 0.6), ("m3", "hiss", 5.0, 0.5), ("m4", "hum", 5.0, 1.0)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def speech_like(seconds: float, f0: float, sr: int = 16000) -> np.ndarray:
+    """Harmonics of f0 under a 3 Hz syllable envelope."""
+    t = np.arange(int(seconds * sr)) / sr
+    harmonics = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 15))
+    return (0.3 * np.sin(np.pi * 3 * t) ** 2 * harmonics).astype(np.float32)
+
+
+def noise(kind: str, n: int, seed: int, sr: int = 16000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "hiss":
+        return rng.standard_normal(n)
+    t = np.arange(n) / sr
+    return sum(np.sin(2 * np.pi * 100 * k * t + k) for k in range(1, 6)) + 0.1 * rng.standard_normal(n)
+
+
+def write_mixtures(folder: Path, specs=MIXTURES, extra: tuple[dict, ...] = ()) -> Path:
+    """Noisy/clean FLAC pairs at power SNRs and their manifest."""
+    records = []
+    for i, (name, kind, snr, seconds) in enumerate(specs):
+        clean = speech_like(seconds, 120.0 + 30 * i)
+        added = noise(kind, len(clean), i)
+        added *= np.sqrt(np.mean(clean ** 2) / np.mean(added ** 2) / 10 ** (snr / 10))
+        write_audio(folder / f"{name}_clean.flac", clean)
+        write_audio(folder / f"{name}.flac", clean + added.astype(np.float32))
+        records.append({"id": name, "path": str(folder / f"{name}.flac"),
+                        "clean_path": str(folder / f"{name}_clean.flac"), "noise_type": kind, "snr": snr,
+                        "duration": seconds})
+    path = folder / "manifest.jsonl"
+    write_manifest(path, [*records, *extra])
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models")
+    return {name: save_model(build_model(config), folder / name)
+            for name, config in (("VAE", VAE_CONFIG), ("SRNN", SRNN_CONFIG))}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_mixtures(tmp_path_factory.mktemp("mixtures"))
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny: dict[str, Path], manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    evaluate_enhancement(tiny, manifest, out, config=CONFIG, batch_size=4, workers=1, save_audio=True, progress=False)
+    return out
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def by_key(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
+    return {(row["model"], row["id"]): row for row in rows}
+
+
+def assert_rows_close(a: list[dict[str, str]], b: list[dict[str, str]], skip: tuple[str, ...] = ("seconds",)) -> None:
+    """Same rows and columns; numbers equal to 1e-4 (a recomputed VEM batch may differ in the last bits)."""
+    a_rows, b_rows = by_key(a), by_key(b)
+    assert a_rows.keys() == b_rows.keys()
+    for key, row in a_rows.items():
+        assert row.keys() == b_rows[key].keys()
+        for column, value in row.items():
+            if column in skip:
+                continue
+            try:
+                assert float(value) == pytest.approx(float(b_rows[key][column]), abs=1e-4, nan_ok=True), (key, column)
+            except ValueError:
+                assert value == b_rows[key][column], (key, column)
+
+
+def section(markdown: str, heading: str) -> list[list[str]]:
+    """The cells of the table under `## heading` (header and rule excluded)."""
+    body = markdown.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in body.splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines]
+
+
+def test_rows_files_and_figures(evaluated: Path) -> None:
+    markdown = (evaluated / MARKDOWN_NAME).read_text()
+    table = section(markdown, "Median ± 1.57·IQR/√n (Table II of the SE paper)")
+    assert [row[0] for row in table] == [NOISY_LABEL, "VAE", "SRNN"]
+    assert all(row[1] == "4" for row in table)
+    assert [row[0] for row in section(markdown, "Mean")] == [NOISY_LABEL, "VAE", "SRNN"]
+    assert "4 of 4 mixtures (all of them)" in markdown and "niter=3" in markdown and "seed=7" in markdown
+    assert "PESQ-NB (raw P.862)" in markdown and "speechdvae eval enhance --model VAE=" in markdown
+    assert section(markdown, "Mixtures per noise type and input SNR") == [["hiss", "1", "1"], ["hum", "1", "1"]]
+    for name in (SNR_FIGURE_NAME, NOISE_FIGURE_NAME):
+        assert (evaluated / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (evaluated / name).stat().st_size > 5000
+    summary = read_rows(evaluated / SUMMARY_NAME)
+    assert [row["model"] for row in summary] == [NOISY_LABEL, "VAE", "SRNN"]
+    assert all(float(row["real_time_factor"]) > 0 for row in summary[1:])
+    rows = read_rows(evaluated / UTTERANCES_NAME)
+    assert len(rows) == 12 and not any(row["error"] for row in rows)
+    assert {(row["id"], row["noise_type"], float(row["snr"])) for row in rows} == {m[:3] for m in MIXTURES}
+
+
+def test_scores_follow_the_pipeline(evaluated: Path, tiny: dict[str, Path], manifest: Path) -> None:
+    """Noisy rows score the input; model rows score a VEM run on the peak-normalised mixture keyed by its id."""
+    rows = by_key(read_rows(evaluated / UTTERANCES_NAME))
+    model = load_model(tiny["SRNN"], "cpu")
+    for name, *_ in MIXTURES:
+        noisy, clean = (read_audio(manifest.parent / f"{name}{suffix}.flac")[0] for suffix in ("", "_clean"))
+        assert float(rows[NOISY_LABEL, name]["si_sdr"]) == pytest.approx(si_sdr(clean, noisy), abs=1e-4)
+        assert float(rows[NOISY_LABEL, name]["estoi"]) == pytest.approx(estoi(clean, noisy), abs=1e-4)
+        peak = np.abs(noisy).max()
+        X = stft.stft(torch.from_numpy(noisy.astype(np.float64) / peak))
+        direct = stft.istft(enhance_spectrogram(model, X, CONFIG, keys=[name]).speech[0], length=len(noisy)).numpy()
+        saved = read_audio(audio_path(evaluated, "SRNN", name))[0]
+        np.testing.assert_allclose(saved, direct, atol=1e-5)
+        assert float(rows["SRNN", name]["si_sdr"]) == pytest.approx(si_sdr(clean / peak, saved), abs=1e-3)
+        for metric in ("si_sdr", "pesq_wb", "estoi"):
+            for label in ("VAE", "SRNN"):
+                row = rows[label, name]
+                gain = float(row[metric]) - float(rows[NOISY_LABEL, name][metric])
+                assert float(row[f"{metric}_improvement"]) == pytest.approx(gain, abs=1e-9)
+
+
+def test_groupings_per_snr_and_noise_type(evaluated: Path) -> None:
+    rows = read_rows(evaluated / UTTERANCES_NAME)
+    typed = [{**row, "snr": float(row["snr"]), **{k: float(v) for k, v in row.items() if k.endswith("_improvement")}}
+             for row in rows if row["model"] != NOISY_LABEL]
+    markdown = (evaluated / MARKDOWN_NAME).read_text()
+    per_snr = {(row[0], row[1]): row for row in section(markdown, "Improvement per input SNR (Fig. 4)")}
+    for by, values in (("snr", (-5.0, 5.0)), ("noise_type", ("hiss", "hum"))):
+        stats = improvement_stats(typed, by, "si_sdr")
+        assert list(stats) == ["VAE", "SRNN"] and all(list(groups) == list(values) for groups in stats.values())
+        for label in ("VAE", "SRNN"):
+            for value in values:
+                members = np.array([r["si_sdr_improvement"] for r in typed if r["model"] == label and r[by] == value])
+                q1, median, q3 = np.quantile(members, [0.25, 0.5, 0.75])
+                assert len(members) == 2
+                assert stats[label][value] == pytest.approx((median, 1.57 * (q3 - q1) / math.sqrt(2)))
+                if by == "snr":
+                    assert per_snr[label, str(value)][3].startswith(f"{median:.2f} ± ")
+
+
+def test_rerun_reuses_results_and_recomputes_only_what_is_missing(evaluated: Path, tiny: dict[str, Path],
+                                                                  manifest: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "report"
+    shutil.copytree(evaluated, out)
+    enhanced: list[list[str]] = []
+    original = enhancement.enhance_spectrogram
+
+    def counting(model, X, config, lengths=None, keys=None):
+        enhanced.append(list(keys))
+        return original(model, X, config, lengths=lengths, keys=keys)
+
+    monkeypatch.setattr(enhancement, "enhance_spectrogram", counting)
+    run = dict(config=CONFIG, batch_size=4, workers=1, save_audio=True, progress=False)
+    evaluate_enhancement(tiny, manifest, out, **run)
+    assert enhanced == []
+    assert read_rows(out / UTTERANCES_NAME) == read_rows(evaluated / UTTERANCES_NAME)
+
+    cache = out / CACHE_NAME
+    lines = cache.read_text().splitlines(keepends=True)
+    cache.write_text("".join(lines[:-2]) + lines[-1][:25])          # two lost results and a cut line
+    (audio_path(out, "VAE", "m1")).unlink()                         # a saved estimate that went missing
+    with pytest.warns(UserWarning, match="dropped 1 incomplete line"):
+        evaluate_enhancement(tiny, manifest, out, **run)
+    assert all(line.endswith("}\n") for line in cache.read_text().splitlines(keepends=True))
+    # batches run shortest first (m3 m2 m1 m4): the two lost lines are SRNN on m1 and m4, plus VAE's m1 audio
+    assert sorted(key for keys in enhanced for key in keys) == ["m1", "m1", "m4"]
+    assert_rows_close(read_rows(out / UTTERANCES_NAME), read_rows(evaluated / UTTERANCES_NAME))
+
+    enhanced.clear()
+    evaluate_enhancement({"VAE": tiny["VAE"]}, manifest, out, **{**run, "config": VEMConfig(niter=3, seed=8)})
+    assert sorted(key for keys in enhanced for key in keys) == [m[0] for m in MIXTURES]
+
+
+def test_results_do_not_depend_on_the_batch_size(evaluated: Path, tiny: dict[str, Path], manifest: Path,
+                                                 tmp_path: Path) -> None:
+    evaluate_enhancement(tiny, manifest, tmp_path, config=CONFIG, batch_size=1, workers=1, progress=False)
+    assert_rows_close(read_rows(tmp_path / UTTERANCES_NAME), read_rows(evaluated / UTTERANCES_NAME))
+
+
+def test_unusable_mixtures_are_nan_and_counted(tiny: dict[str, Path], tmp_path: Path) -> None:
+    write_audio(tmp_path / "silent.flac", np.zeros(12000, np.float32))
+    (tmp_path / "broken.flac").write_bytes(b"not audio at all")
+    bad = ({"id": "silent", "path": str(tmp_path / "silent.flac"), "clean_path": str(tmp_path / "silent.flac"),
+            "noise_type": "hum", "snr": 5.0},
+           {"id": "broken", "path": str(tmp_path / "broken.flac"), "clean_path": str(tmp_path / "silent.flac"),
+            "noise_type": "hiss", "snr": 5.0},
+           {"id": "lost", "path": str(tmp_path / "silent.flac"), "clean_path": str(tmp_path / "gone.flac"),
+            "noise_type": "hiss", "snr": -5.0})
+    manifest = write_mixtures(tmp_path, MIXTURES[:2], bad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = evaluate_enhancement({"VAE": tiny["VAE"]}, manifest, tmp_path / "out", config=CONFIG,
+                                       workers=1, progress=False)
+    assert any("silent" in str(w.message) and "NaN" in str(w.message) for w in caught)
+    rows = by_key(read_rows(tmp_path / "out" / UTTERANCES_NAME))
+    for name, reason in (("silent", "silent"), ("broken", "cannot read"), ("lost", "gone.flac")):
+        for label in (NOISY_LABEL, "VAE"):
+            assert rows[label, name]["si_sdr"] == "nan" and reason in rows[label, name]["error"]
+    assert all(not rows[label, name]["error"] for label in (NOISY_LABEL, "VAE") for name in ("m1", "m2"))
+    assert [(row["model"], row["n"], row["si_sdr"].n_valid, row["si_sdr"].n_nan) for row in summary] == [
+        (NOISY_LABEL, 5, 2, 3), ("VAE", 5, 2, 3)]
+    assert "5 of 5 mixtures (all of them); " in (tmp_path / "out" / MARKDOWN_NAME).read_text()
+    assert "3 unusable" in (tmp_path / "out" / MARKDOWN_NAME).read_text()
+
+
+def test_limit_is_balanced_over_noise_type_and_snr() -> None:
+    records = [{"id": f"{t}{s}-{i}", "noise_type": t, "snr": float(s)}
+               for t in ("car", "cafe", "home") for s in (-5, 0, 5) for i in range(5)]
+    for limit in (3, 6, 9, 12):
+        chosen = balanced_subset(records[::-1], limit)
+        assert len(chosen) == limit and chosen == balanced_subset(records, limit)
+        for field in ("noise_type", "snr"):
+            counts = [sum(r[field] == v for r in chosen) for v in {r[field] for r in records}]
+            assert max(counts) - min(counts) == 0, (limit, field, counts)
+    nine = balanced_subset(records, 9)
+    assert {(r["noise_type"], r["snr"]) for r in nine} == {(t, float(s)) for t in ("car", "cafe", "home")
+                                                          for s in (-5, 0, 5)}
+    twenty_seven = balanced_subset(records, 27)     # 3 of 5 per condition: ids 0, 1 and 3 (evenly spaced)
+    assert sorted({r["id"][-1] for r in twenty_seven}) == ["0", "1", "3"]
+    assert balanced_subset(records, 100) == sorted(records, key=lambda r: r["id"])
+    assert share_out([1, 5, 5], 9) == [1, 4, 4] and share_out([2, 2], 3) == [2, 1] and share_out([1], 4) == [1]
+    with pytest.raises(EnhancementError, match="positive"):
+        balanced_subset(records, 0)
+
+
+def test_results_are_keyed_by_weights_settings_and_files(tiny: dict[str, Path], manifest: Path) -> None:
+    model = load_model(tiny["VAE"], "cpu")
+    fingerprint = model_fingerprint(model)
+    assert model_fingerprint(load_model(tiny["VAE"], "cpu")) == fingerprint
+    with torch.no_grad():
+        next(model.parameters())[0, 0] += 1e-3
+    assert model_fingerprint(model) != fingerprint
+    mixture = identify(read_mixtures(manifest)[0])
+    key = result_key("VAE", fingerprint, CONFIG, mixture)
+    assert result_key("VAE", fingerprint, VEMConfig(niter=3, seed=7), mixture) == key
+    changed = (result_key("VAE2", fingerprint, CONFIG, mixture), result_key("VAE", "other", CONFIG, mixture),
+               result_key("VAE", fingerprint, VEMConfig(niter=4, seed=7), mixture),
+               result_key("VAE", fingerprint, CONFIG, Mixture(mixture.record, digest="other")))
+    assert key not in changed and len(set(changed)) == 4
+
+
+def test_settings_and_command_line(tiny: dict[str, Path], manifest: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture) -> None:
+    options = dict(official_settings=False, iterations=None, lr=None, tol=None, seed=None)
+    assert vem_settings(argparse.Namespace(**options)) == VEMConfig()
+    assert vem_settings(argparse.Namespace(**{**options, "official_settings": True, "iterations": 3})) == \
+        VEMConfig.official(niter=3)
+    assert cli_command({}, manifest, "out", 2, VEMConfig.official(niter=3)).endswith(
+        "--limit 2 --official-settings --iterations 3")
+    assert cli_command({}, manifest, "out", None, VEMConfig(nmf_rank=4)).endswith(
+        "-o out  # VEM settings without an option: nmf_rank=4")
+    args = argparse.Namespace(model=[f"VAE={tiny['VAE']}"], official=None, official_cache=str(tmp_path / "cache"),
+                              manifest=str(manifest), out=str(tmp_path / "out"), limit=2, batch_size=8, workers=1,
+                              save_audio=False, no_progress=True, **{**options, "iterations": 2})
+    assert enhancement.run(args) == 0
+    markdown = (tmp_path / "out" / MARKDOWN_NAME).read_text()
+    assert "--limit 2 --iterations 2`" in markdown and "2 of 4 mixtures" in markdown
+    assert re.search(r"\| VAE \| 2 \|", capsys.readouterr().out)
+    for bad in (dict(lr=0.0), dict(model=["VAE"]), dict(model=[f"{NOISY_LABEL}={tiny['VAE']}"]), dict(limit=0)):
+        with pytest.raises(UserError):
+            enhancement.run(argparse.Namespace(**{**vars(args), **bad}))
