@@ -391,3 +391,18 @@ def test_from_pretrained_takes_a_path_or_a_shipped_name(tmp_path: Path) -> None:
     assert torch.equal(loaded.state_dict()["decoder.logvar.bias"], model.state_dict()["decoder.logvar.bias"])
     with pytest.raises(CheckpointError, match="unknown pretrained model 'no-such-prior'.*available"):
         from_pretrained("no-such-prior")
+
+
+@pytest.mark.parametrize("name", ["vae", "dkf", "rvae"])
+def test_log_input_feeds_the_encoder_log_powers(name):
+    """With log_input the encoder sees log(s + 1e-8): same weights, raw model fed the logs agrees."""
+    config = {**load_preset(name, "small")["model"], "log_input": True}
+    torch.manual_seed(0)
+    logged = build_model(config)
+    raw = build_model({**config, "log_input": False})
+    raw.load_state_dict(logged.state_dict())
+    s = torch.rand(2, 7, 513) * 100
+    a = logged.infer(s, sample=False)
+    b = raw.infer(torch.log(s + 1e-8), sample=False)
+    torch.testing.assert_close(a.z_mean, b.z_mean)
+    assert build_model(logged.config).log_input and not build_model({"name": name}).log_input

@@ -17,6 +17,9 @@ import torch
 from torch import nn
 
 
+LOG_EPS = 1e-8
+
+
 def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, sample: bool) -> torch.Tensor:
     """mean + eps * exp(logvar / 2) when sampling, else (a copy of) the mean."""
     if not sample:
@@ -54,10 +57,11 @@ class DVAE(nn.Module):
     autoregressive: ClassVar[bool] = False
     hierarchical: ClassVar[bool] = False
 
-    def __init__(self, x_dim: int = 513, z_dim: int = 16) -> None:
+    def __init__(self, x_dim: int = 513, z_dim: int = 16, log_input: bool = False) -> None:
         super().__init__()
         self.x_dim = x_dim
         self.z_dim = z_dim
+        self.log_input = log_input
 
     # -- the interface -------------------------------------------------------------------
     def infer(self, s: torch.Tensor, sample: bool = True) -> Posterior:
@@ -81,6 +85,14 @@ class DVAE(nn.Module):
     def forward(self, s: torch.Tensor, sample: bool = True, feedback: float = 0.0) -> tuple[Posterior, Decoded]:
         post = self.infer(s, sample=sample)
         return post, self.decode(post, s if self.autoregressive else None, feedback=feedback)
+
+    def features(self, s: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees of a power spectrogram: s itself (the papers), or log(s + LOG_EPS).
+
+        Log compression tames the 1e-10..1e5 range of raw powers feeding tanh layers, which
+        otherwise saturate and make training slow to start.
+        """
+        return torch.log(s + LOG_EPS) if self.log_input else s
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         seen: set[int] = set()

@@ -44,11 +44,12 @@ class DKF(DVAE):
 
     def __init__(self, x_dim: int = 513, z_dim: int = 16, dense_x_gx: Sequence[int] = (256,),
                  dim_rnn_gx: int = 128, dense_ztm1_g: Sequence[int] = (32,),
-                 dense_g_z: Sequence[int] = (32,), dense_z_x: Sequence[int] = (32, 64, 128, 256)) -> None:
-        super().__init__(x_dim, z_dim)
+                 dense_g_z: Sequence[int] = (32,), dense_z_x: Sequence[int] = (32, 64, 128, 256),
+                 log_input: bool = False) -> None:
+        super().__init__(x_dim, z_dim, log_input)
         self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim, "dense_x_gx": list(dense_x_gx),
                        "dim_rnn_gx": dim_rnn_gx, "dense_ztm1_g": list(dense_ztm1_g),
-                       "dense_g_z": list(dense_g_z), "dense_z_x": list(dense_z_x)}
+                       "dense_g_z": list(dense_g_z), "dense_z_x": list(dense_z_x), "log_input": log_input}
         self.x_mlp = MLP(x_dim, dense_x_gx)
         self.x_rnn = nn.LSTM(self.x_mlp.out_dim, dim_rnn_gx, batch_first=True)
         self.combiner_mlp = MLP(z_dim, [*dense_ztm1_g, dim_rnn_gx])
@@ -57,7 +58,7 @@ class DKF(DVAE):
         self.decoder = LogVarianceHead(z_dim, dense_z_x, x_dim)
 
     def infer(self, s: torch.Tensor, sample: bool = True) -> Posterior:
-        g = run_lstm(self.x_rnn, self.x_mlp(s), backward=True)
+        g = run_lstm(self.x_rnn, self.x_mlp(self.features(s)), backward=True)
         z_prev = s.new_zeros(s.shape[0], self.z_dim)
         steps = []
         for g_t in g.unbind(1):

@@ -25,13 +25,14 @@ class RVAE(DVAE):
     def __init__(self, x_dim: int = 513, z_dim: int = 16, dense_x_gx: Sequence[int] = (),
                  dim_rnn_g_x: int = 128, bidir_g_x: bool = True, dense_z_gz: Sequence[int] = (),
                  dim_rnn_g_z: int = 128, dense_g_z: Sequence[int] = (), dense_z_h: Sequence[int] = (),
-                 dim_rnn_h: int = 128, bidir_h: bool = True, dense_h_x: Sequence[int] = ()) -> None:
-        super().__init__(x_dim, z_dim)
+                 dim_rnn_h: int = 128, bidir_h: bool = True, dense_h_x: Sequence[int] = (),
+                 log_input: bool = False) -> None:
+        super().__init__(x_dim, z_dim, log_input)
         self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim, "dense_x_gx": list(dense_x_gx),
                        "dim_rnn_g_x": dim_rnn_g_x, "bidir_g_x": bidir_g_x, "dense_z_gz": list(dense_z_gz),
                        "dim_rnn_g_z": dim_rnn_g_z, "dense_g_z": list(dense_g_z),
                        "dense_z_h": list(dense_z_h), "dim_rnn_h": dim_rnn_h, "bidir_h": bidir_h,
-                       "dense_h_x": list(dense_h_x)}
+                       "dense_h_x": list(dense_h_x), "log_input": log_input}
         self.x_mlp = MLP(x_dim, dense_x_gx)
         self.x_rnn = nn.LSTM(self.x_mlp.out_dim, dim_rnn_g_x, batch_first=True, bidirectional=bidir_g_x)
         self.zprev_mlp = MLP(z_dim, dense_z_gz)
@@ -47,7 +48,7 @@ class RVAE(DVAE):
 
         The bi-LSTM returns [forward, backward]; rolling by one hidden size puts the backward
         half first, the layout the posterior's input weights expect."""
-        a = self.x_mlp(s)
+        a = self.x_mlp(self.features(s))
         if self.x_rnn.bidirectional:
             return self.x_rnn(a)[0].roll(self.x_rnn.hidden_size, dims=-1)
         return run_lstm(self.x_rnn, a, backward=True)
