@@ -37,12 +37,7 @@ CONFIG = VEMConfig(niter=3, seed=7)
 MIXTURES = [("m1", "hiss", -5.0, 0.9), ("m2", "hum", -5.0, 0.6), ("m3", "hiss", 5.0, 0.5), ("m4", "hum", 5.0, 1.0)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def speech_like(seconds: float, f0: float, sr: int = 16000) -> np.ndarray:

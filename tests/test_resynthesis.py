@@ -30,12 +30,7 @@ OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "official-dva
 CLIP = OFFICIAL / "reference" / "audio" / "conf-getpin.wav"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def voiced(seconds: float, f0: float, seed: int, sr: int = 16000) -> np.ndarray:
