@@ -111,13 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Analysis-resynthesis evaluation (HiT-DVAE paper Tables 1-2, SE paper Table I): each test "
                     "utterance is encoded (z = posterior mean), decoded and resynthesised with its own phase; "
                     "autoregressive models are decoded with the true past (GT) and with their own past (GEN).")
-    resynth.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                         help="checkpoint folder to evaluate, labelled NAME in the tables (repeatable)")
-    resynth.add_argument("--official", metavar="DIR",
-                         help="also evaluate the official DVAE-SE checkpoints in DIR (WSJ0 and VoiceBank)")
-    resynth.add_argument("--official-cache", default="checkpoints/official", metavar="DIR",
-                         help="where the official checkpoints are imported, unless already there "
-                              "(default: checkpoints/official; GPL-3.0, keep them out of your own releases)")
+    _add_model_choice(resynth)
     resynth.add_argument("--manifest", required=True, metavar="MANIFEST", help="test speech manifest (JSONL)")
     resynth.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder of the report")
     resynth.add_argument("--limit", type=int, metavar="N", help="evaluate N utterances evenly spaced by id")
@@ -136,13 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "its peak and enhanced by the VEM with every prior; the Wiener estimates and the mixtures "
                     "themselves are scored against the clean references. Results are cached in OUTDIR, so an "
                     "interrupted run continues where it stopped.")
-    enhance_eval.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                              help="checkpoint folder to evaluate, labelled NAME in the tables (repeatable)")
-    enhance_eval.add_argument("--official", metavar="DIR",
-                              help="also evaluate the official DVAE-SE checkpoints in DIR (WSJ0 and VoiceBank)")
-    enhance_eval.add_argument("--official-cache", default="checkpoints/official", metavar="DIR",
-                              help="where the official checkpoints are imported, unless already there "
-                                   "(default: checkpoints/official; GPL-3.0, keep them out of your own releases)")
+    _add_model_choice(enhance_eval)
     enhance_eval.add_argument("--manifest", required=True, metavar="MANIFEST",
                               help="noisy mixture manifest (JSONL from `speechdvae data mix`: path, clean_path, "
                                    "noise_type, snr)")
@@ -235,6 +223,17 @@ def _data_scan(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from err
     print(format_summary(summarize(records), title=f"{args.corpus} -> {', '.join(map(str, written.values()))}"))
     return 0
+
+
+def _add_model_choice(parser: argparse.ArgumentParser) -> None:
+    """The options naming the models an evaluation compares (shared by every `eval` task)."""
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                        help="checkpoint folder to evaluate, labelled NAME in the tables (repeatable)")
+    parser.add_argument("--official", metavar="DIR",
+                        help="also evaluate the official DVAE-SE checkpoints in DIR (WSJ0 and VoiceBank)")
+    parser.add_argument("--official-cache", default="checkpoints/official", metavar="DIR",
+                        help="where the official checkpoints are imported, unless already there "
+                             "(default: checkpoints/official; GPL-3.0, keep them out of your own releases)")
 
 
 def _lazy(module: str):
