@@ -18,6 +18,23 @@ def official_dir() -> Path:
     return OFFICIAL
 
 
+VAE_CONFIG = {"name": "vae", "z_dim": 4, "dense_x_z": [16]}
+SRNN_CONFIG = {"name": "srnn", "z_dim": 4, "dense_x_h": [16], "dim_rnn_h": 8, "dense_hx_g": [16], "dim_rnn_g": 8,
+               "dense_gz_z": [8], "dense_hz_x": [16], "dense_hz_z": [8]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny random VAE and SRNN saved as checkpoints."""
+    from speechdvae.checkpoints import save_model
+    from speechdvae.models import build_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models")
+    return {name: save_model(build_model(config), folder / name)
+            for name, config in (("VAE", VAE_CONFIG), ("SRNN", SRNN_CONFIG))}
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Step-by-step recursions on small batches run faster (and steadier on a busy machine) on one thread."""

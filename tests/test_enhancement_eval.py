@@ -16,7 +16,7 @@ import torch
 
 from speechdvae import stft
 from speechdvae.audio import read_audio, write_audio
-from speechdvae.checkpoints import load_model, save_model
+from speechdvae.checkpoints import load_model
 from speechdvae.cli import UserError
 from speechdvae.data.manifest import write_manifest
 from speechdvae.enhance.vem import VEMConfig, enhance_spectrogram
@@ -27,11 +27,7 @@ from speechdvae.evaluate.enhancement import (CACHE_NAME, MARKDOWN_NAME, NOISE_FI
                                              evaluate_enhancement, identify, improvement_stats, model_fingerprint,
                                              read_mixtures, result_key, share_out, vem_settings)
 from speechdvae.evaluate.metrics import estoi, si_sdr
-from speechdvae.models import build_model
 
-VAE_CONFIG = {"name": "vae", "z_dim": 4, "dense_x_z": [16]}
-SRNN_CONFIG = {"name": "srnn", "z_dim": 4, "dense_x_h": [16], "dim_rnn_h": 8, "dense_hx_g": [16], "dim_rnn_g": 8,
-               "dense_gz_z": [8], "dense_hz_x": [16], "dense_hz_z": [8]}
 CONFIG = VEMConfig(niter=3, seed=7)
 # (id, noise type, SNR, seconds): two noise types × two SNRs, lengths 0.5-1 s.
 MIXTURES = [("m1", "hiss", -5.0, 0.9), ("m2", "hum", -5.0, 0.6), ("m3", "hiss", 5.0, 0.5), ("m4", "hum", 5.0, 1.0)]
@@ -70,14 +66,6 @@ def write_mixtures(folder: Path, specs=MIXTURES, extra: tuple[dict, ...] = ()) -
     path = folder / "manifest.jsonl"
     write_manifest(path, [*records, *extra])
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models")
-    return {name: save_model(build_model(config), folder / name)
-            for name, config in (("VAE", VAE_CONFIG), ("SRNN", SRNN_CONFIG))}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from speechdvae.audio import read_audio, write_audio
-from speechdvae.checkpoints import load_model, save_model
+from speechdvae.checkpoints import load_model
 from speechdvae.cli import UserError, build_parser
 from speechdvae.data.manifest import write_manifest
 from speechdvae.data.sequences import preprocess
@@ -20,12 +20,8 @@ from speechdvae.evaluate import resynthesis
 from speechdvae.evaluate.metrics import si_sdr
 from speechdvae.evaluate.resynthesis import (ORACLE_LABEL, ResynthesisError, analyse, evaluate_resynthesis,
                                              evenly_spaced, official_models, prepare, resynthesize)
-from speechdvae.models import build_model
 from speechdvae.official import convert_official
 
-VAE_CONFIG = {"name": "vae", "z_dim": 4, "dense_x_z": [16]}
-SRNN_CONFIG = {"name": "srnn", "z_dim": 4, "dense_x_h": [16], "dim_rnn_h": 8, "dense_hx_g": [16], "dim_rnn_g": 8,
-               "dense_gz_z": [8], "dense_hz_x": [16], "dense_hz_z": [8]}
 OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "official-dvae-se"
 CLIP = OFFICIAL / "reference" / "audio" / "conf-getpin.wav"
 
@@ -41,15 +37,6 @@ def voiced(seconds: float, f0: float, seed: int, sr: int = 16000) -> np.ndarray:
     envelope = 0.5 * (1 - np.cos(2 * np.pi * 4 * t)) ** 2
     noise = 1e-3 * np.random.default_rng(seed).standard_normal(len(t))
     return (0.3 * envelope * harmonics + noise).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny random VAE and SRNN saved as checkpoints."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("models")
-    return {name: save_model(build_model(config), folder / name)
-            for name, config in (("VAE", VAE_CONFIG), ("SRNN", SRNN_CONFIG))}
 
 
 @pytest.fixture

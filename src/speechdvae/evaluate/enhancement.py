@@ -52,7 +52,7 @@ from ..official import OfficialImportError
 from .metrics import METRICS, markdown_table, median_ci, summarize_metrics
 from .report import escape_cell, flatten_summary, save_figure, write_csv, write_markdown
 from .resynthesis import (ModelSource, ResynthesisError, evenly_spaced, load_source, metrics_with_reasons,
-                          models_from_args, torch_threads)
+                          model_arguments, models_from_args, torch_threads)
 
 NOISY_LABEL = "noisy mixture"
 SCORES = ("si_sdr", "pesq_nb_raw", "pesq_nb", "pesq_wb", "estoi")
@@ -616,12 +616,7 @@ def cli_command(models: Mapping[str, object], mixtures: Mixtures, out_dir: str |
                 config: VEMConfig, official: str | os.PathLike | None = None, save_audio: bool = False) -> str:
     """The `speechdvae eval enhance` command line that reproduces an evaluation (in-memory models and records
     cannot be named and show as <...>; VEM settings without an option follow in a shell comment)."""
-    argv = ["speechdvae", "eval", "enhance"]
-    for label, model in models.items():
-        path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<in-memory model>"
-        argv += ["--model", f"{label}={path}"]
-    if official is not None:
-        argv += ["--official", os.fspath(official)]
+    argv = ["speechdvae", "eval", "enhance", *model_arguments(models, official)]
     argv += ["--manifest", _source_name(mixtures), "-o", os.fspath(out_dir)]
     if limit is not None:
         argv += ["--limit", str(limit)]

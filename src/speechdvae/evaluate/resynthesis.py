@@ -265,17 +265,23 @@ def _evaluate_chunk(utterances: list[_Utterance], systems: list[System], sample:
     return out
 
 
-def cli_command(models: Mapping[str, object], manifest: str | os.PathLike, out_dir: str | os.PathLike,
-                limit: int | None, modes: Sequence[str], sample: bool, seed: int, oracle: bool,
-                official: str | os.PathLike | None = None) -> str:
-    """The `speechdvae eval resynth` command line that reproduces an evaluation (models given in memory
-    cannot be named and show as <in-memory model>)."""
-    argv = ["speechdvae", "eval", "resynth"]
+def model_arguments(models: Mapping[str, object], official: str | os.PathLike | None) -> list[str]:
+    """The --model/--official options naming `models` (in-memory models show as <in-memory model>)."""
+    argv = []
     for label, model in models.items():
         path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<in-memory model>"
         argv += ["--model", f"{label}={path}"]
     if official is not None:
         argv += ["--official", os.fspath(official)]
+    return argv
+
+
+def cli_command(models: Mapping[str, object], manifest: str | os.PathLike, out_dir: str | os.PathLike,
+                limit: int | None, modes: Sequence[str], sample: bool, seed: int, oracle: bool,
+                official: str | os.PathLike | None = None) -> str:
+    """The `speechdvae eval resynth` command line that reproduces an evaluation (models given in memory
+    cannot be named and show as <in-memory model>)."""
+    argv = ["speechdvae", "eval", "resynth", *model_arguments(models, official)]
     argv += ["--manifest", os.fspath(manifest), "-o", os.fspath(out_dir), "--modes", *modes]
     if limit is not None:
         argv += ["--limit", str(limit)]
