@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train the six RNN-family `small` priors on the open corpus, two at a time (one thread each).
+# Train the `small` priors on the open corpus, two at a time (one thread each): the six RNN-family
+# models, then HiT-DVAE, LigHT-DVAE and the two LigHT ablations of the LigHT paper's Table 2.
 # Usage: recipes/train_small.sh [RUNS_DIR=runs/small] [DATA_ROOT=data/open]
 # Every run resumes where it stopped; finished runs are skipped. SRNN-SS fine-tunes SRNN-TF with
 # scheduled sampling, as in the SE paper, so it waits for it.
@@ -19,6 +20,7 @@ train() {  # train NAME [extra args...]
 }
 
 mkdir -p "$runs"
-( train srnn-tf && train srnn-ss --set "train.init_from=$runs/srnn-tf/model" && train rvae-causal ) &
-( train vae && train dkf && train rvae ) &
+( train srnn-tf && train srnn-ss --set "train.init_from=$runs/srnn-tf/model" && train rvae-causal \
+    && train light && train light-inv-s ) &
+( train vae && train dkf && train rvae && train hit && train light-inv-s-nr ) &
 wait

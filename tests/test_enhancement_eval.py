@@ -204,9 +204,16 @@ def test_rerun_reuses_results_and_recomputes_only_what_is_missing(evaluated: Pat
     assert sorted(key for keys in enhanced for key in keys) == [m[0] for m in MIXTURES]
 
 
-def test_results_do_not_depend_on_the_batch_size(evaluated: Path, tiny: dict[str, Path], manifest: Path,
-                                                 tmp_path: Path) -> None:
-    evaluate_enhancement(tiny, manifest, tmp_path, config=CONFIG, batch_size=1, workers=1, progress=False)
+@pytest.mark.parametrize("batch_size, workers", [(1, 1), (3, 2)])
+def test_results_do_not_depend_on_the_batch_size_or_processes(evaluated: Path, tiny: dict[str, Path],
+                                                              manifest: Path, tmp_path: Path, batch_size: int,
+                                                              workers: int) -> None:
+    evaluate_enhancement(tiny, manifest, tmp_path, config=CONFIG, batch_size=batch_size, workers=workers,
+                         save_audio=True, progress=False)
+    for name, *_ in MIXTURES:
+        for label in ("VAE", "SRNN"):
+            np.testing.assert_allclose(read_audio(audio_path(tmp_path, label, name))[0],
+                                       read_audio(audio_path(evaluated, label, name))[0], atol=1e-5)
     assert_rows_close(read_rows(tmp_path / UTTERANCES_NAME), read_rows(evaluated / UTTERANCES_NAME))
 
 

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="mixtures enhanced together (default: 8; the results do not depend on it)")
     enhance_eval.add_argument("--save-audio", action="store_true",
                               help="also write the estimates to OUTDIR/audio/<model>/<id>.wav")
-    enhance_eval.add_argument("--workers", type=int, metavar="N", help="processes computing metrics (default: all cores)")
+    enhance_eval.add_argument("--workers", type=int, metavar="N",
+                              help="processes enhancing and scoring, one thread each (default: all cores)")
     enhance_eval.add_argument("--no-progress", action="store_true", help="no progress bar")
     enhance_eval.set_defaults(func=_lazy("speechdvae.evaluate.enhancement"))
 

@@ -27,12 +27,15 @@ import argparse
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import re
 import shlex
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -267,13 +270,71 @@ class _Job:
     keys: dict[str, str]
 
 
+@dataclass
+class _Task:
+    """One row label (a prior, or NOISY_LABEL for the input itself) on a batch of readable mixtures."""
+
+    label: str
+    ids: list[str]
+    keys: list[str]
+    signals: list[tuple[np.ndarray, np.ndarray]]        # (peak-normalised noisy, clean) per mixture
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What every task needs besides its prior: the VEM settings and where estimates are saved (if at all)."""
+
+    config: VEMConfig
+    audio_dir: Path | None
+
+
+def _run_task(task: _Task, model: DVAE | None, settings: _Settings) -> list[dict]:
+    """Cache entries of a task: the prior's VEM estimates (or the noisy input) scored against the references,
+    with the wall time of the VEM + iSTFT shared out over the mixtures by length."""
+    waves = [noisy for noisy, _ in task.signals]
+    timing = [{"seconds": None, "iterations": None} for _ in waves]
+    estimates = waves
+    if model is not None:
+        start = time.perf_counter()
+        estimates, iterations = enhance_waves(model, waves, task.ids, settings.config)
+        elapsed = time.perf_counter() - start
+        total = sum(len(x) for x in waves)
+        timing = [{"seconds": elapsed * len(x) / total, "iterations": n} for x, n in zip(waves, iterations)]
+        if settings.audio_dir is not None:
+            for mixture_id, estimate in zip(task.ids, estimates):
+                audio.write_audio(audio_path(settings.audio_dir, task.label, mixture_id), estimate, subtype="FLOAT")
+    pairs = [(clean, estimate) for (_, clean), estimate in zip(task.signals, estimates)]
+    scores, reasons = metrics_with_reasons(pairs, [f"{i} ({task.label})" for i in task.ids], workers=1)
+    return [{"key": key, "id": mixture_id, "model": task.label, "duration": len(estimate) / audio.SAMPLE_RATE,
+             **times, **{name: score[name] for name in SCORES}, "error": reason}
+            for key, mixture_id, estimate, times, score, reason
+            in zip(task.keys, task.ids, estimates, timing, scores, reasons)]
+
+
+_WORKER_STATE: dict[str, object] = {}
+
+
+def _init_worker(models: dict[str, DVAE], settings: _Settings) -> None:
+    """Set up a pool process: one torch thread (the VEM's small recurrent steps gain nothing from more) and
+    the priors, received once instead of with every task."""
+    torch.set_num_threads(1)
+    _WORKER_STATE.update(models=models, settings=settings)
+
+
+def _run_worker_task(task: _Task) -> list[dict]:
+    models: dict[str, DVAE] = _WORKER_STATE["models"]            # type: ignore[assignment]
+    return _run_task(task, models.get(task.label), _WORKER_STATE["settings"])     # type: ignore[arg-type]
+
+
 class _Evaluation:
-    """Computes the missing results of a mixture set batch by batch and keeps every per-mixture result."""
+    """Computes the missing results of a mixture set, batch by batch and prior by prior, in `workers` processes
+    (in this one when `workers` is 1), and keeps every per-mixture result."""
 
     def __init__(self, priors: list[Prior], config: VEMConfig, cache: ResultCache, out_dir: Path,
-                 save_audio: bool, workers: int | None) -> None:
-        self.priors, self.config, self.cache, self.out_dir = priors, config, cache, out_dir
-        self.save_audio, self.workers = save_audio, workers
+                 save_audio: bool, workers: int) -> None:
+        self.priors, self.cache, self.out_dir, self.workers = priors, cache, out_dir, workers
+        self.save_audio = save_audio
+        self.settings = _Settings(config, out_dir if save_audio else None)
         self.results: dict[tuple[str, str], dict] = {}    # (label, mixture id) -> result
         self.computed = dict.fromkeys([p.label for p in priors], 0)
 
@@ -289,7 +350,8 @@ class _Evaluation:
                 self._unusable(mixture, self.labels, mixture.error)
                 continue
             keys = {NOISY_LABEL: result_key(NOISY_LABEL, "", None, mixture)}
-            keys.update((p.label, result_key(p.label, p.fingerprint, self.config, mixture)) for p in self.priors)
+            keys.update((p.label, result_key(p.label, p.fingerprint, self.settings.config, mixture))
+                        for p in self.priors)
             missing = {}
             for label, key in keys.items():
                 cached = self.cache.get(key)
@@ -309,56 +371,55 @@ class _Evaluation:
             self.results[label, mixture.id] = {"duration": None, "seconds": None, "iterations": None,
                                                **dict.fromkeys(SCORES, math.nan), "error": error}
 
-    def run_batch(self, jobs: Sequence[_Job], progress: tqdm) -> None:
-        """Enhance the batch with every prior that lacks it, score everything, cache the new results."""
-        signals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for job in jobs:
-            try:
-                signals[job.mixture.id] = read_pair(job.mixture.record)
-            except audio.AudioError as err:
-                self._unusable(job.mixture, list(job.keys), str(err))
-        usable = [job for job in jobs if job.mixture.id in signals]
-        progress.update(sum(len(job.keys) - (NOISY_LABEL in job.keys) for job in jobs if job not in usable))
-        pending: list[tuple[str, _Job, np.ndarray, dict]] = [
-            (NOISY_LABEL, job, signals[job.mixture.id][0], {"seconds": None, "iterations": None})
-            for job in usable if NOISY_LABEL in job.keys]
-        for prior in self.priors:
-            todo = [job for job in usable if prior.label in job.keys]
-            if todo:
-                pending += self._enhance(prior, todo, signals)
-                progress.update(len(todo))
-        self._score(pending, signals)
+    def tasks(self, jobs: Sequence[_Job], batch_size: int, progress: tqdm) -> Iterator[_Task]:
+        """The tasks of each batch of `batch_size` jobs, reading its mixtures when it comes up; unreadable
+        mixtures become NaN rows and count as done."""
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start:start + batch_size]
+            signals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            for job in batch:
+                try:
+                    signals[job.mixture.id] = read_pair(job.mixture.record)
+                except audio.AudioError as err:
+                    self._unusable(job.mixture, list(job.keys), str(err))
+                    progress.update(sum(label != NOISY_LABEL for label in job.keys))
+            for label in self.labels:
+                todo = [job for job in batch if label in job.keys and job.mixture.id in signals]
+                if todo:
+                    yield _Task(label, [job.mixture.id for job in todo], [job.keys[label] for job in todo],
+                                [signals[job.mixture.id] for job in todo])
 
-    def _enhance(self, prior: Prior, jobs: list[_Job], signals: Mapping[str, tuple[np.ndarray, np.ndarray]]
-                 ) -> list[tuple[str, _Job, np.ndarray, dict]]:
-        """Estimates of one prior with the wall time (VEM + iSTFT) shared out over the mixtures by length."""
-        waves = [signals[job.mixture.id][0] for job in jobs]
-        start = time.perf_counter()
-        estimates, iterations = enhance_waves(prior.model, waves, [job.mixture.id for job in jobs], self.config)
-        elapsed = time.perf_counter() - start
-        total = sum(len(x) for x in waves)
-        self.computed[prior.label] += len(jobs)
-        out = []
-        for job, wave, estimate, n_iter in zip(jobs, waves, estimates, iterations):
-            if self.save_audio:
-                audio.write_audio(audio_path(self.out_dir, prior.label, job.mixture.id), estimate, subtype="FLOAT")
-            out.append((prior.label, job, estimate, {"seconds": elapsed * len(wave) / total, "iterations": n_iter}))
-        return out
-
-    def _score(self, pending: list[tuple[str, _Job, np.ndarray, dict]],
-               signals: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        if not pending:
+    def run(self, jobs: Sequence[_Job], batch_size: int, progress: tqdm) -> None:
+        """Run every task, caching each one's results as soon as it is done."""
+        tasks = self.tasks(jobs, batch_size, progress)
+        if self.workers == 1:
+            models = {p.label: p.model for p in self.priors}
+            for task in tasks:
+                self._done(task, _run_task(task, models.get(task.label), self.settings), progress)
             return
-        pairs = [(signals[job.mixture.id][1], estimate) for _, job, estimate, _ in pending]
-        names = [f"{job.mixture.id} ({label})" for label, job, _, _ in pending]
-        scores, reasons = metrics_with_reasons(pairs, names, self.workers)
-        entries = []
-        for (label, job, estimate, timing), score, reason in zip(pending, scores, reasons):
-            result = {"duration": len(estimate) / audio.SAMPLE_RATE, **timing,
-                      **{name: score[name] for name in SCORES}, "error": reason}
-            self.results[label, job.mixture.id] = result
-            entries.append({"key": job.keys[label], "id": job.mixture.id, "model": label, **result})
+        context = multiprocessing.get_context("spawn")      # torch's thread pools do not survive a fork
+        models = {p.label: p.model.cpu() for p in self.priors}
+        with ProcessPoolExecutor(self.workers, context, _init_worker, (models, self.settings)) as pool:
+            running: dict[Future, _Task] = {}
+            for task in tasks:
+                running[pool.submit(_run_worker_task, task)] = task
+                while len(running) >= 2 * self.workers:     # bounded: mixtures are read as workers free up
+                    self._collect(running, progress)
+            while running:
+                self._collect(running, progress)
+
+    def _collect(self, running: dict[Future, _Task], progress: tqdm) -> None:
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            self._done(running.pop(future), future.result(), progress)
+
+    def _done(self, task: _Task, entries: list[dict], progress: tqdm) -> None:
+        for entry in entries:
+            self.results[task.label, entry["id"]] = {k: v for k, v in entry.items() if k not in ("key", "id", "model")}
         self.cache.add(entries)
+        if task.label != NOISY_LABEL:
+            self.computed[task.label] += len(entries)
+            progress.update(len(entries))
 
     def rows(self, mixtures: Sequence[Mixture]) -> list[dict]:
         """Per-mixture rows, the noisy mixture first then each prior, mixtures by id, with improvements."""
@@ -386,7 +447,8 @@ def evaluate_enhancement(models: Mapping[str, ModelSource], mixtures: Mixtures, 
     Writes the report files into `out_dir` and returns the summary: the noisy mixture then one row per prior,
     with `n`, a MetricSummary per score and per improvement, `seconds_per_utterance` and `real_time_factor`.
     `limit` takes a subset balanced over noise type × SNR; `batch_size` mixtures share a VEM run (the results
-    do not depend on it); `workers` is the metric process pool size (default: all cores). Unusable mixtures and
+    do not depend on it); `workers` processes (default: all cores) enhance and score the batches, one prior and
+    batch at a time each. Unusable mixtures and
     undefined metrics count as NaN and never stop the run.
     """
     if batch_size < 1:
@@ -397,12 +459,12 @@ def evaluate_enhancement(models: Mapping[str, ModelSource], mixtures: Mixtures, 
     priors = [Prior(label, model, model_fingerprint(model))
               for label, model in ((label, load_source(source)) for label, source in models.items())]
     selected = [identify(record) for record in records]
+    workers = max(1, (os.cpu_count() or 1) if workers is None else workers)
     evaluation = _Evaluation(priors, config, ResultCache(out_dir / CACHE_NAME), out_dir, save_audio, workers)
     jobs = evaluation.plan(selected)
     total = sum(len(job.keys) - (NOISY_LABEL in job.keys) for job in jobs)
     with torch_threads(1), tqdm(total=total, unit="enh", desc="enhancement", disable=not progress) as bar:
-        for start in range(0, len(jobs), batch_size):
-            evaluation.run_batch(jobs[start:start + batch_size], bar)
+        evaluation.run(jobs, batch_size, bar)
     rows = evaluation.rows(selected)
     summary = _summary(rows, evaluation)
     if command is None:
