@@ -293,6 +293,25 @@ def test_rank_samples_and_iterations_are_honoured() -> None:
     assert calls == per_iteration * 4 + [3, 3]
 
 
+@pytest.mark.parametrize("reuse", [False, True])
+def test_m_step_draw_is_fresh_or_the_e_steps(reuse: bool) -> None:
+    """A fresh draw decodes the encoder after its Adam step; reuse_estep_draw takes the E-step's (before it)."""
+    model = tiny_model("rvae")
+    X = noisy_batch([18], seed=3)
+    power = X.abs().square()
+    init = NMFNoise.init_random(1, F, 18, 3, torch.Generator().manual_seed(0), power.dtype, power.device)
+    config = VEMConfig(niter=1, nmf_rank=3, lr=0.05, deterministic=True, reuse_estep_draw=reuse)
+    result = enhance_spectrogram(model, X, config, init=init)
+    calls: list[int] = []
+    model.decoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    enhance_spectrogram(model, X, config, init=init)
+    assert calls == ([1, 1] if reuse else [1, 1, 1])      # E-step, (M-step draw), Wiener filter
+    before = model(power, sample=False)[1].y_logvar.exp()[:, None]
+    nmf, gain = m_step(init, torch.ones(1, 18), power, before, torch.ones(1, 18, dtype=torch.bool))
+    matches = torch.allclose(result.nmf.W, nmf.W, rtol=1e-5) and torch.allclose(result.gain, gain, rtol=1e-5)
+    assert matches == reuse
+
+
 def expected_stop(losses: list[float], tol: float, window: int) -> int:
     """Iterations run under the rule: stop once the mean loss of the last `window` iterations
     differs from that of the `window` before by less than tol, relatively."""
@@ -325,7 +344,9 @@ def test_official_preset_and_validation() -> None:
     official = VEMConfig.official()
     assert (official.niter, official.nmf_rank, official.lr, official.wf_samples, official.estep_epochs,
             official.kl_weight, official.tol) == (300, 8, 1e-3, 1, 1, 1.0, 0.0)
-    assert VEMConfig.official(niter=5).niter == 5
+    assert VEMConfig.official(niter=5).niter == 5 and not official.reuse_estep_draw
+    with pytest.raises(ValueError, match="mstep_samples must be 1"):
+        VEMConfig(reuse_estep_draw=True, mstep_samples=2)
     with pytest.raises(ValueError, match="nmf_rank"):
         VEMConfig(nmf_rank=0)
     model = tiny_model("vae")

@@ -1,0 +1,116 @@
+"""Speech-enhancement speed: real-time factor (processing seconds per second of audio) of each prior under
+the official VEM settings one utterance at a time (one process, one thread) and under the default settings,
+batched, one at a time and over all cores; then where the time of one default VEM run goes.
+
+    python benchmarks/bench_enhance.py --manifest data/open/mixtures/valid/manifest.jsonl --limit 8 \
+        --model default=default --model RVAE=checkpoints/official/official-wsj-rvae
+
+Every run is a full `eval enhance` (read, VEM, iSTFT, scoring) into a fresh temporary folder, so the median
+SI-SDR of each setting comes with its time. Prints Markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import math
+import os
+import pstats
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+from speechdvae.checkpoints import from_pretrained, load_model
+from speechdvae.enhance import vem
+from speechdvae.evaluate.enhancement import balanced_subset, enhance_waves, evaluate_enhancement, read_mixtures, \
+    read_pair
+from speechdvae.models import DVAE
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    config: vem.VEMConfig
+    batch_size: int
+    workers: int
+
+
+def settings(cores: int, limit: int) -> list[Setting]:
+    official, default = vem.VEMConfig.official(), vem.VEMConfig()
+    return [Setting("official, one at a time", official, 1, 1),
+            Setting("default, one at a time", default, 1, 1),
+            Setting(f"default, batches of {limit}", default, limit, 1),
+            Setting(f"default, {cores} processes", default, math.ceil(limit / cores), cores)]
+
+
+def load(spec: str) -> tuple[str, DVAE]:
+    label, _, path = spec.partition("=")
+    path = path or label
+    return label, (from_pretrained(path) if path == "default" else load_model(path)).cpu()
+
+
+def timed_run(model: DVAE, records: list[dict], setting: Setting) -> tuple[float, dict]:
+    """Wall time and summary row of one evaluation of `model` in a fresh folder."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        summary = evaluate_enhancement({"prior": model}, records, out, config=setting.config,
+                                       batch_size=setting.batch_size, workers=setting.workers, progress=False)
+        return time.perf_counter() - start, summary[1]
+
+
+PHASES = {"E-step forward": "estep_terms", "E-step backward": "grad", "M-step draw": "speech_variance",
+          "Adam step": "step", "NMF and gain updates": "m_step", "Wiener filter": "result"}
+
+
+def profile(model: DVAE, records: list[dict], config: vem.VEMConfig) -> list[tuple[str, float]]:
+    """Share of one batched VEM run's time per phase (cumulative cProfile times of the phase's function)."""
+    waves = [read_pair(r)[0] for r in records]
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    enhance_waves(model, waves, [r["id"] for r in records], config)
+    profiler.disable()
+    total = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats      # type: ignore[attr-defined]
+    cumulative: dict[str, float] = {}
+    for (filename, _, function), (_, _, _, cum, _) in stats.items():
+        for phase, name in PHASES.items():
+            module = "autograd" if name == "grad" else ("optim" if name == "step" else "speechdvae")
+            if function == name and module in filename:
+                cumulative[phase] = cumulative.get(phase, 0.0) + cum
+    shares = [(phase, cumulative.get(phase, 0.0) / total) for phase in PHASES]
+    return shares + [("other", 1.0 - sum(share for _, share in shares))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--limit", type=int, default=8)
+    parser.add_argument("--model", action="append", required=True, metavar="LABEL=PATH|default")
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    records = balanced_subset(read_mixtures(args.manifest), args.limit)
+    seconds = sum(len(read_pair(r)[0]) for r in records) / 16000
+    print(f"{len(records)} mixtures of `{args.manifest}` ({seconds:.1f} s of audio), {args.cores} cores, "
+          f"torch {torch.__version__}\n")
+    print("| prior | setting | wall time (s) | RTF | speed-up | median SI-SDR (dB) | mean iterations |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for spec in args.model:
+        label, model = load(spec)
+        reference = None
+        for setting in settings(args.cores, len(records)):
+            wall, row = timed_run(model, records, setting)
+            reference = reference or wall
+            print(f"| {label} | {setting.name} | {wall:.1f} | {wall / seconds:.1f} | {reference / wall:.1f}x | "
+                  f"{row['si_sdr'].median:.2f} | {row['mean_iterations']:.0f} |", flush=True)
+    print("\nWhere the time of one default VEM batch goes (cProfile, cumulative):\n")
+    label, model = load(args.model[0])
+    print(f"| phase ({label}) | share |\n|---|---:|")
+    for phase, share in profile(model, records, vem.VEMConfig()):
+        print(f"| {phase} | {100 * share:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
