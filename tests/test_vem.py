@@ -3,6 +3,7 @@ official reference iterations (../shared/official-dvae-se/README.md, "VEM refere
 random models, for batching, isolation of the caller's model and the settings."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -199,12 +200,14 @@ def noisy_batch(lengths: list[int], seed: int = 0) -> torch.Tensor:
     return X
 
 
-@pytest.mark.parametrize("kind", ["vae", "dkf", "rvae", "srnn", "transformer"])
-def test_batch_equals_one_at_a_time(kind: str) -> None:
+@pytest.mark.parametrize("kind, past", [("vae", "generated"), ("dkf", "generated"), ("rvae", "generated"),
+                                        ("srnn", "generated"), ("transformer", "generated"), ("srnn", "estimate"),
+                                        ("transformer", "estimate")])
+def test_batch_equals_one_at_a_time(kind: str, past: str) -> None:
     lengths = [14, 8, 11]
     X = noisy_batch(lengths)
     model = tiny_model(kind)
-    config = VEMConfig(niter=3, nmf_rank=3, mstep_samples=2, wf_samples=2, lr=1e-2, seed=5)
+    config = VEMConfig(niter=3, nmf_rank=3, mstep_samples=2, wf_samples=2, lr=1e-2, seed=5, past=past)
     batch = enhance_spectrogram(model, X, config, lengths=lengths)
     for b, T in enumerate(lengths):
         alone = enhance_spectrogram(model, X[b, :T], config, keys=[b])
@@ -312,6 +315,41 @@ def test_m_step_draw_is_fresh_or_the_e_steps(reuse: bool) -> None:
     assert matches == reuse
 
 
+@pytest.mark.parametrize("kind", ["srnn", "transformer"])
+def test_autoregressive_priors_read_the_generated_or_the_estimated_past(kind: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """past="generated" decodes in generation mode (eq. 31); past="estimate" teacher-forces the noisy power
+    in the first E-step, then the posterior clean-power estimate E[|s|^2 | x] of the last M-step."""
+    model = tiny_model(kind)
+    X = noisy_batch([16], seed=4)
+    power = X.abs().square()
+    calls: list[tuple[torch.Tensor | None, float, torch.Tensor]] = []
+    decode = type(model).decode
+
+    def recording(self, post, s=None, feedback=0.0):
+        out = decode(self, post, s, feedback)
+        calls.append((None if s is None else s.detach().clone(), feedback, out.y_logvar.detach().exp()))
+        return out
+
+    monkeypatch.setattr(type(model), "decode", recording)
+    enhance_spectrogram(model, X, VEMConfig(niter=2, nmf_rank=2, tol=0.0))
+    assert [feedback for _, feedback, _ in calls] == [1.0] * 5           # 2 x (E-step, M-step draw), Wiener filter
+    calls.clear()
+    config = VEMConfig(niter=2, nmf_rank=2, tol=0.0, past="estimate", reuse_estep_draw=True, deterministic=True)
+    result = enhance_spectrogram(model, X, config)
+    assert [feedback for _, feedback, _ in calls] == [0.0] * 3           # 2 E-steps, Wiener filter
+    torch.testing.assert_close(calls[0][0], power)
+    # after iteration 1, the past is (|G X|^2 + G W H) / g, G = g v_s / (g v_s + W H) from its M-step (which
+    # used the E-step's v_s)
+    calls.clear()
+    first = enhance_spectrogram(model, X, replace(config, niter=1))
+    scaled = first.gain[..., None] * calls[0][2]
+    wiener = scaled / (scaled + first.noise_var)
+    expected = (wiener.square() * power + wiener * first.noise_var) / first.gain[..., None]
+    torch.testing.assert_close(calls[-1][0], expected, rtol=1e-4, atol=1e-9)
+    assert bool(torch.isfinite(result.speech).all())
+
+
 def expected_stop(losses: list[float], tol: float, window: int) -> int:
     """Iterations run under the rule: stop once the mean loss of the last `window` iterations
     differs from that of the `window` before by less than tol, relatively."""
@@ -345,6 +383,8 @@ def test_official_preset_and_validation() -> None:
     assert (official.niter, official.nmf_rank, official.lr, official.wf_samples, official.estep_epochs,
             official.kl_weight, official.tol) == (300, 8, 1e-3, 1, 1, 1.0, 0.0)
     assert VEMConfig.official(niter=5).niter == 5 and not official.reuse_estep_draw
+    with pytest.raises(ValueError, match="past must be one of"):
+        VEMConfig(past="clean")
     with pytest.raises(ValueError, match="mstep_samples must be 1"):
         VEMConfig(reuse_estep_draw=True, mstep_samples=2)
     with pytest.raises(ValueError, match="nmf_rank"):

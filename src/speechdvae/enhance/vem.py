@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
-from ..models.base import DVAE
+from ..models.base import DVAE, Decoded, Posterior
 from ..models.losses import kl_terms
 from .nmf import NMFNoise, m_step, mixture_loss, wiener_gain
 
@@ -31,6 +31,10 @@ POWER_FLOOR = 1e-10
 # Autoregressive priors feed their own past outputs back (generation mode, SE paper eq. 31);
 # the other priors ignore it.
 FEEDBACK = 1.0
+# What autoregressive priors read as the past speech s_{1:t-1}: their own generated past (eq. 31, the
+# official choice), or the current estimate of the clean power, E[|s_t|^2 | x] under the last M-step
+# (the noisy power before the first), which decodes all frames at once instead of frame by frame.
+PASTS = ("generated", "estimate")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class VEMConfig:
     estep_epochs: int = 1            # Adam steps per E-step
     kl_weight: float = 1.0           # weight of the KL terms in the E-step objective (39)
     deterministic: bool = False      # replace every latent draw by the posterior mean
+    past: str = "generated"          # past speech of autoregressive priors: one of PASTS
     tol: float = 5e-4                # stop an utterance once its mean loss over the last `window`
     window: int = 10                 # iterations moved less than tol (relative); tol = 0: never stop
     seed: int = 0                    # root of every utterance's random stream
@@ -60,15 +65,18 @@ class VEMConfig:
                 raise ValueError(f"VEMConfig.{name} must be positive, got {getattr(self, name)}")
         if self.kl_weight < 0 or self.tol < 0:
             raise ValueError("VEMConfig.kl_weight and VEMConfig.tol must be nonnegative")
+        if self.past not in PASTS:
+            raise ValueError(f"VEMConfig.past must be one of {', '.join(PASTS)}, got {self.past!r}")
         if self.reuse_estep_draw and self.mstep_samples != 1:
             raise ValueError("VEMConfig.reuse_estep_draw takes the E-step's single draw: mstep_samples must be 1")
 
     @classmethod
     def official(cls, **overrides: object) -> VEMConfig:
         """The authors' settings (launch scripts, WSJ0): 300 iterations, K = 8, lr 1e-3, R = 1,
-        one E-step epoch, a fresh draw for the M-step, no early stop."""
+        one E-step epoch, a fresh draw for the M-step, generated past (eq. 31), no early stop."""
         return replace(cls(niter=300, lr=1e-3, nmf_rank=8, mstep_samples=1, reuse_estep_draw=False,
-                           wf_samples=1, estep_epochs=1, kl_weight=1.0, tol=0.0), **overrides)
+                           wf_samples=1, estep_epochs=1, kl_weight=1.0, tol=0.0, past="generated"),
+                       **overrides)
 
 
 @dataclass
@@ -134,21 +142,31 @@ def drawing_from(generator: torch.Generator) -> Iterator[None]:
 
 
 class Utterance:
-    """One utterance's power spectrogram, fine-tuned encoder copy and random stream."""
+    """One utterance's power spectrogram, fine-tuned encoder copy, random stream and, when autoregressive
+    priors read an estimated past, that estimate."""
 
-    def __init__(self, model: DVAE, power: torch.Tensor, seed: int, key: int | str) -> None:
+    def __init__(self, model: DVAE, power: torch.Tensor, seed: int, key: int | str, past: str) -> None:
         self.power = power[None]                       # (1, T, F)
         self.frames = power.shape[0]
         self.model = encoder_copy(model)
         self.params = self.model.encoder_parameters()
         self.init_generator = torch.Generator().manual_seed(utterance_seed(seed, key, "nmf"))
         self.sampler = torch.Generator(device=power.device).manual_seed(utterance_seed(seed, key, "latents"))
+        self.past = self.power if past == "estimate" and model.autoregressive else None
+
+    def forward(self, samples: int, sample: bool) -> tuple[Posterior, Decoded]:
+        """Encode the noisy power (`samples` draws) and decode, from the generated or the estimated past."""
+        s = self.power.expand(samples, -1, -1)
+        with drawing_from(self.sampler):
+            if self.past is None:
+                return self.model(s, sample=sample, feedback=FEEDBACK)
+            post = self.model.infer(s, sample=sample)
+            return post, self.model.decode(post, self.past.expand(samples, -1, -1), feedback=0.0)
 
     def estep_terms(self, gain: torch.Tensor, noise_var: torch.Tensor, sample: bool,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """sum(log V_x + |X|^2 / V_x) and the KL of eq. (39), with one latent draw, and that draw's v_s (T, F)."""
-        with drawing_from(self.sampler):
-            post, dec = self.model(self.power, sample=sample, feedback=FEEDBACK)
+        post, dec = self.forward(1, sample)
         speech_var = dec.y_logvar[0].exp()
         vx = gain[:, None] * speech_var + noise_var
         kl_z, kl_w = kl_terms(post, dec)
@@ -166,9 +184,7 @@ class Utterance:
     @torch.no_grad()
     def speech_variance(self, samples: int, sample: bool) -> torch.Tensor:
         """v_s (samples, T, F) decoded from `samples` latent draws of the current encoder."""
-        with drawing_from(self.sampler):
-            _, dec = self.model(self.power.expand(samples, -1, -1), sample=sample, feedback=FEEDBACK)
-        return dec.y_logvar.exp()
+        return self.forward(samples, sample)[1].y_logvar.exp()
 
 
 def _as_batch(X: torch.Tensor, lengths: Sequence[int] | torch.Tensor | None,
@@ -209,7 +225,8 @@ def enhance_spectrogram(model: DVAE, X: torch.Tensor, config: VEMConfig = VEMCon
     batch, frames, freqs = power.shape
     mask = torch.arange(frames, device=power.device)[None] < lengths.to(power.device)[:, None]
     power = power * mask[..., None]
-    utts = [Utterance(model, power[b, :T], config.seed, key) for b, (T, key) in enumerate(zip(lengths.tolist(), keys))]
+    utts = [Utterance(model, power[b, :T], config.seed, key, config.past)
+            for b, (T, key) in enumerate(zip(lengths.tolist(), keys))]
     if init is None:
         init = NMFNoise.stack([NMFNoise.init_random(1, freqs, u.frames, config.nmf_rank, u.init_generator,
                                                     dtype, power.device) for u in utts], frames)
@@ -257,7 +274,13 @@ class _VEMState:
         self.nmf = NMFNoise(torch.where(keep[:, None, None], nmf.W, self.nmf.W),
                             torch.where(keep[:, None, None], nmf.H, self.nmf.H))
         self.gain = torch.where(keep[:, None], gain, self.gain)
-        loss = mixture_loss(self.power, speech_var, self.gain, self.nmf.variance(), self.mask)
+        noise_var = self.nmf.variance()
+        loss = mixture_loss(self.power, speech_var, self.gain, noise_var, self.mask)
+        if any(u.past is not None for u in utts):
+            past = self.clean_power(speech_var, noise_var)
+            for b, u in enumerate(utts):
+                if active[b] and u.past is not None:
+                    u.past = past[b:b + 1, :u.frames]
         self._record(torch.where(self.active, loss.double().cpu(), float("nan")), recon, kl)
 
     def speech_variance(self, utts: list[Utterance], samples: int, active: list[bool]) -> torch.Tensor:
@@ -267,6 +290,13 @@ class _VEMState:
             if active[b]:
                 out[b, :, :u.frames] = u.speech_variance(samples, self.sample)
         return out
+
+    def clean_power(self, speech_var: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:
+        """E[|s_t|^2 | x] (B, T, F) for the unit-gain speech s the prior models: (|G X|^2 + G W H) / g with the
+        Wiener gain G, i.e. the posterior mean and variance of g^(1/2) s under the current parameters."""
+        wiener = wiener_gain(speech_var, self.gain, noise_var)
+        scaled = wiener.square() * self.power + wiener * noise_var
+        return (scaled / self.gain[..., None]).clamp_min(POWER_FLOOR)
 
     def _record(self, loss: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor) -> None:
         """Append the iteration's values and deactivate utterances whose windowed loss has settled."""
