@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,11 @@ import soundfile as sf
 import torch
 
 from speechdvae.checkpoints import save_model
-from speechdvae.cli import UserError
+from speechdvae.cli import UserError, build_parser
 from speechdvae.enhance import files
 from speechdvae.enhance.files import (Chunking, CrossFader, EnhanceError, collect_jobs, enhance_file,
                                       enhance_files, overlapping_chunks, run)
-from speechdvae.enhance.vem import VEMConfig
+from speechdvae.enhance.vem import VEMConfig, config_from_args
 from speechdvae.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,8 +108,8 @@ def test_mixed_inputs_keep_rate_channels_and_format_and_failures_do_not_stop_the
 
 def enhance_args(inputs, out, model, **overrides) -> argparse.Namespace:
     """The namespace `speechdvae enhance` builds, with 2 VEM iterations."""
-    values = dict(inputs=[str(i) for i in inputs], out=str(out), model=str(model), official=False, iterations=2,
-                  nmf_rank=None, seed=None, chunk_seconds=20.0, batch_size=1, device="cpu", threads=1,
+    values = dict(inputs=[str(i) for i in inputs], out=str(out), model=str(model), official_settings=False,
+                  iterations=2, lr=None, tol=None, nmf_rank=None, past=None, seed=None, chunk_seconds=20.0, batch_size=1, device="cpu", threads=1,
                   overwrite=False, shard=None, no_progress=True)
     return argparse.Namespace(**{**values, **overrides})
 
@@ -136,11 +137,18 @@ def test_command_exit_status_and_resume(tmp_path, tiny_checkpoint, capsys):
         run(enhance_args([good_only], tmp_path / "out3", tmp_path / "missing-model"))
 
 
-def test_official_and_iteration_options_reach_the_vem():
-    official = files.vem_config(enhance_args([], "o", "m", official=True, iterations=None))
-    assert official == VEMConfig.official()
-    tuned = files.vem_config(enhance_args([], "o", "m", iterations=7, nmf_rank=4, seed=3))
-    assert (tuned.niter, tuned.nmf_rank, tuned.seed, tuned.tol) == (7, 4, 3, VEMConfig().tol)
+def test_vem_options_of_both_commands_reach_the_vem():
+    for command in (["enhance", "in.wav", "-o", "out"], ["eval", "enhance", "--manifest", "m", "-o", "out"]):
+        parse = build_parser().parse_args
+        assert config_from_args(parse(command)) == VEMConfig()
+        assert config_from_args(parse([*command, "--official-settings"])) == VEMConfig.official()
+        tuned = config_from_args(parse([*command, "--iterations", "7", "--lr", "0.01", "--tol", "0", "--nmf-rank",
+                                        "4", "--past", "estimate", "--seed", "3"]))
+        assert tuned == replace(VEMConfig(), niter=7, lr=0.01, tol=0.0, nmf_rank=4, past="estimate", seed=3)
+        assert config_from_args(parse([*command, "--official-settings", "--iterations", "5"])) == \
+            VEMConfig.official(niter=5)
+    with pytest.raises(UserError, match="VEM settings: VEMConfig.lr must be positive"):
+        run(enhance_args(["in.wav"], "out", "m", lr=0.0))
 
 
 def test_shards_split_the_files_and_follow_torchrun(tmp_path, monkeypatch):

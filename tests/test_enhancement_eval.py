@@ -25,7 +25,7 @@ from speechdvae.evaluate.enhancement import (CACHE_NAME, MARKDOWN_NAME, NOISE_FI
                                              SNR_FIGURE_NAME, SUMMARY_NAME, UTTERANCES_NAME, EnhancementError,
                                              Mixture, audio_path, balanced_subset, cli_command,
                                              evaluate_enhancement, identify, improvement_stats, model_fingerprint,
-                                             read_mixtures, result_key, share_out, vem_settings)
+                                             read_mixtures, result_key, share_out)
 from speechdvae.evaluate.metrics import estoi, si_sdr
 
 CONFIG = VEMConfig(niter=3, seed=7)
@@ -281,14 +281,12 @@ def test_results_are_keyed_by_weights_settings_and_files(tiny: dict[str, Path], 
 
 def test_settings_and_command_line(tiny: dict[str, Path], manifest: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture) -> None:
-    options = dict(official_settings=False, iterations=None, lr=None, tol=None, seed=None)
-    assert vem_settings(argparse.Namespace(**options)) == VEMConfig()
-    assert vem_settings(argparse.Namespace(**{**options, "official_settings": True, "iterations": 3})) == \
-        VEMConfig.official(niter=3)
+    options = dict(official_settings=False, iterations=None, lr=None, tol=None, nmf_rank=None, past=None, seed=None)
     assert cli_command({}, manifest, "out", 2, VEMConfig.official(niter=3)).endswith(
         "--limit 2 --official-settings --iterations 3")
-    assert cli_command({}, manifest, "out", None, VEMConfig(nmf_rank=4)).endswith(
-        "-o out  # VEM settings without an option: nmf_rank=4")
+    assert cli_command({}, manifest, "out", None, VEMConfig(nmf_rank=4)).endswith("-o out --nmf-rank 4")
+    assert cli_command({}, manifest, "out", None, VEMConfig(wf_samples=4)).endswith(
+        "-o out  # VEM settings without an option: wf_samples=4")
     args = argparse.Namespace(model=[f"VAE={tiny['VAE']}"], official=None, official_cache=str(tmp_path / "cache"),
                               manifest=str(manifest), out=str(tmp_path / "out"), limit=2, batch_size=8, workers=1,
                               save_audio=False, no_progress=True, **{**options, "iterations": 2})

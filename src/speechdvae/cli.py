@@ -69,11 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder (never an input folder)")
     enhance.add_argument("--model", default="default", metavar="NAME|PATH",
                          help="shipped prior name or checkpoint folder (default: default)")
-    enhance.add_argument("--official", action="store_true",
-                         help="the official VEM settings (300 iterations, no early stop) instead of the default")
-    enhance.add_argument("--iterations", type=int, metavar="N", help="maximum number of VEM iterations (default: 300)")
-    enhance.add_argument("--nmf-rank", type=int, metavar="K", help="rank of the NMF noise model (default: 8)")
-    enhance.add_argument("--seed", type=int, help="seed of the VEM's random draws (default: 0)")
+    _add_vem_options(enhance)
     enhance.add_argument("--chunk-seconds", type=float, default=20.0, metavar="S",
                          help="longer files are enhanced in chunks of S seconds overlapping by 1 s (default: 20)")
     enhance.add_argument("--batch-size", type=int, default=1, metavar="N",
@@ -138,13 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="output folder of the report and of the result cache")
     enhance_eval.add_argument("--limit", type=int, metavar="N",
                               help="evaluate N mixtures balanced over noise type x SNR, evenly spaced by id")
-    enhance_eval.add_argument("--official-settings", action="store_true",
-                              help="the official VEM settings (300 iterations, no early stop) instead of the default")
-    enhance_eval.add_argument("--iterations", type=int, metavar="N", help="maximum VEM iterations (default: 300)")
-    enhance_eval.add_argument("--lr", type=float, help="Adam learning rate of the E-step (default: 1e-3)")
-    enhance_eval.add_argument("--tol", type=float,
-                              help="relative loss change that stops a mixture early, 0 = never (default: 5e-4)")
-    enhance_eval.add_argument("--seed", type=int, help="root of every mixture's random streams (default: 0)")
+    _add_vem_options(enhance_eval)
     enhance_eval.add_argument("--batch-size", type=int, default=8, metavar="N",
                               help="mixtures enhanced together (default: 8; the results do not depend on it)")
     enhance_eval.add_argument("--save-audio", action="store_true",
@@ -235,6 +225,23 @@ def _add_model_choice(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official-cache", default="checkpoints/official", metavar="DIR",
                         help="where the official checkpoints are imported, unless already there "
                              "(default: checkpoints/official; GPL-3.0, keep them out of your own releases)")
+
+
+def _add_vem_options(parser: argparse.ArgumentParser) -> None:
+    """The VEM settings options (shared by `enhance` and `eval enhance`); unset ones keep the default
+    settings, listed in the README."""
+    group = parser.add_argument_group("VEM settings (unset: the default settings)")
+    group.add_argument("--official-settings", action="store_true",
+                       help="start from the official settings (300 iterations at lr 1e-3, no early stop, "
+                            "generated past) instead of the default ones")
+    group.add_argument("--iterations", type=int, metavar="N", help="maximum number of VEM iterations")
+    group.add_argument("--lr", type=float, help="Adam learning rate of the E-step")
+    group.add_argument("--tol", type=float, help="relative loss change that stops an utterance early (0: never)")
+    group.add_argument("--nmf-rank", type=int, metavar="K", help="rank of the NMF noise model")
+    group.add_argument("--past", choices=("generated", "estimate"),
+                       help="past speech read by autoregressive priors: their own generated past (eq. 31) or the "
+                            "current clean-power estimate (decodes all frames at once)")
+    group.add_argument("--seed", type=int, help="root of every utterance's random streams")
 
 
 def _lazy(module: str):

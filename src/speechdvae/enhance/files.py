@@ -35,7 +35,7 @@ from ..data.manifest import ManifestError, read_manifest
 from ..io import atomic_path, write_text_atomic
 from ..models.base import DVAE
 from ..stft import HOP_LENGTH, N_FFT, istft, min_samples, stft
-from .vem import VEMConfig, enhance_spectrogram
+from .vem import VEMConfig, config_from_args, enhance_spectrogram
 
 # Suffixes searched in folders (case-insensitive): the formats libsndfile reads.
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
@@ -448,13 +448,6 @@ def _write_failures(out_dir: Path, failed: list[dict[str, str]], shard: tuple[in
 
 # -- command line ----------------------------------------------------------------------------------
 
-def vem_config(args: argparse.Namespace) -> VEMConfig:
-    """The VEM settings of `speechdvae enhance`: the default or --official ones, then any overrides."""
-    config = VEMConfig.official() if args.official else VEMConfig()
-    overrides = {"niter": args.iterations, "nmf_rank": args.nmf_rank, "seed": args.seed}
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
-
-
 def parse_shard(text: str | None) -> tuple[int, int]:
     """"I/N" -> (I, N); None -> the torchrun rank, if any."""
     if text is None:
@@ -486,10 +479,14 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `speechdvae enhance`; exit status 1 if any file failed."""
     from ..cli import UserError
 
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        raise UserError(f"VEM settings: {err}") from err
     device = worker_device(args.device)
     set_threads(device, args.threads)
     try:
-        report = enhance_files(args.inputs, args.out, args.model, vem_config(args), args.chunk_seconds,
+        report = enhance_files(args.inputs, args.out, args.model, config, args.chunk_seconds,
                                args.batch_size, device, not args.no_progress, args.overwrite,
                                parse_shard(args.shard))
     except (EnhanceError, CheckpointError, ManifestError) as err:

@@ -48,7 +48,7 @@ from tqdm import tqdm
 from .. import audio, stft
 from ..checkpoints import CheckpointError
 from ..data.manifest import ManifestError, read_manifest, sha256_file
-from ..enhance.vem import VEMConfig, enhance_spectrogram
+from ..enhance.vem import OPTIONS, VEMConfig, config_from_args, enhance_spectrogram
 from ..io import write_text_atomic
 from ..models import DVAE
 from ..official import OfficialImportError
@@ -66,8 +66,6 @@ BATCH_SIZE = 8
 MARKDOWN_NAME, SUMMARY_NAME, UTTERANCES_NAME = "enhancement.md", "enhancement.csv", "enhancement_utterances.csv"
 SNR_FIGURE_NAME, NOISE_FIGURE_NAME = "improvement_per_snr.png", "improvement_per_noise.png"
 CACHE_NAME, AUDIO_DIR = "enhancement_cache.jsonl", "audio"
-# VEMConfig fields settable from the command line, and their options.
-VEM_OPTIONS = {"niter": "--iterations", "lr": "--lr", "tol": "--tol", "seed": "--seed"}
 UTTERANCE_COLUMNS = ("id", "model", "noise_type", "snr", "snr_power", "duration", "seconds", "iterations",
                      *SCORES, *IMPROVEMENTS.values(), "error")
 
@@ -666,10 +664,10 @@ def vem_options(config: VEMConfig) -> tuple[list[str], list[str]]:
     settings that no option can give ("name=value")."""
     best: tuple[list[str], list[str]] | None = None
     for base, flag in ((VEMConfig(), []), (VEMConfig.official(), ["--official-settings"])):
-        options = flag + [item for name, option in VEM_OPTIONS.items() if getattr(config, name) != getattr(base, name)
+        options = flag + [item for name, option in OPTIONS.items() if getattr(config, name) != getattr(base, name)
                           for item in (option, str(getattr(config, name)))]
         rest = [f"{f.name}={getattr(config, f.name)}" for f in fields(config)
-                if f.name not in VEM_OPTIONS and getattr(config, f.name) != getattr(base, f.name)]
+                if f.name not in OPTIONS and getattr(config, f.name) != getattr(base, f.name)]
         if best is None or (len(rest), len(options)) < (len(best[1]), len(best[0])):
             best = options, rest
     assert best is not None
@@ -692,22 +690,15 @@ def cli_command(models: Mapping[str, object], mixtures: Mixtures, out_dir: str |
     return f"{command}  # VEM settings without an option: {', '.join(rest)}" if rest else command
 
 
-def vem_settings(args: argparse.Namespace) -> VEMConfig:
-    """The default or --official-settings VEM settings, with --iterations, --lr, --tol and --seed applied."""
-    base = VEMConfig.official() if args.official_settings else VEMConfig()
-    given = {"niter": args.iterations, "lr": args.lr, "tol": args.tol, "seed": args.seed}
-    try:
-        return replace(base, **{name: value for name, value in given.items() if value is not None})
-    except ValueError as err:
-        raise EnhancementError(str(err)) from err
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of `speechdvae eval enhance`."""
     from ..cli import UserError
 
     try:
-        config = vem_settings(args)
+        config = config_from_args(args)
+    except ValueError as err:
+        raise UserError(f"VEM settings: {err}") from err
+    try:
         given, models = models_from_args(args, "eval enhance")
         command = cli_command(given, args.manifest, args.out, args.limit, config, args.official, args.save_audio)
         summary = evaluate_enhancement(models, args.manifest, args.out, args.limit, config,
