@@ -4,9 +4,12 @@ EM of the SE paper (Algorithm 1), batched over utterances of different lengths.
 Each utterance has its own copy of the prior's encoder (fine-tuned in the E-step; the decoder is
 shared and frozen, the caller's model is never modified), its own Adam state, NMF factors and gains,
 and its own random stream derived from (seed, key), so a batch gives the same result as one
-utterance at a time. The official code's choices are kept: one Adam step per iteration over the
-encoder only, KL weight 1, autoregressive priors decoded in generation mode (eq. 31), the M-step
-of `nmf.m_step`, and a Wiener filter (eq. 36) computed from a fresh draw of the latents.
+utterance at a time. `VEMConfig.official()` keeps the official code's choices: one Adam step per
+iteration over the encoder only, KL weight 1, autoregressive priors decoded in generation mode
+(eq. 31), the M-step of `nmf.m_step` on a fresh draw of the latents, and a Wiener filter (eq. 36)
+computed from another fresh draw. Options depart from them for speed: a convergence-based stop, the
+M-step on the E-step's draw, and autoregressive priors reading the current clean-power estimate as
+their past, which decodes every frame at once.
 """
 from __future__ import annotations
 
