@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the `small` priors on the open corpus, two at a time (one thread each): the six RNN-family
-# models, then HiT-DVAE, LigHT-DVAE and the two LigHT ablations of the LigHT paper's Table 2.
+# models, then HiT-DVAE, LigHT-DVAE and the two LigHT ablations of the LigHT paper's Table 2 (their presets
+# train for 2000 steps instead of 3500).
 # Usage: recipes/train_small.sh [RUNS_DIR=runs/small] [DATA_ROOT=data/open]
 # Every run resumes where it stopped; finished runs are skipped. SRNN-SS fine-tunes SRNN-TF with
 # scheduled sampling, as in the SE paper, so it waits for it.
