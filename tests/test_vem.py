@@ -332,7 +332,7 @@ def test_autoregressive_priors_read_the_generated_or_the_estimated_past(kind: st
         return out
 
     monkeypatch.setattr(type(model), "decode", recording)
-    enhance_spectrogram(model, X, VEMConfig(niter=2, nmf_rank=2, tol=0.0))
+    enhance_spectrogram(model, X, VEMConfig(niter=2, nmf_rank=2, tol=0.0, past="generated"))
     assert [feedback for _, feedback, _ in calls] == [1.0] * 5           # 2 x (E-step, M-step draw), Wiener filter
     calls.clear()
     config = VEMConfig(niter=2, nmf_rank=2, tol=0.0, past="estimate", reuse_estep_draw=True, deterministic=True)
