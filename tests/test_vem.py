@@ -296,25 +296,6 @@ def test_rank_samples_and_iterations_are_honoured() -> None:
     assert calls == per_iteration * 4 + [3, 3]
 
 
-@pytest.mark.parametrize("reuse", [False, True])
-def test_m_step_draw_is_fresh_or_the_e_steps(reuse: bool) -> None:
-    """A fresh draw decodes the encoder after its Adam step; reuse_estep_draw takes the E-step's (before it)."""
-    model = tiny_model("rvae")
-    X = noisy_batch([18], seed=3)
-    power = X.abs().square()
-    init = NMFNoise.init_random(1, F, 18, 3, torch.Generator().manual_seed(0), power.dtype, power.device)
-    config = VEMConfig(niter=1, nmf_rank=3, lr=0.05, deterministic=True, reuse_estep_draw=reuse)
-    result = enhance_spectrogram(model, X, config, init=init)
-    calls: list[int] = []
-    model.decoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
-    enhance_spectrogram(model, X, config, init=init)
-    assert calls == ([1, 1] if reuse else [1, 1, 1])      # E-step, (M-step draw), Wiener filter
-    before = model(power, sample=False)[1].y_logvar.exp()[:, None]
-    nmf, gain = m_step(init, torch.ones(1, 18), power, before, torch.ones(1, 18, dtype=torch.bool))
-    matches = torch.allclose(result.nmf.W, nmf.W, rtol=1e-5) and torch.allclose(result.gain, gain, rtol=1e-5)
-    assert matches == reuse
-
-
 @pytest.mark.parametrize("kind", ["srnn", "transformer"])
 def test_autoregressive_priors_read_the_generated_or_the_estimated_past(kind: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,15 +316,14 @@ def test_autoregressive_priors_read_the_generated_or_the_estimated_past(kind: st
     enhance_spectrogram(model, X, VEMConfig(niter=2, nmf_rank=2, tol=0.0, past="generated"))
     assert [feedback for _, feedback, _ in calls] == [1.0] * 5           # 2 x (E-step, M-step draw), Wiener filter
     calls.clear()
-    config = VEMConfig(niter=2, nmf_rank=2, tol=0.0, past="estimate", reuse_estep_draw=True, deterministic=True)
+    config = VEMConfig(niter=2, nmf_rank=2, tol=0.0, past="estimate", deterministic=True)
     result = enhance_spectrogram(model, X, config)
-    assert [feedback for _, feedback, _ in calls] == [0.0] * 3           # 2 E-steps, Wiener filter
+    assert [feedback for _, feedback, _ in calls] == [0.0] * 5           # 2 x (E-step, M-step draw), Wiener filter
     torch.testing.assert_close(calls[0][0], power)
-    # after iteration 1, the past is (|G X|^2 + G W H) / g, G = g v_s / (g v_s + W H) from its M-step (which
-    # used the E-step's v_s)
+    # after iteration 1, the past is (|G X|^2 + G W H) / g, G = g v_s / (g v_s + W H) from its M-step
     calls.clear()
     first = enhance_spectrogram(model, X, replace(config, niter=1))
-    scaled = first.gain[..., None] * calls[0][2]
+    scaled = first.gain[..., None] * calls[1][2]
     wiener = scaled / (scaled + first.noise_var)
     expected = (wiener.square() * power + wiener * first.noise_var) / first.gain[..., None]
     torch.testing.assert_close(calls[-1][0], expected, rtol=1e-4, atol=1e-9)
@@ -382,11 +362,9 @@ def test_official_preset_and_validation() -> None:
     official = VEMConfig.official()
     assert (official.niter, official.nmf_rank, official.lr, official.wf_samples, official.estep_epochs,
             official.kl_weight, official.tol) == (300, 8, 1e-3, 1, 1, 1.0, 0.0)
-    assert VEMConfig.official(niter=5).niter == 5 and not official.reuse_estep_draw
+    assert VEMConfig.official(niter=5).niter == 5 and official.past == "generated"
     with pytest.raises(ValueError, match="past must be one of"):
         VEMConfig(past="clean")
-    with pytest.raises(ValueError, match="mstep_samples must be 1"):
-        VEMConfig(reuse_estep_draw=True, mstep_samples=2)
     with pytest.raises(ValueError, match="nmf_rank"):
         VEMConfig(nmf_rank=0)
     model = tiny_model("vae")

@@ -7,9 +7,7 @@ and its own random stream derived from (seed, key), so a batch gives the same re
 utterance at a time. `VEMConfig.official()` keeps the official code's choices: one Adam step per
 iteration over the encoder only, KL weight 1, autoregressive priors decoded in generation mode
 (eq. 31), the M-step of `nmf.m_step` on a fresh draw of the latents, and a Wiener filter (eq. 36)
-computed from another fresh draw. Options depart from them for speed: a convergence-based stop, the
-M-step on the E-step's draw, and autoregressive priors reading the current clean-power estimate as
-their past, which decodes every frame at once.
+computed from another fresh draw. The defaults depart from them for speed (`VEMConfig`).
 """
 from __future__ import annotations
 
@@ -55,7 +53,6 @@ class VEMConfig:
     lr: float = 1e-3                 # Adam learning rate of the E-step
     nmf_rank: int = 8                # K, rank of the noise NMF
     mstep_samples: int = 1           # latent draws for the M-step criterion (41)
-    reuse_estep_draw: bool = False   # M-step on the E-step's draw (before its Adam step) instead of a fresh one
     wf_samples: int = 1              # R, latent draws averaged in the Wiener filter (35)-(36)
     estep_epochs: int = 1            # Adam steps per E-step
     kl_weight: float = 1.0           # weight of the KL terms in the E-step objective (39)
@@ -74,15 +71,12 @@ class VEMConfig:
             raise ValueError("VEMConfig.kl_weight and VEMConfig.tol must be nonnegative")
         if self.past not in PASTS:
             raise ValueError(f"VEMConfig.past must be one of {', '.join(PASTS)}, got {self.past!r}")
-        if self.reuse_estep_draw and self.mstep_samples != 1:
-            raise ValueError("VEMConfig.reuse_estep_draw takes the E-step's single draw: mstep_samples must be 1")
 
     @classmethod
     def official(cls, **overrides: object) -> VEMConfig:
         """The authors' settings (launch scripts, WSJ0): 300 iterations, K = 8, lr 1e-3, R = 1,
         one E-step epoch, a fresh draw for the M-step, generated past (eq. 31), no early stop."""
-        return replace(cls(niter=300, lr=1e-3, nmf_rank=8, mstep_samples=1, reuse_estep_draw=False,
-                           wf_samples=1, estep_epochs=1, kl_weight=1.0, tol=0.0, past="generated"),
+        return replace(cls(niter=300, lr=1e-3, nmf_rank=8, mstep_samples=1, wf_samples=1, estep_epochs=1, kl_weight=1.0, tol=0.0, past="generated"),
                        **overrides)
 
 
@@ -185,22 +179,21 @@ class Utterance:
             return post, self.model.decode(post, self.past.expand(samples, -1, -1), feedback=0.0)
 
     def estep_terms(self, gain: torch.Tensor, noise_var: torch.Tensor, sample: bool,
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """sum(log V_x + |X|^2 / V_x) and the KL of eq. (39), with one latent draw, and that draw's v_s (T, F)."""
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sum(log V_x + |X|^2 / V_x) and the KL of eq. (39), with one latent draw."""
         post, dec = self.forward(1, sample)
-        speech_var = dec.y_logvar[0].exp()
-        vx = gain[:, None] * speech_var + noise_var
+        vx = gain[:, None] * dec.y_logvar[0].exp() + noise_var
         kl_z, kl_w = kl_terms(post, dec)
-        return (torch.log(vx) + self.power[0] / vx).sum(), kl_z + kl_w, speech_var.detach()
+        return (torch.log(vx) + self.power[0] / vx).sum(), kl_z + kl_w
 
     def fine_tune_gradients(self, gain: torch.Tensor, noise_var: torch.Tensor, sample: bool,
-                            kl_weight: float) -> tuple[float, float, torch.Tensor]:
-        """Set the encoder copy's gradients of the E-step objective; returns its two terms and the v_s drawn."""
-        recon, kl, speech_var = self.estep_terms(gain, noise_var, sample)
+                            kl_weight: float) -> tuple[float, float]:
+        """Set the encoder copy's gradients of the E-step objective; returns its two terms."""
+        recon, kl = self.estep_terms(gain, noise_var, sample)
         grads = torch.autograd.grad(recon + kl_weight * kl, self.params, allow_unused=True)
         for p, grad in zip(self.params, grads):
             p.grad = grad
-        return recon.item(), kl.item(), speech_var
+        return recon.item(), kl.item()
 
     @torch.no_grad()
     def speech_variance(self, samples: int, sample: bool) -> torch.Tensor:
@@ -280,16 +273,14 @@ class _VEMState:
         active = self.active.tolist()
         recon, kl = torch.full((2, len(utts)), float("nan"), dtype=torch.float64)
         noise_var = self.nmf.variance()
-        drawn = self.power.new_ones(len(utts), 1, *self.power.shape[1:])
         for _ in range(self.config.estep_epochs):
             for b, u in enumerate(utts):
                 if active[b]:
-                    recon[b], kl[b], drawn[b, 0, :u.frames] = u.fine_tune_gradients(
-                        self.gain[b, :u.frames], noise_var[b, :u.frames], self.sample, self.config.kl_weight)
+                    recon[b], kl[b] = u.fine_tune_gradients(self.gain[b, :u.frames], noise_var[b, :u.frames],
+                                                            self.sample, self.config.kl_weight)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        speech_var = (drawn if self.config.reuse_estep_draw
-                      else self.speech_variance(utts, self.config.mstep_samples, active))
+        speech_var = self.speech_variance(utts, self.config.mstep_samples, active)
         nmf, gain = m_step(self.nmf, self.gain, self.power, speech_var, self.mask)
         keep = self.active.to(self.power.device)
         self.nmf = NMFNoise(torch.where(keep[:, None, None], nmf.W, self.nmf.W),
