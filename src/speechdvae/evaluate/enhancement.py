@@ -9,7 +9,7 @@ inverted to the mixture's length and scored against the clean reference: SI-SDR,
 WB MOS-LQO) and ESTOI. The noisy mixture itself is scored as the first row, and each prior's improvement over it
 (output minus input) is kept per mixture for the figures.
 
-Enhancing is slow (about a minute per mixture and prior on a CPU at 300 iterations), so every result is appended
+Enhancing is slow (seconds to minutes per mixture and prior on a CPU), so every result is appended
 to `enhancement_cache.jsonl` as soon as its batch is done and reused by a later run with the same key: model
 label, a hash of the model's configuration and weights, the VEM settings, the mixture id and the checksums of its
 noisy and clean files. An interrupted evaluation continues where it stopped; a prior added later costs only its
