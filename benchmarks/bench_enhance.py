@@ -1,6 +1,6 @@
 """Speech-enhancement speed: real-time factor (processing seconds per second of audio) of each prior under
 the official VEM settings one utterance at a time (one process, one thread) and under the default settings,
-batched, one at a time and over all cores; then where the time of one default VEM run goes.
+batched, one at a time and over all cores.
 
     python benchmarks/bench_enhance.py --manifest data/open/mixtures/valid/manifest.jsonl --limit 8 \
         --model default=default --model RVAE=checkpoints/official/official-wsj-rvae
@@ -11,10 +11,8 @@ SI-SDR of each setting comes with its time. Prints Markdown tables.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import math
 import os
-import pstats
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,8 +21,7 @@ import torch
 
 from speechdvae.checkpoints import from_pretrained, load_model
 from speechdvae.enhance import vem
-from speechdvae.evaluate.enhancement import balanced_subset, enhance_waves, evaluate_enhancement, read_mixtures, \
-    read_pair
+from speechdvae.evaluate.enhancement import balanced_subset, evaluate_enhancement, read_mixtures, read_pair
 from speechdvae.models import DVAE
 
 
@@ -59,30 +56,6 @@ def timed_run(model: DVAE, records: list[dict], setting: Setting) -> tuple[float
         return time.perf_counter() - start, summary[1]
 
 
-PHASES = {"E-step forward": "estep_terms", "E-step backward": "grad", "M-step draw": "speech_variance",
-          "Adam step": "step", "NMF and gain updates": "m_step", "Wiener filter": "result"}
-
-
-def profile(model: DVAE, records: list[dict], config: vem.VEMConfig) -> list[tuple[str, float]]:
-    """Share of one batched VEM run's time per phase (cumulative cProfile times of the phase's function)."""
-    waves = [read_pair(r)[0] for r in records]
-    profiler = cProfile.Profile()
-    start = time.perf_counter()
-    profiler.enable()
-    enhance_waves(model, waves, [r["id"] for r in records], config)
-    profiler.disable()
-    total = time.perf_counter() - start
-    stats = pstats.Stats(profiler).stats      # type: ignore[attr-defined]
-    cumulative: dict[str, float] = {}
-    for (filename, _, function), (_, _, _, cum, _) in stats.items():
-        for phase, name in PHASES.items():
-            module = "autograd" if name == "grad" else ("optim" if name == "step" else "speechdvae")
-            if function == name and module in filename:
-                cumulative[phase] = cumulative.get(phase, 0.0) + cum
-    shares = [(phase, cumulative.get(phase, 0.0) / total) for phase in PHASES]
-    return shares + [("other", 1.0 - sum(share for _, share in shares))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", required=True)
@@ -105,11 +78,6 @@ def main() -> None:
             reference = reference or wall
             print(f"| {label} | {setting.name} | {wall:.1f} | {wall / seconds:.1f} | {reference / wall:.1f}x | "
                   f"{row['si_sdr'].median:.2f} | {row['mean_iterations']:.0f} |", flush=True)
-    print("\nWhere the time of one default VEM batch goes (cProfile, cumulative):\n")
-    label, model = load(args.model[0])
-    print(f"| phase ({label}) | share |\n|---|---:|")
-    for phase, share in profile(model, records, vem.VEMConfig()):
-        print(f"| {phase} | {100 * share:.0f}% |")
 
 
 if __name__ == "__main__":
