@@ -331,7 +331,6 @@ class _Evaluation:
     def __init__(self, priors: list[Prior], config: VEMConfig, cache: ResultCache, out_dir: Path,
                  save_audio: bool, workers: int) -> None:
         self.priors, self.cache, self.out_dir, self.workers = priors, cache, out_dir, workers
-        self.save_audio = save_audio
         self.settings = _Settings(config, out_dir if save_audio else None)
         self.results: dict[tuple[str, str], dict] = {}    # (label, mixture id) -> result
         self.computed = dict.fromkeys([p.label for p in priors], 0)
@@ -353,7 +352,7 @@ class _Evaluation:
             missing = {}
             for label, key in keys.items():
                 cached = self.cache.get(key)
-                needs_audio = (self.save_audio and label != NOISY_LABEL
+                needs_audio = (self.settings.audio_dir is not None and label != NOISY_LABEL
                                and not audio_path(self.out_dir, label, mixture.id).is_file())
                 if cached is None or needs_audio:
                     missing[label] = key
