@@ -6,7 +6,8 @@ batched, one at a time and over all cores.
         --model default=default --model RVAE=checkpoints/official/official-wsj-rvae
 
 Every run is a full `eval enhance` (read, VEM, iSTFT, scoring) into a fresh temporary folder, so the median
-SI-SDR of each setting comes with its time. Prints Markdown tables.
+SI-SDR of each setting comes with its time. `--profile` also shows where the time of the default settings
+goes on the first mixture (the VEM phases labelled in `speechdvae.enhance.vem`). Prints Markdown tables.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import torch
 
 from speechdvae.checkpoints import from_pretrained, load_model
 from speechdvae.enhance import vem
-from speechdvae.evaluate.enhancement import balanced_subset, evaluate_enhancement, read_mixtures, read_pair
+from speechdvae.evaluate.enhancement import (balanced_subset, enhance_waves, evaluate_enhancement, read_mixtures,
+                                             read_pair)
 from speechdvae.models import DVAE
 
 
@@ -56,12 +58,29 @@ def timed_run(model: DVAE, records: list[dict], setting: Setting) -> tuple[float
         return time.perf_counter() - start, summary[1]
 
 
+PHASES = ("E-step forward", "E-step backward", "E-step Adam", "M-step draw of v_s", "M-step NMF and gains")
+
+
+def profile(model: DVAE, record: dict) -> dict[str, float]:
+    """Share of the wall time of one default-settings VEM run spent in each labelled phase (the rest: STFT,
+    iSTFT, the loss and bookkeeping)."""
+    noisy = read_pair(record)[0]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        enhance_waves(model, [noisy], [record["id"]], vem.VEMConfig())
+        wall = time.perf_counter() - start
+    totals = {event.key: event.cpu_time_total / 1e6 for event in prof.key_averages() if event.key in PHASES}
+    shares = {phase: totals.get(phase, 0.0) / wall for phase in PHASES}
+    return {**shares, "other": 1.0 - sum(shares.values())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=PATH|default")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--profile", action="store_true", help="also profile the default settings' VEM phases")
     args = parser.parse_args()
     torch.set_num_threads(1)
     records = balanced_subset(read_mixtures(args.manifest), args.limit)
@@ -78,6 +97,13 @@ def main() -> None:
             reference = reference or wall
             print(f"| {label} | {setting.name} | {wall:.1f} | {wall / seconds:.1f} | {reference / wall:.1f}x | "
                   f"{row['si_sdr'].median:.2f} | {row['mean_iterations']:.0f} |", flush=True)
+    if args.profile:
+        print("\n| prior | " + " | ".join(PHASES) + " | other |")
+        print("|---|" + "---:|" * (len(PHASES) + 1))
+        for spec in args.model:
+            label, model = load(spec)
+            shares = profile(model, records[0])
+            print(f"| {label} | " + " | ".join(f"{100 * share:.0f} %" for share in shares.values()) + " |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import torch
 from matplotlib.image import imread
 
 from speechdvae.cli import UserError
-from speechdvae.demo import metrics_table, run, run_demo, spectrogram_figure
+from speechdvae.demo import metrics_table, run, run_demo
+from speechdvae.evaluate.report import spectrogram_figure
 from speechdvae.enhance.files import EnhanceError
 from speechdvae.enhance.vem import VEMConfig
 from speechdvae.evaluate.metrics import compute_metrics

@@ -7,25 +7,21 @@ corpus's test set: a speaker and a noise recording never seen in training.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from .audio import SAMPLE_RATE, AudioError, read_audio
+from .audio import AudioError, read_audio
 from .checkpoints import CheckpointError, from_pretrained
 from .enhance.files import EnhanceError, enhance_file, set_threads
 from .enhance.vem import VEMConfig
 from .evaluate.metrics import METRICS, compute_metrics
-from .evaluate.report import save_figure
+from .evaluate.report import format_value, save_figure, spectrogram_figure
 from .io import write_json_atomic
 from .models.base import DVAE
-from .stft import HOP_LENGTH, power_spectrogram
 
 EXAMPLES = Path(str(resources.files("speechdvae") / "pretrained" / "examples"))
 EXAMPLE_NOISY = EXAMPLES / "noisy.flac"
@@ -34,7 +30,6 @@ DEMO_METRICS = ("si_sdr", "pesq_wb", "pesq_nb_raw", "estoi")
 ENHANCED_NAME = "enhanced.wav"
 FIGURE_NAME = "spectrograms.png"
 METRICS_NAME = "metrics.json"
-DYNAMIC_RANGE_DB = 80.0
 
 
 def run_demo(out_dir: str | os.PathLike = "demo_output", model: str | os.PathLike | DVAE = "default",
@@ -60,44 +55,13 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", model: str | os.PathLik
     return scores
 
 
-def _value(name: str, value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.{METRICS[name].digits}f}"
-
-
 def metrics_table(scores: Mapping[str, Mapping[str, float]]) -> str:
     """A Markdown table: one row per signal, one column per metric (with its better direction)."""
     names = list(next(iter(scores.values())))
     header = [f"{METRICS[n].label} {'↑' if METRICS[n].higher_is_better else '↓'}" for n in names]
     lines = ["| signal | " + " | ".join(header) + " |", "|---|" + "---:|" * len(names)]
-    lines += [f"| {row} | " + " | ".join(_value(n, values[n]) for n in names) + " |" for row, values in scores.items()]
+    lines += [f"| {row} | " + " | ".join(format_value(n, values[n]) for n in names) + " |" for row, values in scores.items()]
     return "\n".join(lines)
-
-
-def spectrogram_figure(signals: Mapping[str, np.ndarray], scores: Mapping[str, Mapping[str, float]]) -> Figure:
-    """Stacked power spectrograms (dB, one colour scale spanning 80 dB) of 16 kHz signals, titled with
-    their scores where given."""
-    spectra = {name: 10 * np.log10(power_spectrogram(torch.from_numpy(x)).numpy().T + 1e-12)
-               for name, x in signals.items()}
-    top = max(float(s.max()) for s in spectra.values())
-    fig = Figure(figsize=(9.0, 2.4 * len(spectra) + 0.6), layout="constrained")
-    axes = fig.subplots(len(spectra), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
-    for ax, (name, spec) in zip(axes, spectra.items()):
-        extent = (0.0, spec.shape[1] * HOP_LENGTH / SAMPLE_RATE, 0.0, SAMPLE_RATE / 2000)
-        image = ax.imshow(spec, origin="lower", aspect="auto", extent=extent, cmap="magma",
-                          vmin=top - DYNAMIC_RANGE_DB, vmax=top)
-        ax.set_title(_panel_title(name, scores.get(name)), loc="left")
-        ax.set_ylabel("frequency (kHz)")
-    axes[-1].set_xlabel("time (s)")
-    fig.colorbar(image, ax=list(axes), label="power (dB)", shrink=0.9)
-    return fig
-
-
-def _panel_title(name: str, scores: Mapping[str, float] | None) -> str:
-    if not scores:
-        return name
-    parts = [f"{METRICS[n].label.split(' (')[0]} {_value(n, v)}{' dB' * ('(dB)' in METRICS[n].label)}"
-             for n, v in scores.items()]
-    return f"{name}: " + ", ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..models.base import DVAE, Decoded, Posterior
@@ -189,8 +190,10 @@ class Utterance:
     def fine_tune_gradients(self, gain: torch.Tensor, noise_var: torch.Tensor, sample: bool,
                             kl_weight: float) -> tuple[float, float]:
         """Set the encoder copy's gradients of the E-step objective; returns its two terms."""
-        recon, kl = self.estep_terms(gain, noise_var, sample)
-        grads = torch.autograd.grad(recon + kl_weight * kl, self.params, allow_unused=True)
+        with record_function("E-step forward"):
+            recon, kl = self.estep_terms(gain, noise_var, sample)
+        with record_function("E-step backward"):
+            grads = torch.autograd.grad(recon + kl_weight * kl, self.params, allow_unused=True)
         for p, grad in zip(self.params, grads):
             p.grad = grad
         return recon.item(), kl.item()
@@ -278,10 +281,13 @@ class _VEMState:
                 if active[b]:
                     recon[b], kl[b] = u.fine_tune_gradients(self.gain[b, :u.frames], noise_var[b, :u.frames],
                                                             self.sample, self.config.kl_weight)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        speech_var = self.speech_variance(utts, self.config.mstep_samples, active)
-        nmf, gain = m_step(self.nmf, self.gain, self.power, speech_var, self.mask)
+            with record_function("E-step Adam"):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        with record_function("M-step draw of v_s"):
+            speech_var = self.speech_variance(utts, self.config.mstep_samples, active)
+        with record_function("M-step NMF and gains"):
+            nmf, gain = m_step(self.nmf, self.gain, self.power, speech_var, self.mask)
         keep = self.active.to(self.power.device)
         self.nmf = NMFNoise(torch.where(keep[:, None, None], nmf.W, self.nmf.W),
                             torch.where(keep[:, None, None], nmf.H, self.nmf.H))

@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
+from ..audio import SAMPLE_RATE
 from ..io import atomic_path, write_text_atomic
+from ..stft import HOP_LENGTH, power_spectrogram
 from .metrics import METRICS, MetricSummary
 
 SUMMARY_FIELDS = ("mean", "median", "ci", "n_valid", "n_nan")
+DYNAMIC_RANGE_DB = 80.0          # colour range of spectrogram pictures
 
 
 def markdown_document(title: str, intro: Sequence[str], sections: Sequence[tuple[str, str]] = ()) -> str:
@@ -88,6 +92,38 @@ def boxplot_figure(groups: Mapping[str, Sequence[Mapping[str, object]]], metrics
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
     return fig
+
+
+def format_value(name: str, value: float) -> str:
+    """A score with its metric's digits, or n/a."""
+    return "n/a" if math.isnan(value) else f"{value:.{METRICS[name].digits}f}"
+
+
+def spectrogram_figure(signals: Mapping[str, np.ndarray], scores: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Stacked power spectrograms (dB, one colour scale spanning 80 dB) of 16 kHz signals, titled with
+    their scores where given."""
+    spectra = {name: 10 * np.log10(power_spectrogram(torch.from_numpy(x)).numpy().T + 1e-12)
+               for name, x in signals.items()}
+    top = max(float(s.max()) for s in spectra.values())
+    fig = Figure(figsize=(9.0, 2.4 * len(spectra) + 0.6), layout="constrained")
+    axes = fig.subplots(len(spectra), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+    for ax, (name, spec) in zip(axes, spectra.items()):
+        extent = (0.0, spec.shape[1] * HOP_LENGTH / SAMPLE_RATE, 0.0, SAMPLE_RATE / 2000)
+        image = ax.imshow(spec, origin="lower", aspect="auto", extent=extent, cmap="magma",
+                          vmin=top - DYNAMIC_RANGE_DB, vmax=top)
+        ax.set_title(_panel_title(name, scores.get(name)), loc="left")
+        ax.set_ylabel("frequency (kHz)")
+    axes[-1].set_xlabel("time (s)")
+    fig.colorbar(image, ax=list(axes), label="power (dB)", shrink=0.9)
+    return fig
+
+
+def _panel_title(name: str, scores: Mapping[str, float] | None) -> str:
+    if not scores:
+        return name
+    parts = [f"{METRICS[n].label.split(' (')[0]} {format_value(n, v)}{' dB' * ('(dB)' in METRICS[n].label)}"
+             for n, v in scores.items()]
+    return f"{name}: " + ", ".join(parts)
 
 
 def _finite(values: object) -> np.ndarray:

@@ -1,0 +1,120 @@
+"""Regenerate every table and figure of both papers on the open corpus (`make bench`).
+
+Builds the open corpus and its noisy mixtures if they are missing, optionally retrains the `small` priors
+(`--retrain`), then reruns each report with the command written at its top ("Regenerate with: `...`"), so the
+reports and this script cannot disagree. Shows the plan with a time estimate first (minutes measured on a 2-core
+CPU from empty caches), then each step's own progress bar and the time left. The evaluations cache their
+results, so an interrupted run continues where it stopped.
+
+    python recipes/reproduce.py [--retrain] [--only generation enhancement ...] [--dry-run]
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = "data/open"
+MANIFESTS = f"{DATA}/manifests"
+COMMAND = re.compile(r"Regenerate with:? (?:<code>|`)(.+?)(?:</code>|`)")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One report: its name, the file holding its command, the estimated minutes, and whether it is optional
+    (needs data that may be absent, such as the official checkpoints in ../shared)."""
+
+    name: str
+    report: str
+    minutes: float
+    needs: str = ""
+
+
+STEPS = (
+    Step("training", "", 1),
+    Step("resynthesis", "docs/resynthesis_ours/resynthesis.md", 12),
+    Step("resynthesis-official", "docs/resynthesis/resynthesis.md", 12, needs="../shared/official-dvae-se"),
+    Step("enhancement-valid", "docs/enhancement_valid/enhancement.md", 12),
+    Step("enhancement", "docs/enhancement/enhancement.md", 70),
+    Step("generation", "docs/generation/generation.md", 25),
+    Step("listening", "docs/listen/index.html", 10),
+)
+DATA_MINUTES = 15          # download + conversion of the open corpus and the two mixture sets
+RETRAIN_MINUTES = 330      # recipes/train_small.sh, two runs at a time
+
+
+def report_command(report: Path) -> list[str]:
+    """The command written at the top of a report."""
+    if not report.is_file():
+        raise SystemExit(f"{report}: missing, so its command is unknown (restore it from git)")
+    match = COMMAND.search(report.read_text(encoding="utf-8"))
+    if not match:
+        raise SystemExit(f"{report}: no 'Regenerate with' command found")
+    return shlex.split(html.unescape(match.group(1)))
+
+
+def step_command(step: Step) -> list[str]:
+    if step.name == "training":
+        return [sys.executable, "recipes/training_table.py", "checkpoints/open-small"]
+    return report_command(ROOT / step.report)
+
+
+def runnable(command: list[str]) -> list[str]:
+    """`speechdvae ...` run by this interpreter, so that no virtual environment needs activating."""
+    return [sys.executable, "-m", "speechdvae", *command[1:]] if command[0] == "speechdvae" else command
+
+
+def data_commands() -> list[list[str]]:
+    """What builds the missing data: the corpus, then the validation and test mixtures."""
+    commands = []
+    if not (ROOT / MANIFESTS / "speech_test.jsonl").is_file():
+        commands.append(["speechdvae", "data", "open", "--root", DATA])
+    for split in ("valid", "test"):
+        if not (ROOT / DATA / "mixtures" / split / "manifest.jsonl").is_file():
+            commands.append(["speechdvae", "data", "mix", "--speech", f"{MANIFESTS}/speech_{split}.jsonl",
+                             "--noise", f"{MANIFESTS}/noise_{split}.jsonl", "-o", f"{DATA}/mixtures/{split}"])
+    return commands
+
+
+def retrain_commands() -> list[list[str]]:
+    return [["bash", "recipes/train_small.sh", "runs/small", DATA], ["bash", "recipes/publish_small.sh"]]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--retrain", action="store_true", help="retrain the small priors first (hours)")
+    parser.add_argument("--only", nargs="+", choices=[s.name for s in STEPS], help="run only these reports")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands only")
+    args = parser.parse_args()
+    steps = [s for s in STEPS if (not args.only or s.name in args.only)
+             and (not s.needs or (ROOT / s.needs).exists())]
+    plan = [("data", c, DATA_MINUTES / 3) for c in data_commands()]
+    plan += [("retraining", c, RETRAIN_MINUTES / 2) for c in retrain_commands()] if args.retrain else []
+    plan += [(s.name, step_command(s), s.minutes) for s in steps]
+    total = sum(minutes for _, _, minutes in plan)
+    print(f"{len(plan)} steps, about {total:.0f} min on a 2-core CPU (less where results are cached):")
+    for name, command, minutes in plan:
+        print(f"  {name:22s} ~{minutes:4.0f} min  {shlex.join(command)}")
+    if args.dry_run:
+        return 0
+    start, left = time.monotonic(), total
+    for i, (name, command, minutes) in enumerate(plan, 1):
+        print(f"\n[{i}/{len(plan)}] {name} (estimated {minutes:.0f} of the {left:.0f} min left)", flush=True)
+        if subprocess.run(runnable(command), cwd=ROOT).returncode:
+            print(f"{name} failed: {shlex.join(command)}", file=sys.stderr)
+            return 1
+        left -= minutes
+        print(f"[{i}/{len(plan)}] {name} done; {(time.monotonic() - start) / 60:.1f} min so far, "
+              f"about {max(left, 0):.0f} min left", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
