@@ -88,8 +88,8 @@ def main() -> None:
         seconds = best_time(training_step(model, random_powers(32, 50, model.x_dim)), args.repeats)
         print(f"| {kind} | {32 * 50 / seconds:,.0f} | {seconds:.3f} |")
 
-    print(f"\n| preset (small) | T | GEN incremental (frames/s) | GEN naive (frames/s) | speed-up | max abs diff |"
-          f"\n|---|---:|---:|---:|---:|---:|")
+    print("\n| preset (small) | T | GEN incremental (frames/s) | GEN naive (frames/s) | speed-up | max abs diff |"
+          "\n|---|---:|---:|---:|---:|---:|")
     with torch.no_grad():
         for kind in KINDS:
             model = build(kind, "small").eval()

@@ -13,11 +13,12 @@ import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from . import __version__
 from .audio import SAMPLE_RATE
@@ -71,17 +72,18 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def checkpoint_config(model: DVAE, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config.json content describing `model`; `metadata["training_data"]` becomes a top-level field."""
+def checkpoint_config(model: nn.Module, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config.json content describing `model` (a DVAE or another model with a `config` dict and an
+    `input_description`); `metadata["training_data"]` becomes a top-level field."""
     metadata = dict(metadata or {})
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "speechdvae_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": model.config, "sample_rate": SAMPLE_RATE, "stft": STFT_CONFIG,
-            "input": "power spectrogram |STFT|^2, shape (T, 513)",
+            "input": model.input_description,
             "training_data": metadata.pop("training_data", None), "metadata": metadata}
 
 
-def save_model(model: DVAE, path: str | os.PathLike, metadata: dict[str, Any] | None = None,
+def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None,
                extra_files: dict[str, str | os.PathLike] | None = None) -> Path:
     """Write `model` as the checkpoint folder `path`; `extra_files` maps names to files copied in
     (e.g. a licence). Refuses to replace a folder that is not a speechdvae checkpoint."""
@@ -122,10 +124,17 @@ def _swap_in(new: Path, path: Path) -> None:
 
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> DVAE:
     """The model stored in checkpoint folder `path`, in eval mode, on `device` (default: CUDA if available)."""
+    return load_weights(path, build_model, device)     # type: ignore[return-value]
+
+
+def load_weights(path: str | os.PathLike, build: Callable[[dict[str, Any]], nn.Module],
+                 device: str | torch.device | None = None) -> nn.Module:
+    """The model that `build` makes from the config of checkpoint folder `path`, holding the stored weights,
+    in eval mode, on `device` (default: CUDA if available)."""
     path = Path(path)
     config = read_checkpoint_config(path)
     try:
-        model = build_model(config["model"])
+        model = build(config["model"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path / CONFIG_FILE}: {err}") from None
     try:

@@ -144,6 +144,32 @@ def build_parser() -> argparse.ArgumentParser:
     enhance_eval.add_argument("--no-progress", action="store_true", help="no progress bar")
     enhance_eval.set_defaults(func=_lazy("speechdvae.evaluate.enhancement"))
 
+    generate = eval_sub.add_parser(
+        "generate", help="generation (FD-DNSMOS) of priors: sampled 1.6-s clips against training speech",
+        description="Generation evaluation (HiT-DVAE paper Table 3): each prior samples 1.6-s spectrograms, given a "
+                    "phase by Griffin-Lim; FD-DNSMOS is the Frechet distance between DNSMOS embeddings of these "
+                    "clips and of training-speech crops, mean and 95% CI over draws, with test speech (exact and "
+                    "Griffin-Lim phase) as reference rows. Needs `pip install 'speechdvae[dnsmos]'`. Results are "
+                    "cached in OUTDIR, so an interrupted run continues where it stopped.")
+    _add_model_choice(generate)
+    manifests = os.path.join(os.environ.get("SPEECHDVAE_DATA", "data/open"), "manifests")
+    generate.add_argument("--reference-manifest", default=os.path.join(manifests, "speech_train.jsonl"),
+                          metavar="MANIFEST", help="speech cropped into the reference set (default: %(default)s)")
+    generate.add_argument("--test-manifest", default=os.path.join(manifests, "speech_test.jsonl"),
+                          metavar="MANIFEST", help="speech of the test rows (default: %(default)s)")
+    generate.add_argument("--no-test", action="store_true", help="leave out the two test-speech rows")
+    for option, kind, metavar, help_text in (
+            ("--samples", int, "N", "clips per draw (default: 512; the paper: 10240)"),
+            ("--draws", int, "K", "independent draws per row (default: 5)"),
+            ("--reference-samples", int, "N", "training crops in the reference set (default: 2048)"),
+            ("--seed", int, "S", "root of every random stream (default: 0)"),
+            ("--gl-iterations", int, "N", "Griffin-Lim iterations (default: 32)"),
+            ("--gl-momentum", float, "M", "fast Griffin-Lim momentum, 0 for the original (default: 0.99)")):
+        generate.add_argument(option, type=kind, metavar=metavar, help=help_text)
+    generate.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder of the report and cache")
+    generate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    generate.set_defaults(func=_lazy("speechdvae.evaluate.generation"))
+
     train = sub.add_parser(
         "train", help="train a speech prior from a preset or a config file",
         description="Train a speech prior. Data come from --data-root (the open corpus layout: "
@@ -163,6 +189,33 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set train.lr=5e-4 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
+
+    baseline = sub.add_parser("baseline", help="the supervised baseline: an Open-Unmix-style mask estimator",
+                              description="The supervised baseline of the SE paper (UMX retrain).")
+    baseline_sub = baseline.add_subparsers(dest="baseline_command", metavar="ACTION", required=True)
+    train_baseline = baseline_sub.add_parser(
+        "train", help="train the mask estimator on noisy/clean pairs mixed on the fly",
+        description="Train the mask estimator on clean training speech mixed on the fly with training noise "
+                    "(-5 to 5 dB), choosing the best step on the validation mixtures; the best model is exported "
+                    "to RUN_DIR/model, usable by `eval enhance --model` and `enhance --model`. Runs resume exactly "
+                    "with --resume.")
+    train_baseline.add_argument("-o", "--out", required=True, metavar="RUN_DIR", help="run folder (state, logs, model)")
+    train_baseline.add_argument("--data-root", default=os.environ.get("SPEECHDVAE_DATA", "data/open"),
+                                help="corpus folder with manifests/{speech,noise}_train.jsonl and "
+                                     "mixtures/valid/manifest.jsonl (default: $SPEECHDVAE_DATA or data/open)")
+    train_baseline.add_argument("--steps", type=int, metavar="N", help="training steps (default: 2000)")
+    train_baseline.add_argument("--batch-size", type=int, metavar="N", help="crops per step (default: 16)")
+    train_baseline.add_argument("--hidden-size", type=int, metavar="N", help="hidden size (default: 128)")
+    train_baseline.add_argument("--lr", type=float, help="Adam learning rate (default: 1e-3)")
+    train_baseline.add_argument("--valid-every", type=int, metavar="N", help="steps between validations (default: 100)")
+    train_baseline.add_argument("--valid-limit", type=int, metavar="N",
+                                help="validate on N mixtures balanced over noise type x SNR (default: all)")
+    train_baseline.add_argument("--seed", type=int, help="seed of the weights and of the mixing (default: 0)")
+    train_baseline.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    train_baseline.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    train_baseline.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: 1 on CPU)")
+    train_baseline.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train_baseline.set_defaults(func=_lazy("speechdvae.train_umx"))
     return parser
 
 

@@ -184,6 +184,27 @@ def resolve_config(preset: str | None, size: str, train_manifest: str | None, va
                      preset=preset)
 
 
+# -- run files -----------------------------------------------------------------------------
+
+def save_state(path: Path, state: dict) -> None:
+    """`torch.save` a training state atomically: a kill leaves the previous state intact."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """The run's log rows as `log.jsonl` and `log.csv` (from the first row on), both written atomically."""
+    write_text_atomic(run_dir / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    if history:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        write_text_atomic(run_dir / "log.csv", out.getvalue())
+
+
 # -- distributed helpers -------------------------------------------------------------------
 
 @dataclass
@@ -295,11 +316,8 @@ class Trainer:
     def _save_state(self) -> None:
         if not self.dist.main:
             return
-        buffer = io.BytesIO()
-        torch.save(self._state(), buffer)
-        with atomic_path(self.run_dir / "state.pt") as tmp:
-            tmp.write_bytes(buffer.getvalue())
-        self._write_logs()
+        save_state(self.run_dir / "state.pt", self._state())
+        write_history(self.run_dir, self.history)
 
     def _load_state(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=False)
@@ -318,16 +336,6 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-
-    def _write_logs(self) -> None:
-        lines = "".join(json.dumps(row) + "\n" for row in self.history)
-        write_text_atomic(self.run_dir / "log.jsonl", lines)
-        if self.history:
-            out = io.StringIO()
-            writer = csv.DictWriter(out, fieldnames=list(self.history[0]))
-            writer.writeheader()
-            writer.writerows(self.history)
-            write_text_atomic(self.run_dir / "log.csv", out.getvalue())
 
     # -- loop ----------------------------------------------------------------------------
     def _finished(self) -> bool:

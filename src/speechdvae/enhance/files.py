@@ -3,7 +3,8 @@
 Each file is read at its own sample rate. Its channels are averaged, resampled to 16 kHz and
 peak-normalised for the VEM, and the Wiener gain (eq. 36) found for that mono mix is applied to the
 STFT of every channel at its original level, so the output keeps the input's sample rate, channel
-count and loudness. The prior models 16 kHz speech: content above 8 kHz is removed.
+count and loudness. The prior models 16 kHz speech: content above 8 kHz is removed. A checkpoint of the
+supervised mask estimator (`enhance.umx`) may replace the prior: its mask takes the place of the Wiener gain.
 
 Long files are cut into overlapping chunks at 16 kHz, enhanced a group at a time and joined with
 raised-cosine cross-fades while the output is written, so memory does not grow with the file's
@@ -18,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -35,6 +36,7 @@ from ..data.manifest import ManifestError, read_manifest
 from ..io import atomic_path, write_text_atomic
 from ..models.base import DVAE
 from ..stft import HOP_LENGTH, N_FFT, istft, min_samples, stft
+from .umx import Enhancer, MaskEstimator, holds_mask_estimator, load_mask_estimator, masks
 from .vem import VEMConfig, config_from_args, enhance_spectrogram
 
 # Suffixes searched in folders (case-insensitive): the formats libsndfile reads.
@@ -314,12 +316,14 @@ def wiener_gains(model: DVAE, spectra: Sequence[torch.Tensor], keys: Sequence[st
     return gains
 
 
-def enhance_chunks(model: DVAE, chunks: Sequence[np.ndarray], keys: Sequence[str], config: VEMConfig,
+def enhance_chunks(model: Enhancer, chunks: Sequence[np.ndarray], keys: Sequence[str], config: VEMConfig,
                    scale: float, progress: bool = False) -> list[np.ndarray]:
-    """Enhance 16 kHz chunks (frames, channels): the gains found for the channel mean times `scale`
-    are applied to every channel."""
+    """Enhance 16 kHz chunks (frames, channels): the gains found for the channel mean times `scale` (Wiener
+    gains of the VEM with a prior, or a mask estimator's masks) are applied to every channel."""
     spectra = [stft(torch.from_numpy(np.ascontiguousarray(chunk.T))) for chunk in chunks]   # (C, T, F)
-    gains = wiener_gains(model, [s.mean(0) * scale for s in spectra], keys, config, progress)
+    mono = [s.mean(0) * scale for s in spectra]
+    gains = (masks(model, [s.abs() for s in mono]) if isinstance(model, MaskEstimator)
+             else wiener_gains(model, mono, keys, config, progress))
     return [istft(s * g, length=len(chunk)).T.numpy() for s, g, chunk in zip(spectra, gains, chunks)]
 
 
@@ -330,7 +334,7 @@ def check_settings(chunk_seconds: float, batch_size: int) -> Chunking:
     return Chunking.from_seconds(chunk_seconds)
 
 
-def enhance_file(source: str | os.PathLike, target: str | os.PathLike, model: DVAE,
+def enhance_file(source: str | os.PathLike, target: str | os.PathLike, model: Enhancer,
                  config: VEMConfig = VEMConfig(), chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
                  batch_size: int = 1, key: str | None = None, progress: bool = False,
                  on_progress: Callable[[float], None] | None = None) -> float:
@@ -365,19 +369,19 @@ def enhance_file(source: str | os.PathLike, target: str | os.PathLike, model: DV
 
 
 def enhance_files(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
-                  model: str | os.PathLike | DVAE = "default", config: VEMConfig | None = None,
+                  model: str | os.PathLike | Enhancer = "default", config: VEMConfig | None = None,
                   chunk_seconds: float = DEFAULT_CHUNK_SECONDS, batch_size: int = 1,
                   device: str | torch.device | None = None, progress: bool = True, overwrite: bool = False,
                   shard: tuple[int, int] = (0, 1)) -> EnhanceReport:
-    """Enhance files, folders and manifests into `out_dir` with a prior (shipped name, checkpoint folder or
-    model). Existing outputs are skipped unless `overwrite`; failures are printed on stderr, listed in
+    """Enhance files, folders and manifests into `out_dir` with a prior or a supervised mask estimator (shipped
+    name, checkpoint folder or model). Existing outputs are skipped unless `overwrite`; failures are printed on stderr, listed in
     OUTDIR/failed.jsonl and do not stop the run. `shard` (index, count) takes every count-th file."""
     start = time.perf_counter()
     config = config or VEMConfig()
     jobs = shard_jobs(collect_jobs(inputs, out_dir), shard)
     check_settings(chunk_seconds, batch_size)      # before any work
-    if not isinstance(model, DVAE):
-        model = from_pretrained(model, device)
+    if not isinstance(model, (DVAE, MaskEstimator)):
+        model = load_mask_estimator(model, device) if holds_mask_estimator(model) else from_pretrained(model, device)
     report = EnhanceReport()
     durations = [_duration(job.source) for job in jobs]
     with tqdm(total=sum(durations), unit="s", desc="enhance", disable=not progress,
@@ -400,7 +404,7 @@ def _advance(bar: tqdm, end: float, seconds: float) -> None:
     bar.update(max(0.0, min(seconds, end - bar.n)))
 
 
-def _run_job(job: Job, model: DVAE, config: VEMConfig, chunk_seconds: float, batch_size: int,
+def _run_job(job: Job, model: Enhancer, config: VEMConfig, chunk_seconds: float, batch_size: int,
              progress: bool, on_progress: Callable[[float], None], report: EnhanceReport) -> None:
     """Enhance one job into the report; a failure is recorded and printed, never raised."""
     try:

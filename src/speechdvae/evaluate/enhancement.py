@@ -4,16 +4,18 @@ Each mixture of a mixture manifest (written by `speechdvae data mix`, or records
 `data.mix.read_official_list`) is divided by its peak absolute value, as in the official code (it is not
 trimmed), and its clean reference is scaled by the same factor. Every prior enhances it with the VEM
 (`enhance.vem`): mixtures are enhanced a batch at a time, sorted by length, each with its own encoder copy, NMF
-and gains and a random stream named by its id, so results do not depend on the batching. The Wiener estimate is
-inverted to the mixture's length and scored against the clean reference: SI-SDR, PESQ (NB raw P.862, NB MOS-LQO,
-WB MOS-LQO) and ESTOI. The noisy mixture itself is scored as the first row, and each prior's improvement over it
-(output minus input) is kept per mixture for the figures.
+and gains and a random stream named by its id, so results do not depend on the batching. A supervised mask
+estimator (`enhance.umx`, the SE paper's UMX baseline) may take the place of a prior: its mask multiplies the
+noisy STFT, and no VEM setting applies to it. The estimate is inverted to the mixture's length and scored against
+the clean reference: SI-SDR, PESQ (NB raw P.862, NB MOS-LQO, WB MOS-LQO) and ESTOI. The noisy mixture itself
+is scored as the first row, and each prior's improvement over it (output minus input) is kept per mixture for
+the figures.
 
 Enhancing is slow (seconds to minutes per mixture and prior on a CPU), so every result is appended
 to `enhancement_cache.jsonl` as soon as its batch is done and reused by a later run with the same key: model
-label, a hash of the model's configuration and weights, the VEM settings, the mixture id and the checksums of its
-noisy and clean files. An interrupted evaluation continues where it stopped; a prior added later costs only its
-own enhancements.
+label, a hash of the model's configuration and weights, the VEM settings (of priors), the mixture id and the
+checksums of its noisy and clean files. An interrupted evaluation continues where it stopped; a prior added
+later costs only its own enhancements.
 
 Outputs in the output folder: `enhancement.md` (Table II as median ± 1.57·IQR/√n and as means, improvements per
 SNR and noise type, timing), `enhancement.csv` (the summary), `enhancement_utterances.csv` (every mixture and row,
@@ -36,18 +38,20 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from .. import audio, stft
 from ..checkpoints import CheckpointError
 from ..data.manifest import ManifestError, read_manifest, sha256_file
+from ..enhance.umx import Enhancer, MaskEstimator, holds_mask_estimator, load_mask_estimator, masks
 from ..enhance.vem import OPTIONS, VEMConfig, config_from_args, enhance_spectrogram
 from ..io import write_text_atomic
 from ..models import DVAE
@@ -61,6 +65,7 @@ NOISY_LABEL = "noisy mixture"
 SCORES = ("si_sdr", "pesq_nb_raw", "pesq_nb", "pesq_wb", "estoi")
 IMPROVEMENTS = {name: f"{name}_improvement" for name in SCORES}
 FIGURE_METRICS = ("si_sdr", "pesq_nb_raw", "estoi")   # the panels of Figs. 4-5, PESQ on the papers' raw scale
+MARKERS = "osD^v<>ph*"                                # with 20 colours: series stay distinct in the figures
 MIXTURE_FIELDS = ("id", "path", "clean_path", "noise_type", "snr")
 BATCH_SIZE = 8
 MARKDOWN_NAME, SUMMARY_NAME, UTTERANCES_NAME = "enhancement.md", "enhancement.csv", "enhancement_utterances.csv"
@@ -176,23 +181,48 @@ def read_pair(record: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray]:
 # Enhancement
 # ---------------------------------------------------------------------------------------------
 
-def enhance_waves(model: DVAE, waves: Sequence[np.ndarray], keys: Sequence[str],
-                  config: VEMConfig) -> tuple[list[np.ndarray], list[int]]:
-    """Wiener estimates (float32, each of its input's length) of waveforms enhanced as one VEM batch, and the
-    VEM iterations each ran."""
+def enhance_waves(model: Enhancer, waves: Sequence[np.ndarray], keys: Sequence[str],
+                  config: VEMConfig) -> tuple[list[np.ndarray], list[int | None]]:
+    """Speech estimates (float32, each of its input's length) of waveforms enhanced as one batch, and the VEM
+    iterations each ran: Wiener estimates of a VEM run with a prior, or masked STFTs of a mask estimator
+    (no iterations)."""
     spectra = [stft.stft(torch.from_numpy(np.asarray(x, dtype=np.float64))) for x in waves]
+    if isinstance(model, MaskEstimator):
+        speech = [s * mask for s, mask in zip(spectra, masks(model, [s.abs() for s in spectra]))]
+        iterations: list[int | None] = [None] * len(waves)
+    else:
+        speech, iterations = _vem_speech(model, spectra, keys, config)
+    estimates = [stft.istft(s, length=len(x)).to(torch.float32).numpy() for s, x in zip(speech, waves)]
+    return estimates, iterations
+
+
+def _vem_speech(model: DVAE, spectra: Sequence[torch.Tensor], keys: Sequence[str],
+                config: VEMConfig) -> tuple[list[torch.Tensor], list[int | None]]:
+    """Wiener estimates (T, F) of STFTs enhanced as one VEM batch, and the VEM iterations each ran."""
     lengths = [s.shape[0] for s in spectra]
     X = torch.zeros(len(spectra), max(lengths), stft.N_FREQ, dtype=spectra[0].dtype)
     for b, s in enumerate(spectra):
         X[b, :lengths[b]] = s
     result = enhance_spectrogram(model, X, config, lengths=lengths, keys=list(keys))
     speech = result.speech.cpu()
-    estimates = [stft.istft(speech[b, :T], length=len(x)).to(torch.float32).numpy()
-                 for b, (T, x) in enumerate(zip(lengths, waves))]
-    return estimates, result.iterations.tolist()
+    return [speech[b, :T] for b, T in enumerate(lengths)], result.iterations.tolist()
 
 
-def model_fingerprint(model: DVAE) -> str:
+def vem_settings(model: Enhancer, config: VEMConfig) -> VEMConfig | None:
+    """The VEM settings that shape a model's results: `config` for a prior, None for a mask estimator."""
+    return None if isinstance(model, MaskEstimator) else config
+
+
+def load_enhancer(source: ModelSource | MaskEstimator) -> Enhancer:
+    """A prior (`load_source`) or a mask estimator, given in memory or as a checkpoint folder."""
+    if isinstance(source, MaskEstimator):
+        return source.eval()
+    if isinstance(source, (str, os.PathLike)) and holds_mask_estimator(source):
+        return load_mask_estimator(source)
+    return load_source(source)
+
+
+def model_fingerprint(model: Enhancer) -> str:
     """sha256 of a model's configuration and weights: results of other weights are never reused."""
     digest = hashlib.sha256(json.dumps(model.config, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
@@ -203,15 +233,16 @@ def model_fingerprint(model: DVAE) -> str:
 
 @dataclass(frozen=True)
 class Prior:
-    """A model to evaluate, under its label, with the fingerprint of its weights."""
+    """A model to evaluate (a prior or a mask estimator), under its label, with the fingerprint of its weights."""
 
     label: str
-    model: DVAE
+    model: Enhancer
     fingerprint: str
 
 
 def result_key(label: str, fingerprint: str, config: VEMConfig | None, mixture: Mixture) -> str:
-    """The cache key of one result: label, weights, VEM settings (None for the noisy row), mixture id and files."""
+    """The cache key of one result: label, weights, VEM settings (None for the noisy row and mask estimators),
+    mixture id and files."""
     identity = {"model": label, "weights": fingerprint, "vem": asdict(config) if config else None,
                 "id": mixture.id, "files": mixture.digest}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -286,9 +317,9 @@ class _Settings:
     audio_dir: Path | None
 
 
-def _run_task(task: _Task, model: DVAE | None, settings: _Settings) -> list[dict]:
-    """Cache entries of a task: the prior's VEM estimates (or the noisy input) scored against the references,
-    with the wall time of the VEM + iSTFT shared out over the mixtures by length."""
+def _run_task(task: _Task, model: Enhancer | None, settings: _Settings) -> list[dict]:
+    """Cache entries of a task: the model's estimates (or the noisy input) scored against the references,
+    with the wall time of the enhancement + iSTFT shared out over the mixtures by length."""
     waves = [noisy for noisy, _ in task.signals]
     timing = [{"seconds": None, "iterations": None} for _ in waves]
     estimates = waves
@@ -312,7 +343,7 @@ def _run_task(task: _Task, model: DVAE | None, settings: _Settings) -> list[dict
 _WORKER_STATE: dict[str, object] = {}
 
 
-def _init_worker(models: dict[str, DVAE], settings: _Settings) -> None:
+def _init_worker(models: dict[str, Enhancer], settings: _Settings) -> None:
     """Set up a pool process: one torch thread (the VEM's small recurrent steps gain nothing from more) and
     the priors, received once instead of with every task."""
     torch.set_num_threads(1)
@@ -320,7 +351,7 @@ def _init_worker(models: dict[str, DVAE], settings: _Settings) -> None:
 
 
 def _run_worker_task(task: _Task) -> list[dict]:
-    models: dict[str, DVAE] = _WORKER_STATE["models"]            # type: ignore[assignment]
+    models: dict[str, Enhancer] = _WORKER_STATE["models"]        # type: ignore[assignment]
     return _run_task(task, models.get(task.label), _WORKER_STATE["settings"])     # type: ignore[arg-type]
 
 
@@ -347,8 +378,8 @@ class _Evaluation:
                 self._unusable(mixture, self.labels, mixture.error)
                 continue
             keys = {NOISY_LABEL: result_key(NOISY_LABEL, "", None, mixture)}
-            keys.update((p.label, result_key(p.label, p.fingerprint, self.settings.config, mixture))
-                        for p in self.priors)
+            keys.update((p.label, result_key(p.label, p.fingerprint, vem_settings(p.model, self.settings.config),
+                                             mixture)) for p in self.priors)
             missing = {}
             for label, key in keys.items():
                 cached = self.cache.get(key)
@@ -434,12 +465,12 @@ class _Evaluation:
         return rows
 
 
-def evaluate_enhancement(models: Mapping[str, ModelSource], mixtures: Mixtures, out_dir: str | os.PathLike,
-                         limit: int | None = None, config: VEMConfig = VEMConfig(), *,
+def evaluate_enhancement(models: Mapping[str, ModelSource | MaskEstimator], mixtures: Mixtures,
+                         out_dir: str | os.PathLike, limit: int | None = None, config: VEMConfig = VEMConfig(), *,
                          batch_size: int = BATCH_SIZE, workers: int | None = None, save_audio: bool = False,
                          progress: bool = True, command: str | None = None) -> list[dict[str, object]]:
-    """Enhance every mixture (manifest path or records) with every prior (label -> model or checkpoint folder)
-    and score it against its clean reference, reusing the results cached in `out_dir`.
+    """Enhance every mixture (manifest path or records) with every prior or mask estimator (label -> model or
+    checkpoint folder) and score it against its clean reference, reusing the results cached in `out_dir`.
 
     Writes the report files into `out_dir` and returns the summary: the noisy mixture then one row per prior,
     with `n`, a MetricSummary per score and per improvement, `seconds_per_utterance` and `real_time_factor`.
@@ -454,7 +485,7 @@ def evaluate_enhancement(models: Mapping[str, ModelSource], mixtures: Mixtures, 
     all_records, records = select_mixtures(mixtures, limit)
     _check_labels(list(models), records, out_dir if save_audio else None)
     priors = [Prior(label, model, model_fingerprint(model))
-              for label, model in ((label, load_source(source)) for label, source in models.items())]
+              for label, model in ((label, load_enhancer(source)) for label, source in models.items())]
     selected = [identify(record) for record in records]
     workers = max(1, (os.cpu_count() or 1) if workers is None else workers)
     evaluation = _Evaluation(priors, config, ResultCache(out_dir / CACHE_NAME), out_dir, save_audio, workers)
@@ -467,7 +498,9 @@ def evaluate_enhancement(models: Mapping[str, ModelSource], mixtures: Mixtures, 
     if command is None:
         command = cli_command(models, mixtures, out_dir, limit, config, save_audio=save_audio)
     intro = [f"Regenerate with: `{command}`", _describe_set(mixtures, len(all_records), selected, rows, limit),
-             _describe_vem(config, batch_size), METHOD_NOTE, PESQ_NOTE, NAN_NOTE,
+             _describe_vem(config, batch_size), METHOD_NOTE,
+             *([SUPERVISED_NOTE] if any(isinstance(p.model, MaskEstimator) for p in priors) else []),
+             PESQ_NOTE, NAN_NOTE,
              _describe_cache(evaluation, len(selected))]
     _write_report(out_dir, rows, summary, intro, _condition_table(selected))
     return summary
@@ -516,7 +549,8 @@ def _summary(rows: list[dict], evaluation: _Evaluation) -> list[dict[str, object
         duration = sum(r["duration"] for r in timed)
         row["seconds_per_utterance"] = seconds / len(timed) if timed else math.nan
         row["real_time_factor"] = seconds / duration if duration else math.nan
-        row["mean_iterations"] = sum(r["iterations"] for r in timed) / len(timed) if timed else math.nan
+        iterations = [r["iterations"] for r in timed if r["iterations"] is not None]
+        row["mean_iterations"] = sum(iterations) / len(iterations) if iterations else math.nan
         row["computed_now"] = evaluation.computed.get(str(row["model"]))
     return summary
 
@@ -546,10 +580,13 @@ def improvement_figure(rows: Sequence[Mapping[str, object]], by: str, xlabel: st
     for ax, metric in zip(axes, metrics):
         stats = improvement_stats(rows, by, metric)
         width = 0.4 / max(len(stats), 1)
+        colours = colormaps["tab20"].colors
         for j, (label, groups) in enumerate(stats.items()):
             x = [categories.index(key) + (j - (len(stats) - 1) / 2) * width for key in groups]
             median, ci = zip(*groups.values())
-            ax.errorbar(x, median, yerr=ci, marker="o", capsize=3, linestyle="-" if connect else "none", label=label)
+            style = ("--" if label.startswith("official") else "-") if connect else "none"
+            ax.errorbar(x, median, yerr=ci, marker=MARKERS[j % len(MARKERS)], capsize=3, linestyle=style,
+                        color=colours[j % len(colours)], label=label)
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xticks(range(len(categories)), [_category(c) for c in categories], rotation=0 if connect else 30)
         ax.set_title(f"Δ {METRICS[metric].label}")
@@ -563,6 +600,8 @@ METHOD_NOTE = ("**Method:** each noisy mixture is divided by its peak absolute v
                "official code, and its clean reference is scaled by the same factor; the VEM's Wiener estimate "
                "(eq. 36) is inverted to the mixture's length and compared with that reference. The noisy mixture "
                "row scores the input itself; an improvement is output minus input, per mixture.")
+SUPERVISED_NOTE = ("**Supervised baseline:** a mask estimator (Open-Unmix style, trained on noisy/clean pairs) "
+                   "multiplies the noisy STFT by its mask in [0, 1]; the VEM settings do not apply to it.")
 PESQ_NOTE = ("**PESQ:** *PESQ-NB (raw P.862)* is the narrowband raw MOS in [-0.5, 4.5], the scale of the SE "
              "paper's Table II and of the figures' PESQ panel; *PESQ-NB (MOS-LQO)* is narrowband P.862.1 "
              "MOS-LQO (what the `pesq` package returns); *PESQ-WB (MOS-LQO)* is wideband P.862.2.")
@@ -587,7 +626,9 @@ def _describe_vem(config: VEMConfig, batch_size: int) -> str:
     settings = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in fields(config))
     return (f"**VEM settings:** {settings}. Mixtures are enhanced {batch_size} at a time, sorted by length; each "
             "has its own encoder copy, NMF and gains and random streams seeded from `seed` and its id, so the "
-            "results do not depend on the batching. Autoregressive priors decode from their own past (eq. 31).")
+            "results do not depend on the batching. Autoregressive priors read "
+            + ("their own generated past (eq. 31)." if config.past == "generated" else
+               "the current clean-power estimate E[|s|² | x] as their past, decoding all frames at once."))
 
 
 def _describe_cache(evaluation: _Evaluation, n: int) -> str:
@@ -620,8 +661,14 @@ def _timing_table(summary: Sequence[Mapping[str, object]]) -> str:
     lines = ["| model | s / mixture | real-time factor | mean VEM iterations | enhanced in this run |",
              "|---|---|---|---|---|"]
     lines += [f"| {escape_cell(row['model'])} | {row['seconds_per_utterance']:.2f} | {row['real_time_factor']:.2f} "
-              f"| {row['mean_iterations']:.1f} | {row['computed_now']} |" for row in summary if row["model"] != NOISY_LABEL]
+              f"| {_format_iterations(row['mean_iterations'])} | {row['computed_now']} |"
+              for row in summary if row["model"] != NOISY_LABEL]
     return "\n".join(lines) + "\n"
+
+
+def _format_iterations(mean: float) -> str:
+    """A mean number of VEM iterations, or "–" for a model that runs no VEM."""
+    return "–" if math.isnan(mean) else f"{mean:.1f}"
 
 
 def _write_report(out_dir: Path, rows: list[dict], summary: list[dict[str, object]], intro: list[str],
@@ -631,7 +678,9 @@ def _write_report(out_dir: Path, rows: list[dict], summary: list[dict[str, objec
     write_csv(out_dir / SUMMARY_NAME, flatten_summary(summary))
     model_rows = [row for row in rows if row["model"] != NOISY_LABEL]
     model_summary = [row for row in summary if row["model"] != NOISY_LABEL]
-    per = {by: summarize_metrics(model_rows, group_by=("model", by), metrics=list(IMPROVEMENTS.values()))
+    order = {label: i for i, label in enumerate(row["model"] for row in model_summary)}
+    per = {by: sorted(summarize_metrics(model_rows, group_by=("model", by), metrics=list(IMPROVEMENTS.values())),
+                      key=lambda row, by=by: (order[row["model"]], row[by]))
            for by in ("snr", "noise_type")}
     save_figure(improvement_figure(model_rows, "snr", "input SNR (dB, BS.1770)", connect=True),
                 out_dir / SNR_FIGURE_NAME)
@@ -648,7 +697,8 @@ def _write_report(out_dir: Path, rows: list[dict], summary: list[dict[str, objec
         ("Improvement per noise type (Fig. 5)",
          _table(per["noise_type"], improvements, "median", ("model", "noise_type", "n"))
          + f"\n![improvement per noise type]({NOISE_FIGURE_NAME})"),
-        ("Model time (VEM and iSTFT per mixture, one torch thread; real-time factor = time / audio duration)",
+        ("Model time (VEM or mask estimation, and iSTFT per mixture, one torch thread; real-time factor = time / "
+         "audio duration)",
          _timing_table(summary)),
     ]
     write_markdown(out_dir / MARKDOWN_NAME, "Speech enhancement", intro, sections)

@@ -54,6 +54,7 @@ class DVAE(nn.Module):
     `infer`, `decode`, `sample_prior` and `encoder_modules`."""
 
     name: ClassVar[str] = "dvae"
+    input_description: ClassVar[str] = "power spectrogram |STFT|^2, shape (T, 513)"
     autoregressive: ClassVar[bool] = False
     hierarchical: ClassVar[bool] = False
 
