@@ -44,7 +44,7 @@ STEPS = (
     Step("enhancement-valid", "docs/enhancement_valid/enhancement.md", 12),
     Step("enhancement", "docs/enhancement/enhancement.md", 70),
     Step("generation", "docs/generation/generation.md", 25),
-    Step("listening", "docs/listen/index.html", 10),
+    Step("listening", "docs/listen/index.html", 3),
 )
 DATA_MINUTES = 15          # download + conversion of the open corpus and the two mixture sets
 RETRAIN_MINUTES = 330      # recipes/train_small.sh, two runs at a time

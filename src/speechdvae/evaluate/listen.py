@@ -31,8 +31,11 @@ from .resynthesis import ResynthesisError, model_arguments, models_from_args
 
 PAGE_NAME = "index.html"
 PAGE_SCORES = ("si_sdr", "pesq_nb_raw", "estoi")
-FIGURE_DPI = 50                 # small pictures and lossless FLAC audio (16-bit, half the size of WAV):
-AUDIO_FORMAT = "flac"           # the page is committed with its files
+# The page is committed with its files: lossless FLAC audio (16-bit, half the size of WAV) and JPEG pictures
+# (spectrograms are textures that PNG barely compresses).
+AUDIO_FORMAT = "flac"
+FIGURE_DPI = 60
+FIGURE_OPTIONS = {"pil_kwargs": {"quality": 80}}
 
 
 class ListenError(ValueError):
@@ -95,8 +98,8 @@ def _section(title: str, note: str, signals: Mapping[str, np.ndarray], scores: M
         relative = f"audio/{name}/{slug(label)}.{AUDIO_FORMAT}"
         audio.write_audio(out_dir / relative, x)
         rows.append(Row(label, relative, scores.get(label, {})))
-    figure = f"img/{name}.png"
-    save_figure(spectrogram_figure(signals, scores), out_dir / figure, dpi=FIGURE_DPI)
+    figure = f"img/{name}.jpg"
+    save_figure(spectrogram_figure(signals, scores), out_dir / figure, dpi=FIGURE_DPI, **FIGURE_OPTIONS)
     return Section(title, note, rows, figure)
 
 

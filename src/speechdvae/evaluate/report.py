@@ -131,8 +131,8 @@ def _finite(values: object) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save a matplotlib figure (format from the suffix, e.g. .png) atomically."""
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120, **options: object) -> Path:
+    """Save a matplotlib figure (format from the suffix, e.g. .png) atomically; `options` go to `savefig`."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, **options)
     return Path(path)
