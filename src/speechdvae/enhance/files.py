@@ -4,7 +4,8 @@ Each file is read at its own sample rate. Its channels are averaged, resampled t
 peak-normalised for the VEM, and the Wiener gain (eq. 36) found for that mono mix is applied to the
 STFT of every channel at its original level, so the output keeps the input's sample rate, channel
 count and loudness. The prior models 16 kHz speech: content above 8 kHz is removed. A checkpoint of the
-supervised mask estimator (`enhance.umx`) may replace the prior: its mask takes the place of the Wiener gain.
+supervised mask estimator (`enhance.umx`) may replace the prior: its mask takes the place of the Wiener
+gain.
 
 Long files are cut into overlapping chunks at 16 kHz, enhanced a group at a time and joined with
 raised-cosine cross-fades while the output is written, so memory does not grow with the file's
@@ -374,8 +375,9 @@ def enhance_files(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLik
                   device: str | torch.device | None = None, progress: bool = True, overwrite: bool = False,
                   shard: tuple[int, int] = (0, 1)) -> EnhanceReport:
     """Enhance files, folders and manifests into `out_dir` with a prior or a supervised mask estimator (shipped
-    name, checkpoint folder or model). Existing outputs are skipped unless `overwrite`; failures are printed on stderr, listed in
-    OUTDIR/failed.jsonl and do not stop the run. `shard` (index, count) takes every count-th file."""
+    name, checkpoint folder or model). Existing outputs are skipped unless `overwrite`; failures are printed on
+    stderr, listed in OUTDIR/failed.jsonl and do not stop the run. `shard` (index, count) takes every count-th
+    file."""
     start = time.perf_counter()
     config = config or VEMConfig()
     jobs = shard_jobs(collect_jobs(inputs, out_dir), shard)

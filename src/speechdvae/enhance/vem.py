@@ -77,8 +77,9 @@ class VEMConfig:
     def official(cls, **overrides: object) -> VEMConfig:
         """The authors' settings (launch scripts, WSJ0): 300 iterations, K = 8, lr 1e-3, R = 1,
         one E-step epoch, a fresh draw for the M-step, generated past (eq. 31), no early stop."""
-        return replace(cls(niter=300, lr=1e-3, nmf_rank=8, mstep_samples=1, wf_samples=1, estep_epochs=1, kl_weight=1.0, tol=0.0, past="generated"),
-                       **overrides)
+        official = cls(niter=300, lr=1e-3, nmf_rank=8, mstep_samples=1, wf_samples=1, estep_epochs=1,
+                       kl_weight=1.0, tol=0.0, past="generated")
+        return replace(official, **overrides)
 
 
 # Command-line option of each VEMConfig field settable from `speechdvae enhance` and `eval enhance`.
