@@ -106,11 +106,25 @@ def test_mixed_inputs_keep_rate_channels_and_format_and_failures_do_not_stop_the
     assert hidden_files(out) == []
 
 
+def test_processes_write_the_same_outputs_and_report_the_same_failures(tmp_path, tiny_vae):
+    folder = mixed_folder(tmp_path)
+    one = enhance_files([folder], tmp_path / "one", tiny_vae, FAST, progress=False)
+    two = enhance_files([folder], tmp_path / "two", tiny_vae, FAST, progress=False, workers=2)
+    assert sorted(p.relative_to(tmp_path / "two").as_posix() for p in two.written) == sorted(GOOD)
+    for name in GOOD:          # the decoded samples: an Ogg stream's header holds a random serial number
+        np.testing.assert_array_equal(sf.read(tmp_path / "one" / name)[0], sf.read(tmp_path / "two" / name)[0])
+    assert sorted(f["input"] for f in two.failed) == sorted(f["input"] for f in one.failed)
+    assert two.audio_seconds == pytest.approx(one.audio_seconds)
+    assert (tmp_path / "two" / "failed.jsonl").is_file() and hidden_files(tmp_path / "two") == []
+    again = enhance_files([folder], tmp_path / "two", tiny_vae, FAST, progress=False, workers=2)
+    assert len(again.skipped) == len(GOOD) and not again.written
+
+
 def enhance_args(inputs, out, model, **overrides) -> argparse.Namespace:
     """The namespace `speechdvae enhance` builds, with 2 VEM iterations."""
     values = dict(inputs=[str(i) for i in inputs], out=str(out), model=str(model), official_settings=False,
-                  iterations=2, lr=None, tol=None, nmf_rank=None, past=None, seed=None, chunk_seconds=20.0, batch_size=1, device="cpu", threads=1,
-                  overwrite=False, shard=None, no_progress=True)
+                  iterations=2, lr=None, tol=None, nmf_rank=None, past=None, seed=None, chunk_seconds=20.0,
+                  batch_size=1, device="cpu", workers=1, threads=1, overwrite=False, shard=None, no_progress=True)
     return argparse.Namespace(**{**values, **overrides})
 
 

@@ -76,9 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="chunks of a long file enhanced together (default: 1; more uses more memory and is "
                               "not faster on CPU)")
     enhance.add_argument("--device", help="torch device, e.g. cpu or cuda:1 (default: cuda if available, else cpu)")
+    enhance.add_argument("--workers", type=int, metavar="N",
+                         help="files enhanced at a time, in processes of one thread each (default: one per core on "
+                              "CPU, 1 on a GPU)")
     enhance.add_argument("--threads", type=int, metavar="N",
-                         help="torch CPU threads (default: 1 on CPU, the fastest for the VEM's small recurrent "
-                              "steps; use --shard to run one process per core)")
+                         help="torch CPU threads of the main process (default: 1 on CPU, the fastest for the VEM's "
+                              "small recurrent steps)")
     enhance.add_argument("--overwrite", action="store_true", help="enhance again files whose output exists")
     enhance.add_argument("--shard", metavar="I/N",
                          help="process every N-th file starting at the I-th (0-based), to split a corpus across "
