@@ -1,7 +1,8 @@
 """Regenerate every table and figure of both papers on the open corpus (`make bench`).
 
-Builds the open corpus and its noisy mixtures if they are missing, optionally retrains the `small` priors
-(`--retrain`), then reruns each report with the command written at its top ("Regenerate with: `...`"), so the
+Builds the open corpus and its noisy mixtures if they are missing, imports the original authors' checkpoints
+from ../shared/official-dvae-se when they are there (without them, their rows are left out of the reports),
+optionally retrains the `small` priors (`--retrain`), then reruns each report with the command written at its top ("Regenerate with: `...`"), so the
 reports and this script cannot disagree. Shows the plan with a time estimate first (minutes measured on a 2-core
 CPU from empty caches), then each step's own progress bar and the time left. The evaluations cache their
 results, so an interrupted run continues where it stopped.
@@ -23,13 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = "data/open"
 MANIFESTS = f"{DATA}/manifests"
+OFFICIAL_SOURCE = "../shared/official-dvae-se"     # the authors' release (GPL-3.0), not part of this repository
+OFFICIAL_DIR = "checkpoints/official"              # where `speechdvae import-official` converts it
 COMMAND = re.compile(r"Regenerate with:? (?:<code>|`)(.+?)(?:</code>|`)")
 
 
 @dataclass(frozen=True)
 class Step:
-    """One report: its name, the file holding its command, the estimated minutes, and whether it is optional
-    (needs data that may be absent, such as the official checkpoints in ../shared)."""
+    """One report: its name, the file holding its command, the estimated minutes, and the data it cannot do
+    without (the official release in ../shared for the report that compares the official checkpoints)."""
 
     name: str
     report: str
@@ -40,7 +43,7 @@ class Step:
 STEPS = (
     Step("training", "", 1),
     Step("resynthesis", "docs/resynthesis_ours/resynthesis.md", 12),
-    Step("resynthesis-official", "docs/resynthesis/resynthesis.md", 12, needs="../shared/official-dvae-se"),
+    Step("resynthesis-official", "docs/resynthesis/resynthesis.md", 12, needs=OFFICIAL_SOURCE),
     Step("enhancement-valid", "docs/enhancement_valid/enhancement.md", 12),
     Step("enhancement", "docs/enhancement/enhancement.md", 70),
     Step("generation", "docs/generation/generation.md", 25),
@@ -60,10 +63,26 @@ def report_command(report: Path) -> list[str]:
     return shlex.split(html.unescape(match.group(1)))
 
 
-def step_command(step: Step) -> list[str]:
+def step_command(step: Step, official: bool) -> list[str]:
+    """The step's command; without the official checkpoints (`official` False), minus the models among them."""
     if step.name == "training":
         return [sys.executable, "recipes/training_table.py", "checkpoints/open-small"]
-    return report_command(ROOT / step.report)
+    command = report_command(ROOT / step.report)
+    return command if official else without_official_models(command)
+
+
+def without_official_models(command: list[str]) -> list[str]:
+    """`command` without its `--model LABEL=checkpoints/official/...` options."""
+    kept: list[str] = []
+    args = iter(command)
+    for arg in args:
+        if arg != "--model":
+            kept.append(arg)
+            continue
+        value = next(args, "")
+        if not value.partition("=")[2].startswith(OFFICIAL_DIR + "/"):
+            kept += [arg, value]
+    return kept
 
 
 def runnable(command: list[str]) -> list[str]:
@@ -71,8 +90,14 @@ def runnable(command: list[str]) -> list[str]:
     return [sys.executable, "-m", "speechdvae", *command[1:]] if command[0] == "speechdvae" else command
 
 
+def official_available() -> bool:
+    """Whether the official checkpoints are imported, or can be (their release is in ../shared)."""
+    return (ROOT / OFFICIAL_DIR).is_dir() and any((ROOT / OFFICIAL_DIR).glob("official-*")) \
+        or (ROOT / OFFICIAL_SOURCE).is_dir()
+
+
 def data_commands() -> list[list[str]]:
-    """What builds the missing data: the corpus, then the validation and test mixtures."""
+    """What builds the missing data: the corpus, the validation and test mixtures, the official checkpoints."""
     commands = []
     if not (ROOT / MANIFESTS / "speech_test.jsonl").is_file():
         commands.append(["speechdvae", "data", "open", "--root", DATA])
@@ -80,6 +105,8 @@ def data_commands() -> list[list[str]]:
         if not (ROOT / DATA / "mixtures" / split / "manifest.jsonl").is_file():
             commands.append(["speechdvae", "data", "mix", "--speech", f"{MANIFESTS}/speech_{split}.jsonl",
                              "--noise", f"{MANIFESTS}/noise_{split}.jsonl", "-o", f"{DATA}/mixtures/{split}"])
+    if not any((ROOT / OFFICIAL_DIR).glob("official-*")) and (ROOT / OFFICIAL_SOURCE).is_dir():
+        commands.append(["speechdvae", "import-official", OFFICIAL_SOURCE, "-o", OFFICIAL_DIR])
     return commands
 
 
@@ -97,7 +124,10 @@ def main() -> int:
              and (not s.needs or (ROOT / s.needs).exists())]
     plan = [("data", c, DATA_MINUTES / 3) for c in data_commands()]
     plan += [("retraining", c, RETRAIN_MINUTES / 2) for c in retrain_commands()] if args.retrain else []
-    plan += [(s.name, step_command(s), s.minutes) for s in steps]
+    official = official_available()
+    if not official:
+        print(f"{OFFICIAL_SOURCE} is missing: the official checkpoints' rows are left out of the reports")
+    plan += [(s.name, step_command(s, official), s.minutes) for s in steps]
     total = sum(minutes for _, _, minutes in plan)
     print(f"{len(plan)} steps, about {total:.0f} min on a 2-core CPU (less where results are cached):")
     for name, command, minutes in plan:

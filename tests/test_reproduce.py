@@ -52,3 +52,14 @@ def test_the_dry_run_plans_every_step_with_a_time_estimate():
     optional = {step.name for step in reproduce.STEPS if step.needs and not (ROOT / step.needs).exists()}
     for step in reproduce.STEPS:
         assert (f"  {step.name} " in done.stdout) == (step.name not in optional)
+
+
+def test_without_the_official_release_its_models_leave_the_commands():
+    command = ["speechdvae", "eval", "enhance", "--model", "A=checkpoints/open-small/vae/model", "--model",
+               "official WSJ0 RVAE=checkpoints/official/official-wsj-rvae", "--manifest", "m.jsonl", "-o", "out"]
+    assert reproduce.without_official_models(command) == [
+        "speechdvae", "eval", "enhance", "--model", "A=checkpoints/open-small/vae/model", "--manifest", "m.jsonl",
+        "-o", "out"]
+    listen = reproduce.report_command(ROOT / "docs/listen/index.html")
+    assert any("checkpoints/official/" in arg for arg in listen)
+    assert not any("checkpoints/official/" in arg for arg in reproduce.without_official_models(listen))
