@@ -35,6 +35,7 @@ PAGE_SCORES = ("si_sdr", "pesq_nb_raw", "estoi")
 # (spectrograms are textures that PNG barely compresses).
 AUDIO_FORMAT = "flac"
 FIGURE_DPI = 60
+FIGURE_COLUMNS = 3
 FIGURE_OPTIONS = {"pil_kwargs": {"quality": 80}}
 
 
@@ -99,7 +100,8 @@ def _section(title: str, note: str, signals: Mapping[str, np.ndarray], scores: M
         audio.write_audio(out_dir / relative, x)
         rows.append(Row(label, relative, scores.get(label, {})))
     figure = f"img/{name}.jpg"
-    save_figure(spectrogram_figure(signals, scores), out_dir / figure, dpi=FIGURE_DPI, **FIGURE_OPTIONS)
+    save_figure(spectrogram_figure(signals, scores, columns=FIGURE_COLUMNS), out_dir / figure, dpi=FIGURE_DPI,
+                **FIGURE_OPTIONS)
     return Section(title, note, rows, figure)
 
 

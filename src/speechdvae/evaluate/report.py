@@ -99,22 +99,30 @@ def format_value(name: str, value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{METRICS[name].digits}f}"
 
 
-def spectrogram_figure(signals: Mapping[str, np.ndarray], scores: Mapping[str, Mapping[str, float]]) -> Figure:
-    """Stacked power spectrograms (dB, one colour scale spanning 80 dB) of 16 kHz signals, titled with
-    their scores where given."""
+def spectrogram_figure(signals: Mapping[str, np.ndarray], scores: Mapping[str, Mapping[str, float]],
+                       columns: int = 1) -> Figure:
+    """Power spectrograms (dB, one colour scale spanning 80 dB) of 16 kHz signals in a grid of `columns`,
+    filled row by row, titled with their scores where given."""
     spectra = {name: 10 * np.log10(power_spectrogram(torch.from_numpy(x)).numpy().T + 1e-12)
                for name, x in signals.items()}
     top = max(float(s.max()) for s in spectra.values())
-    fig = Figure(figsize=(9.0, 2.4 * len(spectra) + 0.6), layout="constrained")
-    axes = fig.subplots(len(spectra), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+    columns = max(1, min(columns, len(spectra)))
+    rows = math.ceil(len(spectra) / columns)
+    fig = Figure(figsize=(9.0 if columns == 1 else 4.6 * columns, 2.4 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
     for ax, (name, spec) in zip(axes, spectra.items()):
         extent = (0.0, spec.shape[1] * HOP_LENGTH / SAMPLE_RATE, 0.0, SAMPLE_RATE / 2000)
         image = ax.imshow(spec, origin="lower", aspect="auto", extent=extent, cmap="magma",
                           vmin=top - DYNAMIC_RANGE_DB, vmax=top)
-        ax.set_title(_panel_title(name, scores.get(name)), loc="left")
+        ax.set_title(_panel_title(name, scores.get(name)), loc="left", fontsize="medium" if columns == 1 else "small")
+    for ax in axes[len(spectra):]:
+        ax.set_axis_off()
+    for ax in axes[::columns]:
         ax.set_ylabel("frequency (kHz)")
-    axes[-1].set_xlabel("time (s)")
-    fig.colorbar(image, ax=list(axes), label="power (dB)", shrink=0.9)
+    for ax in axes[len(spectra) - columns:len(spectra)]:      # the lowest panel of each column
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.set_xlabel("time (s)")
+    fig.colorbar(image, ax=list(axes), label="power (dB)", shrink=0.9 if rows < 4 else 0.5)
     return fig
 
 
