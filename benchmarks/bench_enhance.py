@@ -6,7 +6,8 @@ batched, one at a time and over all cores.
         --model default=default --model RVAE=checkpoints/official/official-wsj-rvae
 
 Every run is a full `eval enhance` (read, VEM, iSTFT, scoring) into a fresh temporary folder, so the median
-SI-SDR of each setting comes with its time. `--profile` also shows where the time of the default settings
+SI-SDR of each setting comes with its time. `--iterations N` adds the default settings with N iterations.
+`--profile` also shows where the time of the default settings
 goes on the first mixture (the VEM phases labelled in `speechdvae.enhance.vem`). Prints Markdown tables.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -35,12 +36,14 @@ class Setting:
     workers: int
 
 
-def settings(cores: int, limit: int) -> list[Setting]:
+def settings(cores: int, limit: int, iterations: list[int]) -> list[Setting]:
     official, default = vem.VEMConfig.official(), vem.VEMConfig()
     return [Setting("official, one at a time", official, 1, 1),
             Setting("default, one at a time", default, 1, 1),
             Setting(f"default, batches of {limit}", default, limit, 1),
-            Setting(f"default, {cores} processes", default, math.ceil(limit / cores), cores)]
+            Setting(f"default, {cores} processes", default, math.ceil(limit / cores), cores),
+            *(Setting(f"default with {n} iterations, batches of {limit}", replace(default, niter=n), limit, 1)
+              for n in iterations)]
 
 
 def load(spec: str) -> tuple[str, DVAE]:
@@ -80,6 +83,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=PATH|default")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--iterations", type=int, action="append", default=[], metavar="N",
+                        help="also time the default settings with N iterations (repeatable)")
     parser.add_argument("--profile", action="store_true", help="also profile the default settings' VEM phases")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -92,7 +97,7 @@ def main() -> None:
     for spec in args.model:
         label, model = load(spec)
         reference = None
-        for setting in settings(args.cores, len(records)):
+        for setting in settings(args.cores, len(records), args.iterations):
             wall, row = timed_run(model, records, setting)
             reference = reference or wall
             print(f"| {label} | {setting.name} | {wall:.1f} | {wall / seconds:.1f} | {reference / wall:.1f}x | "
