@@ -25,7 +25,7 @@ from speechdvae.evaluate.enhancement import (CACHE_NAME, MARKDOWN_NAME, NOISE_FI
                                              SNR_FIGURE_NAME, SUMMARY_NAME, UTTERANCES_NAME, EnhancementError,
                                              Mixture, audio_path, balanced_subset, cli_command,
                                              evaluate_enhancement, identify, improvement_stats, model_fingerprint,
-                                             read_mixtures, result_key, share_out)
+                                             read_mixtures, result_key, share_out, vem_settings)
 from speechdvae.evaluate.metrics import estoi, si_sdr
 
 CONFIG = VEMConfig(niter=3, seed=7)
@@ -277,6 +277,24 @@ def test_results_are_keyed_by_weights_settings_and_files(tiny: dict[str, Path], 
                result_key("VAE", fingerprint, VEMConfig(niter=4, seed=7), mixture),
                result_key("VAE", fingerprint, CONFIG, Mixture(mixture.record, digest="other")))
     assert key not in changed and len(set(changed)) == 4
+
+
+def test_priors_run_their_own_iterations_unless_given(tiny: dict[str, Path], manifest: Path, tmp_path: Path) -> None:
+    plain, tuned = load_model(tiny["VAE"], "cpu"), load_model(tiny["VAE"], "cpu")
+    plain.vem_iterations, tuned.vem_iterations = 2, 3
+    run = dict(limit=2, workers=1, progress=False)
+    summary = evaluate_enhancement({"plain": plain, "tuned": tuned}, manifest, tmp_path / "own",
+                                   config=VEMConfig(seed=7), **run)
+    assert [row["mean_iterations"] for row in summary[1:]] == [2, 3]
+    markdown = (tmp_path / "own" / MARKDOWN_NAME).read_text()
+    assert "each prior runs the iterations chosen for it" in markdown and "niter=" not in markdown
+    mixture = identify(read_mixtures(manifest)[0])
+    fingerprint = model_fingerprint(tuned)
+    assert (result_key("tuned", fingerprint, vem_settings(tuned, VEMConfig(seed=7)), mixture)
+            == result_key("tuned", fingerprint, VEMConfig(niter=3, seed=7), mixture))
+    summary = evaluate_enhancement({"plain": plain, "tuned": tuned}, manifest, tmp_path / "given",
+                                   config=VEMConfig(niter=1, seed=7), **run)
+    assert [row["mean_iterations"] for row in summary[1:]] == [1, 1]
 
 
 def test_settings_and_command_line(tiny: dict[str, Path], manifest: Path, tmp_path: Path,

@@ -13,7 +13,7 @@ import torch
 from speechdvae.checkpoints import load_model
 from speechdvae.enhance.nmf import (INIT_FLOOR, NMFNoise, m_step, mixture_loss, normalize_columns, update_W,
                                     wiener_gain)
-from speechdvae.enhance.vem import VEMConfig, encoder_copy, enhance_spectrogram
+from speechdvae.enhance.vem import DEFAULT_ITERATIONS, VEMConfig, encoder_copy, enhance_spectrogram
 from speechdvae.models import DVAE, build_model
 from speechdvae.models.transformer import TransformerDVAE
 from speechdvae.official import import_official
@@ -356,6 +356,19 @@ def test_convergence_stop_is_per_utterance() -> None:
     for b, n in enumerate(expected):
         torch.testing.assert_close(stopped.losses[b, :n], never.losses[b, :n])
         assert bool(stopped.losses[b, n:].isnan().all())
+
+
+def test_unset_iterations_follow_the_prior() -> None:
+    model = tiny_model("vae")
+    X = noisy_batch([12])
+    assert VEMConfig().niter is None and VEMConfig().for_model(model).niter == DEFAULT_ITERATIONS
+    model.vem_iterations = 4
+    assert VEMConfig().for_model(model).niter == 4
+    assert VEMConfig(niter=2).for_model(model).niter == 2 and VEMConfig.official().for_model(model).niter == 300
+    assert enhance_spectrogram(model, X, VEMConfig(nmf_rank=2)).iterations.tolist() == [4]
+    assert enhance_spectrogram(model, X, VEMConfig(niter=2, nmf_rank=2)).iterations.tolist() == [2]
+    with pytest.raises(ValueError, match="niter must be positive or None"):
+        VEMConfig(niter=0)
 
 
 def test_official_preset_and_validation() -> None:

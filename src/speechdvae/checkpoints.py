@@ -1,5 +1,7 @@
 """Model checkpoints: a folder holding `model.safetensors` (weights) and `config.json` (model
-config and metadata: format version, package version, sample rate, STFT, training data).
+config and metadata: format version, package version, sample rate, STFT, training data, and for a
+speech prior optionally `"vem": {"iterations": N}`, the VEM iteration count chosen for it on
+validation mixtures, used when no --iterations is given).
 
 Checkpoints are written atomically: the new folder is built next to the destination and renamed
 into place, so an existing checkpoint is replaced only once the new one is complete.
@@ -76,10 +78,12 @@ def checkpoint_config(model: nn.Module, metadata: dict[str, Any] | None = None) 
     """The config.json content describing `model` (a DVAE or another model with a `config` dict and an
     `input_description`); `metadata["training_data"]` becomes a top-level field."""
     metadata = dict(metadata or {})
+    vem_iterations = getattr(model, "vem_iterations", None)
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "speechdvae_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": model.config, "sample_rate": SAMPLE_RATE, "stft": STFT_CONFIG,
             "input": model.input_description,
+            **({"vem": {"iterations": vem_iterations}} if vem_iterations is not None else {}),
             "training_data": metadata.pop("training_data", None), "metadata": metadata}
 
 
@@ -123,8 +127,22 @@ def _swap_in(new: Path, path: Path) -> None:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> DVAE:
-    """The model stored in checkpoint folder `path`, in eval mode, on `device` (default: CUDA if available)."""
-    return load_weights(path, build_model, device)     # type: ignore[return-value]
+    """The model stored in checkpoint folder `path`, in eval mode, on `device` (default: CUDA if available),
+    with the VEM iteration count its checkpoint chose, if any."""
+    model: DVAE = load_weights(path, build_model, device)     # type: ignore[assignment]
+    model.vem_iterations = vem_iterations(read_checkpoint_config(path), Path(path) / CONFIG_FILE)
+    return model
+
+
+def vem_iterations(config: dict[str, Any], where: Path) -> int | None:
+    """The `"vem": {"iterations": N}` entry of a checkpoint config (None when absent)."""
+    vem = config.get("vem", {})
+    iterations = vem.get("iterations") if isinstance(vem, dict) else False
+    if iterations is None:
+        return None
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise CheckpointError(f'{where}: "vem" must be {{"iterations": N}} with N a positive integer, got {vem!r}')
+    return iterations
 
 
 def load_weights(path: str | os.PathLike, build: Callable[[dict[str, Any]], nn.Module],

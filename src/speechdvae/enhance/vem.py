@@ -38,19 +38,23 @@ FEEDBACK = 1.0
 # official choice), or the current estimate of the clean power, E[|s_t|^2 | x] under the last M-step
 # (the noisy power before the first), which decodes all frames at once instead of frame by frame.
 PASTS = ("generated", "estimate")
+# VEM iterations of a prior whose checkpoint chose none (docs/enhancement_valid/settings.md).
+DEFAULT_ITERATIONS = 30
 
 
 @dataclass(frozen=True)
 class VEMConfig:
     """Settings of the VEM. `official()` gives the settings of the authors' launch scripts. The
     defaults, chosen on validation mixtures of the open corpus (docs/enhancement_valid), differ in two
-    places: 30 iterations instead of 300 (the small priors score higher after 30, e.g. the official
-    WSJ0 RVAE 1.9 against 0.2 dB median SI-SDR, and ten times faster), and autoregressive priors read
-    the clean-power estimate as their past (for HiT/LigHT-DVAE about 30 times faster per iteration
-    than generating it). The optional stop on a settled loss compares windows of iterations because
-    the sampled loss fluctuates by ~5e-4 from one iteration to the next."""
+    places: fewer iterations than 300, as many as chosen for the prior (`DVAE.vem_iterations`, from
+    its checkpoint), else DEFAULT_ITERATIONS (the small RNN priors score higher after 30, e.g. the
+    official WSJ0 RVAE 1.9 against 0.2 dB median SI-SDR, and ten times faster; the shipped LigHT-DVAE
+    takes 100), and autoregressive priors read the clean-power estimate as their past (for
+    HiT/LigHT-DVAE about 30 times faster per iteration than generating it). The optional stop on a
+    settled loss compares windows of iterations because the sampled loss fluctuates by ~5e-4 from one
+    iteration to the next."""
 
-    niter: int = 30                  # maximum number of VEM iterations
+    niter: int | None = None         # maximum number of VEM iterations; None: the prior's (`for_model`)
     lr: float = 1e-3                 # Adam learning rate of the E-step
     nmf_rank: int = 8                # K, rank of the noise NMF
     mstep_samples: int = 1           # latent draws for the M-step criterion (41)
@@ -64,7 +68,9 @@ class VEMConfig:
     seed: int = 0                    # root of every utterance's random stream
 
     def __post_init__(self) -> None:
-        positive = ("niter", "lr", "nmf_rank", "mstep_samples", "wf_samples", "estep_epochs", "window")
+        if self.niter is not None and not self.niter > 0:
+            raise ValueError(f"VEMConfig.niter must be positive or None, got {self.niter}")
+        positive = ("lr", "nmf_rank", "mstep_samples", "wf_samples", "estep_epochs", "window")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"VEMConfig.{name} must be positive, got {getattr(self, name)}")
@@ -72,6 +78,12 @@ class VEMConfig:
             raise ValueError("VEMConfig.kl_weight and VEMConfig.tol must be nonnegative")
         if self.past not in PASTS:
             raise ValueError(f"VEMConfig.past must be one of {', '.join(PASTS)}, got {self.past!r}")
+
+    def for_model(self, model: DVAE) -> VEMConfig:
+        """These settings for `model`: an unset iteration count becomes the prior's own, else the default."""
+        if self.niter is not None:
+            return self
+        return replace(self, niter=model.vem_iterations or DEFAULT_ITERATIONS)
 
     @classmethod
     def official(cls, **overrides: object) -> VEMConfig:
@@ -231,9 +243,11 @@ def enhance_spectrogram(model: DVAE, X: torch.Tensor, config: VEMConfig = VEMCon
                         progress: bool = False) -> VEMResult:
     """Enhance noisy STFTs X, complex (T, F) or (B, T, F) with per-utterance `lengths` in frames.
 
+    An unset `config.niter` runs the prior's own number of iterations (`VEMConfig.for_model`).
     `keys` name each utterance's random stream (default: its index in the batch); `init` gives the
     initial NMF factors instead of drawing them. A (T, F) input gives a batch of one.
     """
+    config = config.for_model(model)
     X, lengths = _as_batch(X.to(model.device), lengths, model.x_dim)
     keys = list(range(len(lengths))) if keys is None else list(keys)
     if len(keys) != len(lengths):

@@ -52,7 +52,7 @@ from .. import audio, stft
 from ..checkpoints import CheckpointError
 from ..data.manifest import ManifestError, read_manifest, sha256_file
 from ..enhance.umx import Enhancer, MaskEstimator, holds_mask_estimator, load_mask_estimator, masks
-from ..enhance.vem import OPTIONS, VEMConfig, config_from_args, enhance_spectrogram
+from ..enhance.vem import DEFAULT_ITERATIONS, OPTIONS, VEMConfig, config_from_args, enhance_spectrogram
 from ..io import write_text_atomic
 from ..models import DVAE
 from ..official import OfficialImportError
@@ -209,8 +209,9 @@ def _vem_speech(model: DVAE, spectra: Sequence[torch.Tensor], keys: Sequence[str
 
 
 def vem_settings(model: Enhancer, config: VEMConfig) -> VEMConfig | None:
-    """The VEM settings that shape a model's results: `config` for a prior, None for a mask estimator."""
-    return None if isinstance(model, MaskEstimator) else config
+    """The VEM settings that shape a model's results: `config` for a prior (`VEMConfig.for_model`), None for a
+    mask estimator."""
+    return None if isinstance(model, MaskEstimator) else config.for_model(model)
 
 
 def load_enhancer(source: ModelSource | MaskEstimator) -> Enhancer:
@@ -623,7 +624,11 @@ def _describe_set(mixtures: Mixtures, total: int, selected: list[Mixture], rows:
 
 
 def _describe_vem(config: VEMConfig, batch_size: int) -> str:
-    settings = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in fields(config))
+    settings = ", ".join(f"{f.name}={value}" for f in fields(config)
+                         if (value := getattr(config, f.name)) is not None)
+    if config.niter is None:
+        settings += (f"; each prior runs the iterations chosen for it (its checkpoint's `vem` entry), else "
+                     f"{DEFAULT_ITERATIONS} (mean in the timing table)")
     return (f"**VEM settings:** {settings}. Mixtures are enhanced {batch_size} at a time, sorted by length; each "
             "has its own encoder copy, NMF and gains and random streams seeded from `seed` and its id, so the "
             "results do not depend on the batching. Autoregressive priors read "
@@ -713,6 +718,8 @@ def vem_options(config: VEMConfig) -> tuple[list[str], list[str]]:
     settings that no option can give ("name=value")."""
     best: tuple[list[str], list[str]] | None = None
     for base, flag in ((VEMConfig(), []), (VEMConfig.official(), ["--official-settings"])):
+        if config.niter is None and flag:
+            continue                        # the official settings fix the iteration count
         options = flag + [item for name, option in OPTIONS.items() if getattr(config, name) != getattr(base, name)
                           for item in (option, str(getattr(config, name)))]
         rest = [f"{f.name}={getattr(config, f.name)}" for f in fields(config)

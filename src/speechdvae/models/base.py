@@ -63,6 +63,9 @@ class DVAE(nn.Module):
         self.x_dim = x_dim
         self.z_dim = z_dim
         self.log_input = log_input
+        # VEM iterations chosen for this prior on validation mixtures (the "vem" entry of its checkpoint);
+        # None: the VEM default (`enhance.vem.DEFAULT_ITERATIONS`).
+        self.vem_iterations: int | None = None
 
     # -- the interface -------------------------------------------------------------------
     def infer(self, s: torch.Tensor, sample: bool = True) -> Posterior:
