@@ -79,6 +79,18 @@ def test_bad_configuration_fails_before_any_work(corpus, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_overrides_are_read_as_their_options_types(corpus):
+    # YAML reads "5e-4" as a string and "100" as an int where a float is meant: --set must not care.
+    cfg = resolve_config("vae", "small", str(corpus / "train.jsonl"), str(corpus / "valid.jsonl"), None,
+                         ["train.lr=5e-4", "train.grad_clip=1", "train.warmup_steps=100", "train.max_steps=null"])
+    assert cfg.train.lr == 5e-4 and isinstance(cfg.train.grad_clip, float) and cfg.train.warmup_steps == 100
+    assert cfg.train.max_steps is None
+    for bad, message in (("train.lr=fast", "lr must be float"), ("train.batch_size=3.5", "batch_size must be int"),
+                         ("train.random_crop=maybe", "random_crop must be bool"), ("train.epochs=null", "epochs")):
+        with pytest.raises(ConfigError, match=message):
+            resolve_config("vae", "small", str(corpus / "train.jsonl"), str(corpus / "valid.jsonl"), None, [bad])
+
+
 def test_training_lowers_the_loss_and_exports_the_best_copy(corpus, tmp_path):
     torch.set_num_threads(1)
     trainer = Trainer(make_config(corpus, tmp_path, epochs=6, lr=3e-3), tmp_path / "run", progress=False)

@@ -82,7 +82,8 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}")
-        cfg = cls(**{k: (tuple(v) if k == "betas" else v) for k, v in d.items()})
+        types = {f.name: f.type for f in fields(cls)}
+        cfg = cls(**{k: _typed(k, v, types[k]) for k, v in d.items()})
         cfg.validate()
         return cfg
 
@@ -141,6 +142,28 @@ class RunConfig:
         d = asdict(self)
         d["train"]["betas"] = list(self.train.betas)
         return d
+
+
+def _typed(name: str, value: Any, annotation: str) -> Any:
+    """`value` as the type its field declares (YAML reads 5e-4 as a string and 1 where 1.0 is meant);
+    ConfigError when it is not one. None passes where the field admits it."""
+    if value is None and annotation.endswith("| None"):
+        return None
+    kind = annotation.removesuffix(" | None")
+    try:
+        if kind == "float" and not isinstance(value, bool):
+            return float(value)
+        if kind == "int" and not isinstance(value, bool) and float(value) == int(float(value)):
+            return int(value)
+        if kind == "bool" and isinstance(value, bool):
+            return value
+        if kind == "str" and isinstance(value, str):
+            return value
+        if kind.startswith("tuple") and len(value) == 2:
+            return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"training option {name} must be {annotation}, got {value!r}")
 
 
 def resolve_config(preset: str | None, size: str, train_manifest: str | None, valid_manifest: str | None,
