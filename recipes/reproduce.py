@@ -44,13 +44,15 @@ STEPS = (
     Step("training", "", 1),
     Step("resynthesis", "docs/resynthesis_ours/resynthesis.md", 12),
     Step("resynthesis-official", "docs/resynthesis/resynthesis.md", 12, needs=OFFICIAL_SOURCE),
-    Step("enhancement-valid", "docs/enhancement_valid/enhancement.md", 12),
+    Step("enhancement-valid-30", "docs/enhancement_valid/iterations-30/enhancement.md", 6),
+    Step("enhancement-valid-100", "docs/enhancement_valid/iterations-100/enhancement.md", 20),
+    Step("enhancement-valid", "docs/enhancement_valid/enhancement.md", 25),
     Step("enhancement", "docs/enhancement/enhancement.md", 70),
     Step("generation", "docs/generation/generation.md", 25),
     Step("listening", "docs/listen/index.html", 3),
 )
 DATA_MINUTES = 15          # download + conversion of the open corpus and the two mixture sets
-RETRAIN_MINUTES = 330      # recipes/train_small.sh, two runs at a time
+RETRAIN_MINUTES = 400      # recipes/train_small.sh, two runs at a time
 
 
 def report_command(report: Path) -> list[str]:
