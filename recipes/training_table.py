@@ -1,4 +1,5 @@
-"""Summarise trained runs (checkpoint folders with log.jsonl) as a Markdown table.
+"""Summarise the trained speech priors (run folders with log.jsonl written by `speechdvae train`) as a Markdown
+table; other runs (the supervised baseline's, from `speechdvae baseline train`) are left out.
 
     python recipes/training_table.py checkpoints/open-small > docs/training.md
 """
@@ -17,17 +18,30 @@ def parameters(weights: Path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
+def prior_runs(folder: Path) -> list[Path]:
+    """The run folders of speech priors: a config with a `train` section beside the log."""
+    return sorted(p for p in folder.iterdir() if (p / "log.jsonl").is_file() and (p / "config.json").is_file()
+                  and "train" in json.loads((p / "config.json").read_text()))
+
+
+def starts_from(run: Path) -> str:
+    """The run whose model initialised this one (`train.init_from`), or "scratch"."""
+    init = json.loads((run / "config.json").read_text())["train"].get("init_from")
+    return Path(init).parent.name if init else "scratch"
+
+
 def main(folder: str) -> None:
     print(f"# Training runs in `{folder}`\n")
     print(f"Regenerate with `python recipes/training_table.py {folder}`. Losses are per frame (IS divergence "
           "summed over the 513 bins + beta-weighted KL) on the open corpus validation split; the time is "
-          "the run's own wall-clock time on a shared 2-core CPU.\n")
-    print("| run | parameters | epochs | steps | best epoch | best validation loss | validation IS at best | "
-          "training time (s) |\n|---|---:|---:|---:|---:|---:|---:|---:|")
-    for run in sorted(p for p in Path(folder).iterdir() if (p / "log.jsonl").is_file()):
+          "the run's own wall-clock time on a shared 2-core CPU (a run that starts from another one adds to its steps "
+          "and time).\n")
+    print("| run | starts from | parameters | epochs | steps | best epoch | best validation loss | validation IS at best | "
+          "training time (s) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for run in prior_runs(Path(folder)):
         rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         best = min((r for r in rows if r["best"]), key=lambda r: r["valid_loss"])
-        print(f"| {run.name} | {parameters(run / 'model' / 'model.safetensors'):,} | {rows[-1]['epoch'] + 1} | "
+        print(f"| {run.name} | {starts_from(run)} | {parameters(run / 'model' / 'model.safetensors'):,} | {rows[-1]['epoch'] + 1} | "
               f"{rows[-1]['step']} | {best['epoch']} | {best['valid_loss']:.1f} | {best['valid_recon']:.1f} | "
               f"{rows[-1]['seconds']:.0f} |")
 

@@ -47,9 +47,9 @@ class VEMConfig:
     """Settings of the VEM. `official()` gives the settings of the authors' launch scripts. The
     defaults, chosen on validation mixtures of the open corpus (docs/enhancement_valid), differ in two
     places: fewer iterations than 300, as many as chosen for the prior (`DVAE.vem_iterations`, from
-    its checkpoint), else DEFAULT_ITERATIONS (the small RNN priors score higher after 30, e.g. the
-    official WSJ0 RVAE 1.9 against 0.2 dB median SI-SDR, and ten times faster; the shipped LigHT-DVAE
-    takes 100), and autoregressive priors read the clean-power estimate as their past (for
+    its checkpoint), else DEFAULT_ITERATIONS (the RNN priors score higher after 30 than after 100 or
+    300, e.g. the official WSJ0 RVAE 1.9 against 0.2 dB median SI-SDR; our HiT/LigHT-DVAE priors take
+    100), and autoregressive priors read the clean-power estimate as their past (for
     HiT/LigHT-DVAE about 30 times faster per iteration than generating it). The optional stop on a
     settled loss compares windows of iterations because the sampled loss fluctuates by ~5e-4 from one
     iteration to the next."""
