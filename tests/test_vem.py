@@ -299,8 +299,9 @@ def test_rank_samples_and_iterations_are_honoured() -> None:
 @pytest.mark.parametrize("kind", ["srnn", "transformer"])
 def test_autoregressive_priors_read_the_generated_or_the_estimated_past(kind: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """past="generated" decodes in generation mode (eq. 31); past="estimate" teacher-forces the noisy power
-    in the first E-step, then the posterior clean-power estimate E[|s|^2 | x] of the last M-step."""
+    """past="generated" decodes in generation mode (eq. 31), then every frame at once from the generated
+    outputs; past="estimate" teacher-forces the noisy power in the first E-step, then the posterior clean-power
+    estimate E[|s|^2 | x] of the last M-step."""
     model = tiny_model(kind)
     X = noisy_batch([16], seed=4)
     power = X.abs().square()
@@ -314,7 +315,9 @@ def test_autoregressive_priors_read_the_generated_or_the_estimated_past(kind: st
 
     monkeypatch.setattr(type(model), "decode", recording)
     enhance_spectrogram(model, X, VEMConfig(niter=2, nmf_rank=2, tol=0.0, past="generated"))
-    assert [feedback for _, feedback, _ in calls] == [1.0] * 5           # 2 x (E-step, M-step draw), Wiener filter
+    assert [feedback for _, feedback, _ in calls] == [1.0, 0.0] * 5      # 2 x (E-step, M-step draw), Wiener filter
+    for (_, _, generated), (past, _, _) in zip(calls[::2], calls[1::2]):
+        torch.testing.assert_close(past, generated)
     calls.clear()
     config = VEMConfig(niter=2, nmf_rank=2, tol=0.0, past="estimate", deterministic=True)
     result = enhance_spectrogram(model, X, config)
@@ -328,6 +331,34 @@ def test_autoregressive_priors_read_the_generated_or_the_estimated_past(kind: st
     expected = (wiener.square() * power + wiener * first.noise_var) / first.gain[..., None]
     torch.testing.assert_close(calls[-1][0], expected, rtol=1e-4, atol=1e-9)
     assert bool(torch.isfinite(result.speech).all())
+
+
+@pytest.mark.parametrize("kind", ["srnn", "transformer"])
+def test_generated_past_in_two_passes_equals_generation_under_autograd(kind: str) -> None:
+    """Decoding the generated outputs again as a teacher-forced past gives the values and the encoder gradients
+    of generation mode itself, because models feed their outputs back detached."""
+    model = tiny_model(kind)
+    s = noisy_batch([16], seed=5).abs().square().float()
+    target = torch.rand_like(s)
+
+    def loss_and_grads(two_passes: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        post = model.infer(s, sample=True)
+        if two_passes:
+            with torch.no_grad():
+                past = model.decode(post, None, feedback=1.0).y_logvar.exp()
+            dec = model.decode(post, past, feedback=0.0)
+        else:
+            dec = model.decode(post, None, feedback=1.0)
+        loss = (dec.y_logvar * target).sum() + dec.prior_logvar.square().sum()
+        return loss, torch.autograd.grad(loss, model.encoder_parameters(), allow_unused=True)
+
+    (one, grads_one), (two, grads_two) = loss_and_grads(False), loss_and_grads(True)
+    torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_one, grads_two):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
 def expected_stop(losses: list[float], tol: float, window: int) -> int:

@@ -184,13 +184,23 @@ class Utterance:
         self.past = self.power if past == "estimate" and model.autoregressive else None
 
     def forward(self, samples: int, sample: bool) -> tuple[Posterior, Decoded]:
-        """Encode the noisy power (`samples` draws) and decode, from the generated or the estimated past."""
+        """Encode the noisy power (`samples` draws) and decode, from the generated or the estimated past.
+
+        The generated past (eq. 31) is decoded in two passes: the model's own outputs frame by frame without
+        gradients, then every frame at once from them as the past. Models feed their outputs back detached
+        (`DVAE.decode`), so this gives the values and gradients of decoding with feedback 1 under autograd,
+        at the cost of a forward pass instead of a backward pass through the frame-by-frame recursion."""
         s = self.power.expand(samples, -1, -1)
         with drawing_from(self.sampler):
-            if self.past is None:
-                return self.model(s, sample=sample, feedback=FEEDBACK)
             post = self.model.infer(s, sample=sample)
-            return post, self.model.decode(post, self.past.expand(samples, -1, -1), feedback=0.0)
+            if not self.model.autoregressive:
+                return post, self.model.decode(post, None)
+            if self.past is None:
+                with torch.no_grad():
+                    past = self.model.decode(post, None, feedback=FEEDBACK).y_logvar.exp()
+            else:
+                past = self.past.expand(samples, -1, -1)
+            return post, self.model.decode(post, past, feedback=0.0)
 
     def estep_terms(self, gain: torch.Tensor, noise_var: torch.Tensor, sample: bool,
                     ) -> tuple[torch.Tensor, torch.Tensor]:

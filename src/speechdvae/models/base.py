@@ -5,8 +5,10 @@ Every model maps a power spectrogram s of shape (B, T, F) to
   * a decoder log-variance log v_s and a prior p(z_t | ...)       -> `decode`
 so callers never branch on the model type. Autoregressive models take a `feedback`
 probability: 0 feeds the true past s_{1:t-1} (teacher forcing, "GT"), 1 feeds the model's own
-past outputs (generation, "GEN", eq. 31 of the SE paper), values in between give scheduled
-sampling. Tensors are batch-first everywhere.
+past outputs exp(log v_s) (generation, "GEN", eq. 31 of the SE paper), values in between give
+scheduled sampling. Fed-back outputs are detached: no gradient flows through the recursion, so decoding
+with feedback 1 equals decoding with feedback 0 from the generated outputs as the past (the VEM relies on
+it). Tensors are batch-first everywhere.
 """
 from __future__ import annotations
 
