@@ -8,7 +8,9 @@ batched, one at a time and over all cores.
 Every run is a full `eval enhance` (read, VEM, iSTFT, scoring) into a fresh temporary folder, so the median
 SI-SDR of each setting comes with its time. `--iterations N` adds the default settings with N iterations.
 `--profile` also shows where the time of the default settings
-goes on the first mixture (the VEM phases labelled in `speechdvae.enhance.vem`). Prints Markdown tables.
+goes on the first mixture (the VEM phases labelled in `speechdvae.enhance.vem`), and `--past-cost` times instead
+one E-step (forward and backward) of each autoregressive prior on the first mixture with each past: generated
+frame by frame under autograd, generated in two passes (as the VEM does), estimated. Prints Markdown tables.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from speechdvae import stft
 from speechdvae.checkpoints import from_pretrained, load_model
 from speechdvae.enhance import vem
 from speechdvae.evaluate.enhancement import (balanced_subset, enhance_waves, evaluate_enhancement, read_mixtures,
@@ -77,6 +80,30 @@ def profile(model: DVAE, record: dict) -> dict[str, float]:
     return {**shares, "other": 1.0 - sum(shares.values())}
 
 
+def estep_seconds(model: DVAE, power: torch.Tensor, past: str, repeats: int = 3) -> float:
+    """Median wall time of one E-step forward and backward through `model` on `power` (1, T, F) with `past`:
+    "one pass" (decode with feedback 1 under autograd), "two passes" (the VEM's) or "estimate"."""
+    params = model.encoder_parameters()
+    for p in params:
+        p.requires_grad_(True)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        post = model.infer(power)
+        if past == "one pass":
+            dec = model.decode(post, None, feedback=1.0)
+        else:
+            if past == "two passes":
+                with torch.no_grad():
+                    fed = model.decode(post, None, feedback=1.0).y_logvar.exp()
+            else:
+                fed = power
+            dec = model.decode(post, fed, feedback=0.0)
+        torch.autograd.grad(dec.y_logvar.sum() + dec.prior_logvar.sum(), params, allow_unused=True)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", required=True)
@@ -86,12 +113,24 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, action="append", default=[], metavar="N",
                         help="also time the default settings with N iterations (repeatable)")
     parser.add_argument("--profile", action="store_true", help="also profile the default settings' VEM phases")
+    parser.add_argument("--past-cost", action="store_true", help="only time one E-step with each past")
     args = parser.parse_args()
     torch.set_num_threads(1)
     records = balanced_subset(read_mixtures(args.manifest), args.limit)
     seconds = sum(len(read_pair(r)[0]) for r in records) / 16000
     print(f"{len(records)} mixtures of `{args.manifest}` ({seconds:.1f} s of audio), {args.cores} cores, "
           f"torch {torch.__version__}\n")
+    if args.past_cost:
+        power = stft.power_spectrogram(torch.from_numpy(read_pair(records[0])[0]))[None]
+        print(f"One E-step (forward + backward) on the first mixture ({power.shape[1]} frames), median of 3:\n")
+        print("| prior | generated, one pass (s) | generated, two passes (s) | estimate (s) | one pass / two passes |")
+        print("|---|---:|---:|---:|---:|")
+        for spec in args.model:
+            label, model = load(spec)
+            if model.autoregressive:
+                one, two, est = (estep_seconds(model, power, past) for past in ("one pass", "two passes", "estimate"))
+                print(f"| {label} | {one:.3f} | {two:.3f} | {est:.3f} | {one / two:.2f} |", flush=True)
+        return
     print("| prior | setting | wall time (s) | RTF | speed-up | median SI-SDR (dB) | mean iterations |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for spec in args.model:
