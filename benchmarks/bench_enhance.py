@@ -93,11 +93,7 @@ def estep_seconds(model: DVAE, power: torch.Tensor, past: str, repeats: int = 3)
         if past == "one pass":
             dec = model.decode(post, None, feedback=1.0)
         else:
-            if past == "two passes":
-                with torch.no_grad():
-                    fed = model.decode(post, None, feedback=1.0).y_logvar.exp()
-            else:
-                fed = power
+            fed = vem.generated_past(model, post) if past == "two passes" else power
             dec = model.decode(post, fed, feedback=0.0)
         torch.autograd.grad(dec.y_logvar.sum() + dec.prior_logvar.sum(), params, allow_unused=True)
         times.append(time.perf_counter() - start)

@@ -13,7 +13,7 @@ import torch
 from speechdvae.checkpoints import load_model
 from speechdvae.enhance.nmf import (INIT_FLOOR, NMFNoise, m_step, mixture_loss, normalize_columns, update_W,
                                     wiener_gain)
-from speechdvae.enhance.vem import DEFAULT_ITERATIONS, VEMConfig, encoder_copy, enhance_spectrogram
+from speechdvae.enhance.vem import DEFAULT_ITERATIONS, VEMConfig, encoder_copy, enhance_spectrogram, generated_past
 from speechdvae.models import DVAE, build_model
 from speechdvae.models.transformer import TransformerDVAE
 from speechdvae.official import import_official
@@ -345,9 +345,7 @@ def test_generated_past_in_two_passes_equals_generation_under_autograd(kind: str
         torch.manual_seed(0)
         post = model.infer(s, sample=True)
         if two_passes:
-            with torch.no_grad():
-                past = model.decode(post, None, feedback=1.0).y_logvar.exp()
-            dec = model.decode(post, past, feedback=0.0)
+            dec = model.decode(post, generated_past(model, post), feedback=0.0)
         else:
             dec = model.decode(post, None, feedback=1.0)
         loss = (dec.y_logvar * target).sum() + dec.prior_logvar.square().sum()

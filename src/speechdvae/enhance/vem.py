@@ -170,6 +170,13 @@ def drawing_from(generator: torch.Generator) -> Iterator[None]:
         generator.set_state(default.get_state())
 
 
+def generated_past(model: DVAE, post: Posterior) -> torch.Tensor:
+    """The model's own outputs exp(log v_s) decoded frame by frame from `post` (generation, eq. 31), without
+    gradients: decoded again as a teacher-forced past they give generation's values and gradients."""
+    with torch.no_grad():
+        return model.decode(post, None, feedback=FEEDBACK).y_logvar.exp()
+
+
 class Utterance:
     """One utterance's power spectrogram, fine-tuned encoder copy, random stream and, when autoregressive
     priors read an estimated past, that estimate."""
@@ -195,11 +202,7 @@ class Utterance:
             post = self.model.infer(s, sample=sample)
             if not self.model.autoregressive:
                 return post, self.model.decode(post, None)
-            if self.past is None:
-                with torch.no_grad():
-                    past = self.model.decode(post, None, feedback=FEEDBACK).y_logvar.exp()
-            else:
-                past = self.past.expand(samples, -1, -1)
+            past = generated_past(self.model, post) if self.past is None else self.past.expand(samples, -1, -1)
             return post, self.model.decode(post, past, feedback=0.0)
 
     def estep_terms(self, gain: torch.Tensor, noise_var: torch.Tensor, sample: bool,
