@@ -6,20 +6,23 @@ batched, one at a time and over all cores.
         --model default=default --model RVAE=checkpoints/official/official-wsj-rvae
 
 Every run is a full `eval enhance` (read, VEM, iSTFT, scoring) into a fresh temporary folder, so the median
-SI-SDR of each setting comes with its time. `--iterations N` adds the default settings with N iterations.
-`--profile` also shows where the time of the default settings
-goes on the first mixture (the VEM phases labelled in `speechdvae.enhance.vem`), and `--past-cost` times instead
-one E-step (forward and backward) of each autoregressive prior on the first mixture with each past: generated
-frame by frame under autograd, generated in two passes (as the VEM does), estimated. Prints Markdown tables.
+SI-SDR of each setting comes with its time, and with the median over mixtures of its SI-SDR minus the first
+setting's (the official one's) on the same mixture, ± 1.57·IQR/√n. `--iterations N` adds the default settings
+with N iterations. `--profile` also shows where the time of the default settings goes on the first mixture
+(the VEM phases labelled in `speechdvae.enhance.vem`), and `--past-cost` times instead one E-step (forward and
+backward) of each autoregressive prior on the first mixture with each past: generated frame by frame under
+autograd, generated in two passes (as the VEM does), estimated. Prints Markdown tables.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -28,6 +31,7 @@ from speechdvae.checkpoints import from_pretrained, load_model
 from speechdvae.enhance import vem
 from speechdvae.evaluate.enhancement import (balanced_subset, enhance_waves, evaluate_enhancement, read_mixtures,
                                              read_pair)
+from speechdvae.evaluate.metrics import median_ci
 from speechdvae.models import DVAE
 
 
@@ -55,13 +59,16 @@ def load(spec: str) -> tuple[str, DVAE]:
     return label, (from_pretrained(path) if path == "default" else load_model(path)).cpu()
 
 
-def timed_run(model: DVAE, records: list[dict], setting: Setting) -> tuple[float, dict]:
-    """Wall time and summary row of one evaluation of `model` in a fresh folder."""
+def timed_run(model: DVAE, records: list[dict], setting: Setting) -> tuple[float, dict, dict[str, float]]:
+    """Wall time, summary row and SI-SDR of each mixture (by id) of one evaluation of `model` in a fresh folder."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         summary = evaluate_enhancement({"prior": model}, records, out, config=setting.config,
                                        batch_size=setting.batch_size, workers=setting.workers, progress=False)
-        return time.perf_counter() - start, summary[1]
+        wall = time.perf_counter() - start
+        with open(Path(out) / "enhancement_utterances.csv", newline="") as f:
+            scores = {row["id"]: float(row["si_sdr"] or "nan") for row in csv.DictReader(f) if row["model"] == "prior"}
+        return wall, summary[1], scores
 
 
 PHASES = ("E-step forward", "E-step backward", "E-step Adam", "M-step draw of v_s", "M-step NMF and gains")
@@ -127,16 +134,19 @@ def main() -> None:
                 one, two, est = (estep_seconds(model, power, past) for past in ("one pass", "two passes", "estimate"))
                 print(f"| {label} | {one:.3f} | {two:.3f} | {est:.3f} | {one / two:.2f} |", flush=True)
         return
-    print("| prior | setting | wall time (s) | RTF | speed-up | median SI-SDR (dB) | mean iterations |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| prior | setting | wall time (s) | RTF | speed-up | median SI-SDR (dB) | median paired Δ (dB) | "
+          "mean iterations |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for spec in args.model:
         label, model = load(spec)
         reference = None
         for setting in settings(args.cores, len(records), args.iterations):
-            wall, row = timed_run(model, records, setting)
-            reference = reference or wall
-            print(f"| {label} | {setting.name} | {wall:.1f} | {wall / seconds:.1f} | {reference / wall:.1f}x | "
-                  f"{row['si_sdr'].median:.2f} | {row['mean_iterations']:.0f} |", flush=True)
+            wall, row, scores = timed_run(model, records, setting)
+            reference = reference or (wall, scores)
+            delta, half_width = median_ci(scores[i] - reference[1][i] for i in scores)
+            print(f"| {label} | {setting.name} | {wall:.1f} | {wall / seconds:.1f} | {reference[0] / wall:.1f}x | "
+                  f"{row['si_sdr'].median:.2f} | {delta:+.2f} ± {half_width:.2f} | {row['mean_iterations']:.0f} |",
+                  flush=True)
     if args.profile:
         print("\n| prior | " + " | ".join(PHASES) + " | other |")
         print("|---|" + "---:|" * (len(PHASES) + 1))
