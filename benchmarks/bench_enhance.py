@@ -43,12 +43,16 @@ class Setting:
     workers: int
 
 
+# Batches per process in the multi-process setting: enough for the workers to finish close together.
+BATCHES_PER_PROCESS = 4
+
+
 def settings(cores: int, limit: int, iterations: list[int]) -> list[Setting]:
     official, default = vem.VEMConfig.official(), vem.VEMConfig()
     return [Setting("official, one at a time", official, 1, 1),
             Setting("default, one at a time", default, 1, 1),
             Setting(f"default, batches of {limit}", default, limit, 1),
-            Setting(f"default, {cores} processes", default, math.ceil(limit / cores), cores),
+            Setting(f"default, {cores} processes", default, math.ceil(limit / (BATCHES_PER_PROCESS * cores)), cores),
             *(Setting(f"default with {n} iterations, batches of {limit}", replace(default, niter=n), limit, 1)
               for n in iterations)]
 

@@ -49,6 +49,7 @@ STEPS = (
     Step("enhancement-valid-generated", "docs/enhancement_valid/past-generated/enhancement.md", 25),
     Step("enhancement-valid-300", "docs/enhancement_valid/iterations-300/enhancement.md", 12),
     Step("enhancement-valid-stop", "docs/enhancement_valid/stop-1e-3/enhancement.md", 6),
+    Step("enhancement-valid-official", "docs/enhancement_valid/official-settings/enhancement.md", 65),
     Step("enhancement-valid", "docs/enhancement_valid/enhancement.md", 25),
     Step("enhancement", "docs/enhancement/enhancement.md", 70),
     Step("generation", "docs/generation/generation.md", 25),

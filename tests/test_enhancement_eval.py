@@ -195,8 +195,8 @@ def test_rerun_reuses_results_and_recomputes_only_what_is_missing(evaluated: Pat
     with pytest.warns(UserWarning, match="dropped 1 incomplete line"):
         evaluate_enhancement(tiny, manifest, out, **run)
     assert all(line.endswith("}\n") for line in cache.read_text().splitlines(keepends=True))
-    # batches run shortest first (m3 m2 m1 m4): the two lost lines are SRNN on m1 and m4, plus VAE's m1 audio
-    assert sorted(key for keys in enhanced for key in keys) == ["m1", "m1", "m4"]
+    # batches run longest first (m4 m1 m2 m3): the two lost lines are SRNN on m2 and m3, plus VAE's m1 audio
+    assert sorted(key for keys in enhanced for key in keys) == ["m1", "m2", "m3"]
     assert_rows_close(read_rows(out / UTTERANCES_NAME), read_rows(evaluated / UTTERANCES_NAME))
 
     enhanced.clear()

@@ -372,7 +372,8 @@ class _Evaluation:
         return [NOISY_LABEL, *(p.label for p in self.priors)]
 
     def plan(self, mixtures: Sequence[Mixture]) -> list[_Job]:
-        """Take cached results; return the work left, mixtures sorted by duration."""
+        """Take cached results; return the work left, longest mixtures first (batches of similar lengths, and
+        parallel workers that finish together: the short batches fill in at the end)."""
         jobs = []
         for mixture in mixtures:
             if mixture.error:
@@ -392,7 +393,7 @@ class _Evaluation:
                     self.results[label, mixture.id] = cached
             if missing:
                 jobs.append(_Job(mixture, missing))
-        return sorted(jobs, key=lambda job: (job.mixture.duration, job.mixture.id))
+        return sorted(jobs, key=lambda job: (-job.mixture.duration, job.mixture.id))
 
     def _unusable(self, mixture: Mixture, labels: Sequence[str], error: str) -> None:
         warnings.warn(f"{mixture.id}: {error}; its metrics are NaN", stacklevel=3)
