@@ -29,8 +29,8 @@ import torch
 from speechdvae import stft
 from speechdvae.checkpoints import from_pretrained, load_model
 from speechdvae.enhance import vem
-from speechdvae.evaluate.enhancement import (balanced_subset, enhance_waves, evaluate_enhancement, read_mixtures,
-                                             read_pair)
+from speechdvae.evaluate.enhancement import (UTTERANCES_NAME, balanced_subset, enhance_waves, evaluate_enhancement,
+                                             read_mixtures, read_pair)
 from speechdvae.evaluate.metrics import median_ci
 from speechdvae.models import DVAE
 
@@ -70,7 +70,7 @@ def timed_run(model: DVAE, records: list[dict], setting: Setting) -> tuple[float
         summary = evaluate_enhancement({"prior": model}, records, out, config=setting.config,
                                        batch_size=setting.batch_size, workers=setting.workers, progress=False)
         wall = time.perf_counter() - start
-        with open(Path(out) / "enhancement_utterances.csv", newline="") as f:
+        with open(Path(out) / UTTERANCES_NAME, newline="") as f:
             scores = {row["id"]: float(row["si_sdr"] or "nan") for row in csv.DictReader(f) if row["model"] == "prior"}
         return wall, summary[1], scores
 
@@ -93,20 +93,18 @@ def profile(model: DVAE, record: dict) -> dict[str, float]:
 
 def estep_seconds(model: DVAE, power: torch.Tensor, past: str, repeats: int = 3) -> float:
     """Median wall time of one E-step forward and backward through `model` on `power` (1, T, F) with `past`:
-    "one pass" (decode with feedback 1 under autograd), "two passes" (the VEM's) or "estimate"."""
-    params = model.encoder_parameters()
-    for p in params:
-        p.requires_grad_(True)
+    "one pass" (decode with feedback 1 under autograd), "two passes" (the VEM's generated past) or "estimate"
+    (the VEM's estimated past, here the noisy power of the first iteration)."""
+    utterance = vem.Utterance(model, power[0], 0, 0, "generated" if past == "two passes" else "estimate")
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        post = model.infer(power)
         if past == "one pass":
-            dec = model.decode(post, None, feedback=1.0)
+            post = utterance.model.infer(power)
+            dec = utterance.model.decode(post, None, feedback=1.0)
         else:
-            fed = vem.generated_past(model, post) if past == "two passes" else power
-            dec = model.decode(post, fed, feedback=0.0)
-        torch.autograd.grad(dec.y_logvar.sum() + dec.prior_logvar.sum(), params, allow_unused=True)
+            dec = utterance.forward(1, True)[1]
+        torch.autograd.grad(dec.y_logvar.sum() + dec.prior_logvar.sum(), utterance.params, allow_unused=True)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 

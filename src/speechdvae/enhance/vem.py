@@ -50,7 +50,7 @@ class VEMConfig:
     its checkpoint), else DEFAULT_ITERATIONS (the RNN priors score higher after 30 than after 100 or
     300, e.g. the official WSJ0 RVAE 1.9 against 0.2 dB median SI-SDR; our HiT/LigHT-DVAE priors take
     100), and autoregressive priors read the clean-power estimate as their past (for
-    HiT/LigHT-DVAE about 30 times faster per iteration than generating it). The optional stop on a
+    HiT/LigHT-DVAE about 5 times faster per iteration than generating it). The optional stop on a
     settled loss compares windows of iterations because the sampled loss fluctuates by ~5e-4 from one
     iteration to the next."""
 
