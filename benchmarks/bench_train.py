@@ -1,7 +1,10 @@
 """Training throughput of every preset: frames/s of forward + backward + optimiser step.
 
-    python benchmarks/bench_train.py [--size small] [--threads 1] [--steps 5] [--batch-size 128]
+    python benchmarks/bench_train.py [--size small] [--threads 1] [--steps 5] [--batch-size 128] \
+        [--precision float32 bfloat16]
 
+`--precision bfloat16` runs the step under bf16 autocast (the trainer's `train.precision`), the speed-up being
+the ratio of the two rows of one preset.
 Batches are random power spectrograms of T = 50 frames (the cost does not depend on the
 values). Autoregressive models are also timed with feedback = 1 (own past fed back), the mode
 of scheduled sampling's last stages. All rows come from one run, so their ratios are comparable
@@ -16,14 +19,16 @@ import torch
 
 from speechdvae.models import available_presets, build_model, load_preset
 from speechdvae.models.losses import elbo_loss
+from speechdvae.train import autocast
 
 
-def time_steps(model, batch: torch.Tensor, feedback: float, steps: int) -> float:
+def time_steps(model, batch: torch.Tensor, feedback: float, steps: int, precision: str) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     for i in range(steps + 1):          # the first step warms up allocations and is not timed
         if i == 1:
             start = time.perf_counter()
-        post, dec = model(batch, sample=True, feedback=feedback)
+        with autocast(batch.device, precision):
+            post, dec = model(batch, sample=True, feedback=feedback)
         loss = elbo_loss(batch, post, dec, 0.01, 0.01)["loss"]
         optimizer.zero_grad()
         loss.backward()
@@ -39,18 +44,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=50)
     parser.add_argument("--presets", nargs="*", default=None)
+    parser.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batch = torch.rand(args.batch_size, args.seq_len, 513) ** 4 * 10
     frames = args.batch_size * args.seq_len
-    print(f"| preset ({args.size}) | parameters | feedback | s/step | frames/s |\n|---|---:|---:|---:|---:|")
+    print(f"| preset ({args.size}) | parameters | feedback | precision | s/step | frames/s |\n|---|---:|---:|---|---:|---:|")
     for name in args.presets or available_presets():
         model = build_model(load_preset(name, args.size)["model"])
         n_params = sum(p.numel() for p in model.parameters())
         for feedback in ((0.0, 1.0) if model.autoregressive else (0.0,)):
-            seconds = time_steps(model, batch, feedback, args.steps)
-            print(f"| {name} | {n_params:,} | {feedback:g} | {seconds:.3f} | {frames / seconds:,.0f} |", flush=True)
+            for precision in args.precision:
+                seconds = time_steps(model, batch, feedback, args.steps, precision)
+                print(f"| {name} | {n_params:,} | {feedback:g} | {precision} | {seconds:.3f} | {frames / seconds:,.0f} |",
+                      flush=True)
     print(f"\nB = {args.batch_size}, T = {args.seq_len}, {args.threads} thread(s), torch {torch.__version__}")
 
 

@@ -12,8 +12,10 @@ process reads its own shard of each batch, gradients are averaged, rank 0 writes
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import hashlib
 import io
 import json
 import math
@@ -37,6 +39,29 @@ from .models.losses import elbo_loss
 # Options that may change when a run is resumed: they extend or shorten it without changing
 # what one step computes.
 BUDGET_OPTIONS = ("epochs", "max_steps", "early_stop_patience")
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays on `device`: GPUs with bf16, CPUs with AMX tiles. On an AVX-512-BF16 CPU
+    without AMX it made LSTM and Transformer training steps slower (benchmarks/bench_train.py)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> "bfloat16" on hardware with native bf16, else "float32"; other values pass through."""
+    if precision == "auto":
+        return "bfloat16" if native_bf16(device) else "float32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast of the forward pass for precision "bfloat16" (or "auto" on native hardware), else nothing."""
+    if resolve_precision(precision, device) == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class ConfigError(ValueError):
@@ -75,6 +100,9 @@ class TrainConfig:
     init_from: str | None = None            # checkpoint folder whose weights start the run (fine-tuning)
     checkpoint_every: int = 200             # steps between state saves (also saved at every epoch end)
     valid_batch_size: int = 256
+    # "bfloat16": forward passes under bf16 autocast (loss, gradients and weights stay float32); "auto": bf16
+    # where it pays (CPUs with AMX, GPUs with bf16), else float32.
+    precision: str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -91,6 +119,8 @@ class TrainConfig:
         problems = []
         if self.optimizer not in ("adam", "adamw"):
             problems.append(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.lr_schedule not in ("constant", "warmup_cosine"):
             problems.append(f"lr_schedule must be constant or warmup_cosine, got {self.lr_schedule!r}")
         for name in ("lr", "batch_size", "seq_len", "epochs", "checkpoint_every", "valid_batch_size"):
@@ -267,6 +297,33 @@ class Dist:
             torch.distributed.barrier()
 
 
+def _sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# -- the training criterion on held-out data ----------------------------------------------
+
+@torch.no_grad()
+def evaluate_elbo(model: DVAE, data: SequenceDataset, beta_z: float, beta_w: float, feedback: float = 0.0,
+                  batch_size: int = 256, seed: int = 1, dist: Dist | None = None) -> dict[str, float]:
+    """The trainer's criterion (negative ELBO per frame: IS + beta-weighted KL) of `model` on every sequence
+    of `data`, z sampled under a fixed seed; shared by validation and by comparisons of checkpoints."""
+    dist = dist or Dist()
+    device = model.device
+    model.eval()
+    totals = np.zeros(5)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for batch in data.batches(batch_size, shuffle=False, rank=dist.rank, world_size=dist.world_size):
+            batch = batch.to(device)
+            post, dec = model(batch, sample=True, feedback=feedback)
+            terms = elbo_loss(batch, post, dec, beta_z, beta_w)
+            frames = batch.shape[0] * batch.shape[1]
+            totals += [float(terms[k]) * frames for k in ("loss", "recon", "kl_z", "kl_w")] + [frames]
+    totals = np.asarray(dist.all_sum(totals.tolist(), device))
+    return {k: float(v) for k, v in zip(("loss", "recon", "kl_z", "kl_w"), totals[:4] / totals[4])}
+
+
 # -- the trainer ---------------------------------------------------------------------------
 
 class Trainer:
@@ -408,7 +465,8 @@ class Trainer:
     def _train_step(self, batch: torch.Tensor, feedback: float, kl_weight: float) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.learning_rate(self.step)
-        post, dec = self.module(batch, sample=True, feedback=feedback)
+        with autocast(self.device, self.cfg.precision):
+            post, dec = self.module(batch, sample=True, feedback=feedback)
         terms = elbo_loss(batch, post, dec, self.cfg.beta_z, self.cfg.beta_w, kl_weight)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -417,22 +475,10 @@ class Trainer:
         self.optimizer.step()
         return {k: float(v.detach()) for k, v in terms.items()}
 
-    @torch.no_grad()
     def validate(self, feedback: float) -> dict[str, float]:
         """Validation ELBO terms (per frame), with a fixed seed so epochs compare fairly."""
-        self.model.eval()
-        totals = np.zeros(5)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.cfg.seed + 1)
-            for batch in self.valid_data.batches(self.cfg.valid_batch_size, shuffle=False, rank=self.dist.rank,
-                                                 world_size=self.dist.world_size):
-                batch = batch.to(self.device)
-                post, dec = self.model(batch, sample=True, feedback=feedback)
-                terms = elbo_loss(batch, post, dec, self.cfg.beta_z, self.cfg.beta_w)
-                frames = batch.shape[0] * batch.shape[1]
-                totals += [float(terms[k]) * frames for k in ("loss", "recon", "kl_z", "kl_w")] + [frames]
-        totals = np.asarray(self.dist.all_sum(totals.tolist(), self.device))
-        return {k: float(v) for k, v in zip(("loss", "recon", "kl_z", "kl_w"), totals[:4] / totals[4])}
+        return evaluate_elbo(self.model, self.valid_data, self.cfg.beta_z, self.cfg.beta_w, feedback=feedback,
+                             batch_size=self.cfg.valid_batch_size, seed=self.cfg.seed + 1, dist=self.dist)
 
     def _end_epoch(self, train_sums: np.ndarray, feedback: float, complete: bool) -> None:
         train_means = [float(v) for v in train_sums]
@@ -443,6 +489,7 @@ class Trainer:
         if improved:
             self.best_loss, self.best_epoch, self.stale_epochs = valid["loss"], self.epoch, 0
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._export()   # the best model so far is usable (and committable) while the run goes on
         elif selectable:
             self.stale_epochs += 1
         self.history.append({
@@ -472,13 +519,16 @@ class Trainer:
             raise RuntimeError(f"DDP replicas diverged (parameter checksums {sums})")
 
     def _export(self) -> Path:
-        """Write the best model (or the last one if none was selectable) as a checkpoint."""
+        """Write the best model (or the last one if none was selectable) as a checkpoint. Its provenance names
+        the manifests by file name and content hash, never by a path of this machine."""
         out = self.run_dir / "model"
         if self.dist.main:
             model = build_model(self.config.model)
             model.load_state_dict(self.best_state if self.best_state is not None else self.model.state_dict())
-            meta = {"training": {"preset": self.config.preset, "train_manifest": self.config.train_manifest,
-                                 "valid_manifest": self.config.valid_manifest, "best_epoch": self.best_epoch,
+            data = {split: {"manifest": Path(path).name, "sha256": _sha256(path)}
+                    for split, path in (("train", self.config.train_manifest), ("valid", self.config.valid_manifest))}
+            meta = {"training_data": data,
+                    "training": {"preset": self.config.preset, "best_epoch": self.best_epoch,
                                  "best_valid_loss": self.best_loss, "steps": self.step, "epochs": self.epoch,
                                  "seconds": round(self.elapsed, 1), "processes": self.dist.world_size,
                                  "train": self.config.to_json()["train"]}}
