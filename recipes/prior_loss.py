@@ -4,21 +4,45 @@ Every checkpoint (ours, or the original authors' imported with `speechdvae impor
 the trainer's own criterion: negative ELBO per frame = IS divergence summed over the 513 bins + beta-weighted KL,
 on the same non-overlapping sequences of the manifest (trimmed, peak-normalised power spectrograms), z sampled
 under one seed. Autoregressive models are scored with the true past (GT) and with their own past (GEN).
+A second table splits the IS divergence (z = posterior mean, GT) by source corpus and frequency band, to tell
+a model that fits all the data worse from one that fails on part of it.
 
     python recipes/prior_loss.py --manifest data/open/manifests/speech_valid.jsonl \
         --model VAE=checkpoints/open-small/vae/model --model WSJ0-VAE=checkpoints/official/official-wsj-vae \
-        -o docs/training_prior_loss.md
+        -o docs/training_diagnosis/prior_loss.md
 """
 from __future__ import annotations
 
 import argparse
+import json
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from speechdvae.checkpoints import load_model
 from speechdvae.data.sequences import SequenceDataset, SpectrogramCache
+from speechdvae.models import DVAE
+from speechdvae.models.losses import itakura_saito
 from speechdvae.train import evaluate_elbo
+
+BANDS = {"0-3.5 kHz": slice(0, 224), "3.5-7 kHz": slice(224, 448), "7-8 kHz": slice(448, 513)}
+
+
+@torch.no_grad()
+def is_by_corpus_and_band(model: DVAE, data: SequenceDataset, corpus_of_file: list[str]) -> dict[str, np.ndarray]:
+    """Mean IS divergence per frame of every source corpus, summed over the bins of each band."""
+    model.eval()
+    sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(BANDS) + 1))
+    first = 0
+    for batch in data.batches(256, shuffle=False):
+        post, dec = model(batch, sample=False)
+        per_bin = itakura_saito(batch, dec.y_logvar).sum(1)   # (B, F), summed over frames
+        for row, file in zip(per_bin, data.file_of[first:first + len(batch)]):
+            sums[corpus_of_file[file]] += [float(row[band].sum()) for band in BANDS.values()] + [data.seq_len]
+        first += len(batch)
+    return {corpus: total[:-1] / total[-1] for corpus, total in sorted(sums.items())}
 
 
 def main() -> None:
@@ -33,7 +57,12 @@ def main() -> None:
     torch.set_num_threads(1)
     manifest = Path(args.manifest)
     cache = args.cache or manifest.resolve().parent.parent / "cache" / "spectrograms"
-    data = SequenceDataset(SpectrogramCache(manifest, cache, show_progress=False), args.seq_len)
+    spectra = SpectrogramCache(manifest, cache, show_progress=False)
+    data = SequenceDataset(spectra, args.seq_len)
+    corpus_of_id = {r["id"]: r["corpus"] for r in map(json.loads, manifest.read_text().splitlines())}
+    corpus_of_file = [corpus_of_id[i] for i in spectra.ids]
+    bands = ["| model | corpus | IS total | " + " | ".join(f"IS {b}" for b in BANDS) + " |",
+             "|---|---|---:|" + "---:|" * len(BANDS)]
     rows = ["| model | mode | loss (IS + β KL) | IS | KL z | KL w |", "|---|---|---:|---:|---:|---:|"]
     for item in args.model:
         label, _, path = item.partition("=")
@@ -43,8 +72,11 @@ def main() -> None:
             t = evaluate_elbo(model, data, args.beta, args.beta, feedback=feedback)
             rows.append(f"| {label} | {mode} | {t['loss']:.1f} | {t['recon']:.1f} | {t['kl_z']:.1f} | {t['kl_w']:.1f} |")
             print(rows[-1], flush=True)
+        for corpus, per_band in is_by_corpus_and_band(model, data, corpus_of_file).items():
+            bands.append(f"| {label} | {corpus} | {per_band.sum():.1f} | " + " | ".join(f"{v:.1f}" for v in per_band) + " |")
     table = (f"Negative ELBO per frame on `{manifest.name}` ({len(data)} sequences of {args.seq_len} frames, "
-             f"β = {args.beta}).\n\n" + "\n".join(rows) + "\n")
+             f"β = {args.beta}).\n\n" + "\n".join(rows) + "\n\nIS divergence per frame by source and band "
+             "(z = posterior mean, true past):\n\n" + "\n".join(bands) + "\n")
     if args.out:
         Path(args.out).write_text(table)
 

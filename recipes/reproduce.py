@@ -72,7 +72,8 @@ def report_command(report: Path) -> list[str]:
 def step_command(step: Step, official: bool) -> list[str]:
     """The step's command; without the official checkpoints (`official` False), minus the models among them."""
     if step.name == "training":
-        return [sys.executable, "recipes/training_table.py", "checkpoints/open-small"]
+        return [sys.executable, "recipes/training_report.py", "checkpoints/open-paper", "checkpoints/open-small",
+                "-o", "docs/training.md"]
     command = report_command(ROOT / step.report)
     return command if official else without_official_models(command)
 
@@ -117,7 +118,7 @@ def data_commands() -> list[list[str]]:
 
 
 def retrain_commands() -> list[list[str]]:
-    return [["bash", "recipes/train_small.sh", "runs/small", DATA], ["bash", "recipes/publish_small.sh"]]
+    return [["bash", "recipes/train_small.sh", "runs/small", DATA], ["bash", "recipes/publish_runs.sh", "runs/small", "checkpoints/open-small"]]
 
 
 def main() -> int:

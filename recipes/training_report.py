@@ -1,0 +1,100 @@
+"""Summarise trained speech priors (folders holding `log.jsonl` and `model/`, as `speechdvae train` writes them and
+`recipes/publish_runs.sh` commits them): a Markdown table and learning curves (validation loss against CPU-hours).
+Runs of the supervised baseline (no `train` section in their model metadata) are left out.
+
+    python recipes/training_report.py checkpoints/open-paper checkpoints/open-small -o docs/training.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+
+
+def parameters(weights: Path) -> int:
+    with safe_open(str(weights), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def training_metadata(run: Path) -> dict | None:
+    """The `training` metadata of the run's exported model, None for runs that are not speech priors."""
+    config = run / "model" / "config.json"
+    if not (run / "log.jsonl").is_file() or not config.is_file():
+        return None
+    training = json.loads(config.read_text()).get("metadata", {}).get("training", {})
+    return training if "train" in training else None
+
+
+def starts_from(training: dict) -> str:
+    """The run whose model initialised this one (`train.init_from`), or "scratch"."""
+    init = training["train"].get("init_from")
+    return Path(init).parent.name if init else "scratch"
+
+
+def history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def cpu_hours(row: dict, training: dict) -> float:
+    """CPU-hours of a log row: the run's wall-clock seconds times its processes (one thread each)."""
+    return row["seconds"] * training.get("processes", 1) / 3600
+
+
+def status(rows: list[dict], training: dict) -> str:
+    """Whether the run stopped early (patience met), ran out of budget, or is still improving."""
+    patience = training["train"].get("early_stop_patience")
+    best_epoch = max(r["epoch"] for r in rows if r["best"])
+    stale = rows[-1]["epoch"] - best_epoch
+    if patience and stale >= patience:
+        return "early-stopped"
+    return f"running ({stale} epochs since best)" if stale else "improving"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="folders of runs")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="Markdown file (the PNG is written beside it)")
+    args = parser.parse_args()
+    figure = args.out.with_name(args.out.stem + "_curves.png")
+    lines = [
+        "# Training runs\n",
+        f"Regenerate with `python recipes/training_report.py {' '.join(map(str, args.folders))} -o {args.out}`. "
+        "Losses are per frame (IS divergence summed over the 513 bins + β-weighted KL, β = 0.01) on the open corpus "
+        "validation split; CPU-hours are the run's own wall-clock time × processes, one thread each, on a shared "
+        "2-core CPU (a run that starts from another one counts only its own).\n",
+        f"![validation loss against CPU-hours]({figure.name})\n",
+        "| folder | run | starts from | parameters | epochs | steps | best epoch | best validation loss | "
+        "validation IS at best | CPU-hours | status |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    fig, axes = plt.subplots(1, len(args.folders), figsize=(6.5 * len(args.folders), 4.5), squeeze=False)
+    for folder, ax in zip(args.folders, axes[0]):
+        for run in sorted(p for p in folder.iterdir() if p.is_dir()):
+            training = training_metadata(run)
+            if training is None:
+                continue
+            rows = history(run)
+            best = min((r for r in rows if r["best"]), key=lambda r: r["valid_loss"])
+            lines.append(
+                f"| {folder.name} | {run.name} | {starts_from(training)} | "
+                f"{parameters(run / 'model' / 'model.safetensors'):,} | {rows[-1]['epoch'] + 1} | {rows[-1]['step']} | "
+                f"{best['epoch']} | {best['valid_loss']:.1f} | {best['valid_recon']:.1f} | "
+                f"{cpu_hours(rows[-1], training):.2f} | {status(rows, training)} |")
+            ax.plot([cpu_hours(r, training) for r in rows], [r["valid_loss"] for r in rows], label=run.name)
+        ax.set(title=folder.name, xlabel="CPU-hours", ylabel="validation loss per frame", yscale="log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=80)
+    args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
