@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import yaml
 from speechdvae import audio, checkpoints
 from speechdvae.data.manifest import write_manifest
 from speechdvae.data.sequences import SequenceDataset, SpectrogramCache
-from speechdvae.train import ConfigError, TrainConfig, Trainer, resolve_config
+from speechdvae.train import ConfigError, TrainConfig, Trainer, evaluate_elbo, resolve_config, resolve_precision
 
 TINY_VAE = {"name": "vae", "z_dim": 4, "dense_x_z": [16]}
 TINY_SRNN = {"name": "srnn", "z_dim": 4, "dense_x_h": [16], "dim_rnn_h": 8, "dense_hx_g": [16], "dim_rnn_g": 8,
@@ -102,7 +103,12 @@ def test_training_lowers_the_loss_and_exports_the_best_copy(corpus, tmp_path):
     assert trainer.best_epoch == best["epoch"] and sum(h["best"] for h in history) >= 1
     exported = checkpoints.load_model(model_dir, device="cpu")
     meta = json.loads((model_dir / "config.json").read_text())
-    assert meta["metadata"]["training"]["best_epoch"] == trainer.best_epoch if "metadata" in meta else True
+    assert meta["metadata"]["training"]["best_epoch"] == trainer.best_epoch
+    # provenance: the manifests by name and content hash, no path of this machine anywhere in the checkpoint
+    assert meta["training_data"]["train"] == {
+        "manifest": "train.jsonl", "sha256": hashlib.sha256((corpus / "train.jsonl").read_bytes()).hexdigest()}
+    assert meta["training_data"]["valid"]["manifest"] == "valid.jsonl"
+    assert str(corpus) not in (model_dir / "config.json").read_text()
     for k, v in exported.state_dict().items():
         assert torch.equal(v, trainer.best_state[k])     # the best weights, not the live ones
     if trainer.best_epoch < 5:
@@ -199,3 +205,51 @@ def test_fine_tuning_starts_from_a_checkpoint(corpus, tmp_path):
                 tmp_path / "other", progress=False)
     with pytest.raises(ConfigError, match="no checkpoint"):
         make_config(corpus, tmp_path, init_from=str(tmp_path / "nowhere"))
+
+
+def test_best_model_is_exported_while_the_run_goes_on(corpus, tmp_path):
+    torch.set_num_threads(1)
+    trainer = Trainer(make_config(corpus, tmp_path, epochs=4, lr=3e-3), tmp_path / "run", progress=False)
+    exported = []   # (epoch, weights) of every export, read back from the model folder
+    export = trainer._export
+
+    def recording_export():
+        path = export()
+        exported.append((trainer.epoch, checkpoints.load_model(path, device="cpu").state_dict()))
+        return path
+
+    trainer._export = recording_export
+    trainer.train()
+    improving = [h["epoch"] for h in trainer.history if h["best"]]
+    assert len(improving) >= 2
+    assert [epoch for epoch, _ in exported[:-1]] == improving   # one export per improvement, then the final one
+    assert any(not torch.equal(v, exported[0][1][k]) for k, v in exported[-1][1].items())
+
+
+def test_validation_is_the_shared_elbo_evaluation(corpus, tmp_path):
+    torch.set_num_threads(1)
+    trainer = Trainer(make_config(corpus, tmp_path), tmp_path / "run", progress=False)
+    valid = trainer.validate(0.0)
+    again = evaluate_elbo(trainer.model, trainer.valid_data, 0.5, 0.5, batch_size=8, seed=trainer.cfg.seed + 1)
+    assert valid == again and valid["loss"] == pytest.approx(valid["recon"] + 0.5 * valid["kl_z"])
+
+
+def test_precision(corpus, tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", cpu) == "float32" and resolve_precision("bfloat16", cpu) == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision("auto", cpu) == "bfloat16"
+    with pytest.raises(ConfigError, match="precision"):
+        make_config(corpus, tmp_path, precision="half")
+    # bf16 autocast trains the same model to a comparable loss; weights and loss stay float32
+    torch.set_num_threads(1)
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        trainer = Trainer(make_config(corpus, tmp_path, epochs=4, lr=3e-3, precision=precision),
+                          tmp_path / precision, progress=False)
+        trainer.train()
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+        losses[precision] = trainer.best_loss
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.1)
+    assert losses["bfloat16"] != losses["float32"]   # autocast did run in bf16
