@@ -9,8 +9,8 @@ carry over to real recordings. This benchmark differs from it in the two ways th
   ROOT/noise/heldout/, described in ROOT/manifests/noise_heldout.jsonl.
 - Realistic lengths: "long" utterances of 4-12 s join consecutive prompts (by file id) of one speaker,
   untrimmed, with a drawn 0.2-0.5-s pause between prompts filled with noise at the level of the
-  preceding prompt's own noise floor; "short" utterances are single 1-3-s prompts, as in
-  `mixtures/valid`. No prompt is used twice.
+  preceding prompt's own noise floor; "short" utterances are single 1-3-s prompts like those
+  of `mixtures/valid`. No prompt is used twice.
 
 Speech comes from the validation splits only (held-out files of training speakers, and the unseen
 speaker), half of each length condition from each split. Mixing is `speechdvae data mix`'s: BS.1770
