@@ -162,3 +162,15 @@ def test_bad_input_is_one_clear_error(corpus, tmp_path, capsys):
     assert main(["data", "realistic", "--root", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("speechdvae: error:") and "manifest not found" in err and len(err.splitlines()) == 1
+
+
+def test_undecodable_or_missing_noise_file_is_reported(corpus, tmp_path):
+    broken = corpus["root"] / "unpacked" / "bad-noise" / "usr/share/game/broken.ogg"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"OggS but not really")
+    with pytest.raises(RuntimeError, match="broken.ogg: cannot convert .* to try again"):
+        build_benchmark(corpus["root"], tmp_path / "bench", packages=(heldout_package("bad-noise", {
+            "usr/share/game/broken.ogg": "traffic"}),))
+    with pytest.raises(RuntimeError, match="gone.ogg is missing: delete .* to unpack bad-noise again"):
+        build_benchmark(corpus["root"], tmp_path / "bench", packages=(heldout_package("bad-noise", {
+            "usr/share/game/gone.ogg": "traffic"}),))

@@ -98,7 +98,8 @@ def fetch_heldout_noise(root: Path, workers: int = 1, packages: Sequence[Package
         for s in sources:
             entry = entries[s.id]
             if entry["status"] != "ok":
-                raise RuntimeError(f"{s.locator}: cannot convert ({entry['reason']})")
+                raise RuntimeError(f"{s.locator}: cannot convert ({entry['reason']}); delete "
+                                   f"{root / 'cache' / (pkg.name + '.jsonl')} to try again")
             records.append({"id": s.id, "path": str(audio_path(root, s)), "duration": round(entry["duration"], 4),
                             "speaker": s.speaker, "language": s.language, "split": s.split,
                             "sha256": entry["sha256"], "corpus": pkg.name, "package": pkg.name,
