@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         "mix", help="make noisy mixtures at BS.1770 loudness SNRs, or regenerate the official WSJ0-QUT set",
         description=mix.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
 
+    from .data import realistic
+    realistic.add_arguments(data_sub.add_parser(
+        "realistic", help="validation benchmark: held-out noise sources, 4-12-s and 1-3-s utterances",
+        description=realistic.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+
     from .data import corpora
     scan = data_sub.add_parser(
         "scan", help="list a corpus you own (wsj0, voicebank, librispeech, folder) into manifests",

@@ -211,7 +211,7 @@ def plan_mixtures(speech_records: Iterable[dict], noise_records: Iterable[dict],
 
 # -------------------------------------------------------------------------------------- execution
 
-def _file_stems(ids: Sequence[str]) -> list[str]:
+def file_stems(ids: Sequence[str]) -> list[str]:
     """File-system-safe names for ids; raises MixError if two ids map to the same name."""
     stems = [re.sub(r"[^\w.-]+", "_", i) for i in ids]
     clashes = sorted(s for s, c in Counter(stems).items() if c > 1)
@@ -278,6 +278,13 @@ def _mix_job(job: dict, noise: np.ndarray, allow_loop: bool) -> dict:
             "sha256": sha256_file(job["path"]), "clean_sha256": sha256_file(job["clean_path"])}
 
 
+def output_jobs(plan: Sequence[dict], out_dir: Path) -> list[dict]:
+    """Plan entries with their output paths `out_dir/noisy/<id>.flac` and `out_dir/clean/<id>.flac`."""
+    return [{**entry, "path": str(out_dir / "noisy" / f"{stem}.flac"),
+             "clean_path": str(out_dir / "clean" / f"{stem}.flac")}
+            for entry, stem in zip(plan, file_stems([entry["id"] for entry in plan]))]
+
+
 def run_jobs(jobs: Sequence[dict], manifest_path: Path, allow_loop: bool = True) -> Path:
     """Make every planned mixture not already on disk and write the set's manifest (in plan order).
 
@@ -317,10 +324,7 @@ def build_mixtures(speech_manifest: str | os.PathLike, noise_manifest: str | os.
     noise = read_manifest(noise_manifest, REQUIRED_FIELDS + ("noise_type",))
     plan = plan_mixtures(speech[:limit] if limit is not None else speech, noise, snrs, seed)
     out_dir = Path(out_dir).resolve()
-    jobs = [{**entry, "path": str(out_dir / "noisy" / f"{stem}.flac"),
-             "clean_path": str(out_dir / "clean" / f"{stem}.flac")}
-            for entry, stem in zip(plan, _file_stems([entry["id"] for entry in plan]))]
-    return run_jobs(jobs, out_dir / MANIFEST_NAME, allow_loop=True)
+    return run_jobs(output_jobs(plan, out_dir), out_dir / MANIFEST_NAME, allow_loop=True)
 
 
 # ---------------------------------------------------------------------------------- official lists
