@@ -1,0 +1,108 @@
+"""The training campaign to convergence: `paper`-size priors on the open corpus, trained in stages that outlive a
+working day.
+
+Every prior follows the official DVAE configuration (Adam 1e-3, β 0.01, KL warm-up over 50 epochs, batches of
+128 × 50 frames) and stops early after 30 epochs without a better validation loss. An epoch of the open corpus is
+about 90 steps, a tenth of a WSJ0 epoch, so the epoch budget is raised to 3000 and early stopping ends the runs.
+The priors read log-compressed power (`model.log_input=true`, the "-log" runs): fed raw power as in the official
+code, the first tanh layer starts saturated and training crawls (docs/training_diagnosis.md); `vae` is the pilot
+with the official configuration unchanged.
+
+A prior is a lineage of stages NAME, NAME.2, NAME.3, ... Within a working session a stage resumes exactly from its
+state in RUNS_DIR (`--resume`); the state (optimiser included) is never committed, so a new session continues the
+lineage from its last committed model (PUBLISHED/NAME[.k]/model, written by `recipes/publish_runs.sh`) as the next
+stage: same settings, a fresh optimiser, no second KL warm-up. A lineage whose last stage stopped early is done.
+
+    python recipes/train_campaign.py [--runs runs/paper] [--published checkpoints/open-paper] [--data data/open]
+
+Lanes run side by side, one thread each; the runs of a lane one after the other. Logs: RUNS_DIR/STAGE.log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+LOG_INPUT = ["model.log_input=true"]
+# lanes of (lineage, preset, overrides)
+LANES = [
+    [("vae", "vae", []), ("rvae-log", "rvae", LOG_INPUT)],
+    [("dkf-log", "dkf", LOG_INPUT)],
+    [("vae-log", "vae", LOG_INPUT)],
+]
+BUDGET = ["train.epochs=3000"]
+
+
+def stage_name(lineage: str, k: int) -> str:
+    return lineage if k == 1 else f"{lineage}.{k}"
+
+
+def last_stage(folder: Path, lineage: str, marker: str) -> int:
+    """The highest k whose stage folder in `folder` holds `marker` (0 if none)."""
+    k = 0
+    while (folder / stage_name(lineage, k + 1) / marker).exists():
+        k += 1
+    return k
+
+
+def stopped_early(run: Path) -> bool:
+    """Whether the run's log shows `early_stop_patience` epochs without improvement after its best epoch."""
+    config = json.loads((run / "model" / "config.json").read_text())
+    patience = config["metadata"]["training"]["train"]["early_stop_patience"]
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    best = max((r["epoch"] for r in rows if r["best"]), default=rows[0]["epoch"])
+    return patience is not None and rows[-1]["epoch"] - best >= patience
+
+
+def stage_command(lineage: str, preset: str, overrides: list[str], runs: Path, published: Path,
+                  data: Path) -> tuple[str, list[str]] | None:
+    """The stage to run next for a lineage and its `speechdvae train` command; None when the lineage is done."""
+    committed = last_stage(published, lineage, "model")
+    running = last_stage(runs, lineage, "state.pt")
+    settings = BUDGET + overrides
+    if running and running >= committed:
+        name, extra = stage_name(lineage, running), ["--resume"]
+    elif committed and stopped_early(published / stage_name(lineage, committed)):
+        return None
+    else:
+        name, extra = stage_name(lineage, committed + 1), []
+        if committed:
+            start = published / stage_name(lineage, committed) / "model"
+            settings += [f"train.init_from={start}", "train.kl_warmup_epochs=0"]
+    command = ["speechdvae", "train", "--preset", preset, "--size", "paper", "--data-root", str(data),
+               "-o", str(runs / name), "--no-progress", *extra]
+    for setting in settings:
+        command += ["--set", setting]
+    return name, command
+
+
+def run_lane(lane: list[tuple[str, str, list[str]]], args: argparse.Namespace) -> None:
+    for lineage, preset, overrides in lane:
+        stage = stage_command(lineage, preset, overrides, args.runs, args.published, args.data)
+        if stage is None:
+            print(f"{lineage}: stopped early, done", flush=True)
+            continue
+        name, command = stage
+        print(f"{name}: {' '.join(command)}", flush=True)
+        with open(args.runs / f"{name}.log", "a") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        print(f"{name}: exit {code}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/paper"), help="run folders (default: runs/paper)")
+    parser.add_argument("--published", type=Path, default=Path("checkpoints/open-paper"),
+                        help="committed stages (default: checkpoints/open-paper)")
+    parser.add_argument("--data", type=Path, default=Path("data/open"), help="open corpus (default: data/open)")
+    args = parser.parse_args()
+    args.runs.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(len(LANES)) as pool:
+        list(pool.map(lambda lane: run_lane(lane, args), LANES))
+
+
+if __name__ == "__main__":
+    main()
