@@ -9,7 +9,7 @@ Every run is a full `eval enhance` (read, VEM, iSTFT, scoring) into a fresh temp
 SI-SDR of each setting comes with its time, and with the median over mixtures of its SI-SDR minus the first
 setting's (the official one's) on the same mixture, ± 1.57·IQR/√n. `--iterations N` adds the default settings
 with N iterations. `--profile` also shows where the time of the default settings goes on the first mixture
-(the VEM phases labelled in `speechdvae.enhance.vem`), and `--past-cost` times instead one E-step (forward and
+(the VEM phases labelled in `speechdvae.enhancement.vem`), and `--past-cost` times instead one E-step (forward and
 backward) of each autoregressive prior on the first mixture with each past: generated frame by frame under
 autograd, generated in two passes (as the VEM does), estimated. Prints Markdown tables.
 """
@@ -28,9 +28,10 @@ import torch
 
 from speechdvae import stft
 from speechdvae.checkpoints import from_pretrained, load_model
-from speechdvae.enhance import vem
-from speechdvae.evaluate.enhancement import (UTTERANCES_NAME, balanced_subset, enhance_waves, evaluate_enhancement,
-                                             read_mixtures, read_pair)
+from speechdvae.enhancement import vem
+from speechdvae.enhancement.enhancer import enhance_waves
+from speechdvae.evaluate.enhancement import UTTERANCES_NAME, evaluate_enhancement
+from speechdvae.evaluate.mixtures import balanced_subset, read_mixtures, read_pair
 from speechdvae.evaluate.metrics import median_ci
 from speechdvae.models import DVAE
 
@@ -84,7 +85,7 @@ def profile(model: DVAE, record: dict) -> dict[str, float]:
     noisy = read_pair(record)[0]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        enhance_waves(model, [noisy], [record["id"]], vem.VEMConfig())
+        enhance_waves(model.enhancer(vem.VEMConfig()), [noisy], [record["id"]])
         wall = time.perf_counter() - start
     totals = {event.key: event.cpu_time_total / 1e6 for event in prof.key_averages() if event.key in PHASES}
     shares = {phase: totals.get(phase, 0.0) / wall for phase in PHASES}

@@ -11,11 +11,19 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 OFFICIAL = SHARED / "official-dvae-se"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def official_dir() -> Path:
+    """The original authors' release (checkpoints and reference outputs); tests needing it are marked `official`."""
     if not OFFICIAL.is_dir():
         pytest.skip("../shared/official-dvae-se is not available")
     return OFFICIAL
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `official` every test that reads the official release, directly or through another fixture."""
+    for item in items:
+        if "official_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.official)
 
 
 VAE_CONFIG = {"name": "vae", "z_dim": 4, "dense_x_z": [16]}

@@ -1,3 +1,4 @@
+import argparse
 import os
 import subprocess
 import sys
@@ -12,8 +13,24 @@ def run_cli(*args, env=None):
                           env=env, timeout=120)
 
 
-@pytest.mark.parametrize("command", [[], ["data"], ["data", "open"], ["data", "mix"], ["data", "scan"],
-                                     ["train"], ["import-official"], ["eval"], ["eval", "resynth"], ["enhance"], ["demo"], ["eval", "enhance"]])
+def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every command and sub-command of `parser`, read from the parser itself."""
+    found = [list(prefix)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += commands(sub, (*prefix, name))
+    return found
+
+
+COMMANDS = commands(build_parser())
+
+
+def test_the_commands_are_read_from_the_parser():
+    assert {("enhance",), ("eval", "generate"), ("eval", "listen"), ("baseline", "train")} <= set(map(tuple, COMMANDS))
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command) or "speechdvae")
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])

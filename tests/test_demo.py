@@ -2,7 +2,6 @@
 its figure."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -12,11 +11,12 @@ import soundfile as sf
 import torch
 from matplotlib.image import imread
 
-from speechdvae.cli import UserError
-from speechdvae.demo import metrics_table, run, run_demo
+from speechdvae.cli import build_parser
+from speechdvae.demo import metrics_table, run_demo
 from speechdvae.evaluate.report import spectrogram_figure
-from speechdvae.enhance.files import EnhanceError
-from speechdvae.enhance.vem import VEMConfig
+from speechdvae.enhancement.files import EnhanceError
+from speechdvae.enhancement.vem import VEMConfig
+from speechdvae.errors import SpeechDVAEError
 from speechdvae.evaluate.metrics import compute_metrics
 from speechdvae.models import build_model
 
@@ -44,6 +44,7 @@ def example(tmp_path):
     return tmp_path / "noisy.flac", tmp_path / "clean.flac"
 
 
+@pytest.mark.slow
 def test_demo_writes_audio_figure_and_prints_both_rows(tmp_path, example, tiny_vae, capsys):
     noisy, clean = example
     out = tmp_path / "demo"
@@ -98,8 +99,8 @@ def test_metrics_table_shows_missing_values():
 def test_missing_example_or_model_is_one_clear_error(tmp_path, tiny_vae):
     with pytest.raises(EnhanceError, match="demo example not found"):
         run_demo(tmp_path / "demo", tiny_vae, tmp_path / "no.flac", tmp_path / "none.flac", progress=False)
-    args = argparse.Namespace(out=str(tmp_path / "demo"), model=str(tmp_path / "missing"), device="cpu",
-                              threads=1, no_progress=True)
-    with pytest.raises(UserError, match="no such checkpoint"):
-        run(args)
+    args = build_parser().parse_args(["demo", "-o", str(tmp_path / "demo"), "--model", str(tmp_path / "missing"),
+                                      "--device", "cpu", "--threads", "1", "--no-progress"])
+    with pytest.raises(SpeechDVAEError, match="no such checkpoint"):
+        args.func(args)
     assert not (tmp_path / "demo").exists()

@@ -2,7 +2,6 @@
 batch independence, unusable mixtures, the balanced --limit and the command line."""
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import re
@@ -17,15 +16,17 @@ import torch
 from speechdvae import stft
 from speechdvae.audio import read_audio, write_audio
 from speechdvae.checkpoints import load_model
-from speechdvae.cli import UserError
+from speechdvae.cli import build_parser
+from speechdvae.cli.evaluate import enhance_command
 from speechdvae.data.manifest import write_manifest
-from speechdvae.enhance.vem import VEMConfig, enhance_spectrogram
-from speechdvae.evaluate import enhancement
+from speechdvae.enhancement import enhancer
+from speechdvae.enhancement.vem import VEMConfig, enhance_spectrogram
+from speechdvae.errors import SpeechDVAEError
+from speechdvae.evaluate.common import EvaluationError, model_fingerprint
 from speechdvae.evaluate.enhancement import (CACHE_NAME, MARKDOWN_NAME, NOISE_FIGURE_NAME, NOISY_LABEL,
-                                             SNR_FIGURE_NAME, SUMMARY_NAME, UTTERANCES_NAME, EnhancementError,
-                                             Mixture, audio_path, balanced_subset, cli_command,
-                                             evaluate_enhancement, identify, improvement_stats, model_fingerprint,
-                                             read_mixtures, result_key, share_out, vem_settings)
+                                             SNR_FIGURE_NAME, SUMMARY_NAME, UTTERANCES_NAME, audio_path,
+                                             evaluate_enhancement, improvement_stats, result_key)
+from speechdvae.evaluate.mixtures import Mixture, balanced_subset, identify, read_mixtures, share_out
 from speechdvae.evaluate.metrics import estoi, si_sdr
 
 CONFIG = VEMConfig(niter=3, seed=7)
@@ -176,13 +177,13 @@ def test_rerun_reuses_results_and_recomputes_only_what_is_missing(evaluated: Pat
     out = tmp_path / "report"
     shutil.copytree(evaluated, out)
     enhanced: list[list[str]] = []
-    original = enhancement.enhance_spectrogram
+    original = enhancer.enhance_spectrogram
 
-    def counting(model, X, config, lengths=None, keys=None):
+    def counting(model, X, config, lengths=None, keys=None, progress=False):
         enhanced.append(list(keys))
         return original(model, X, config, lengths=lengths, keys=keys)
 
-    monkeypatch.setattr(enhancement, "enhance_spectrogram", counting)
+    monkeypatch.setattr(enhancer, "enhance_spectrogram", counting)
     run = dict(config=CONFIG, batch_size=4, workers=1, save_audio=True, progress=False)
     evaluate_enhancement(tiny, manifest, out, **run)
     assert enhanced == []
@@ -204,6 +205,7 @@ def test_rerun_reuses_results_and_recomputes_only_what_is_missing(evaluated: Pat
     assert sorted(key for keys in enhanced for key in keys) == [m[0] for m in MIXTURES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size, workers", [(1, 1), (3, 2)])
 def test_results_do_not_depend_on_the_batch_size_or_processes(evaluated: Path, tiny: dict[str, Path],
                                                               manifest: Path, tmp_path: Path, batch_size: int,
@@ -259,7 +261,7 @@ def test_limit_is_balanced_over_noise_type_and_snr() -> None:
     assert sorted({r["id"][-1] for r in twenty_seven}) == ["0", "1", "3"]
     assert balanced_subset(records, 100) == sorted(records, key=lambda r: r["id"])
     assert share_out([1, 5, 5], 9) == [1, 4, 4] and share_out([2, 2], 3) == [2, 1] and share_out([1], 4) == [1]
-    with pytest.raises(EnhancementError, match="positive"):
+    with pytest.raises(EvaluationError, match="positive"):
         balanced_subset(records, 0)
 
 
@@ -279,6 +281,7 @@ def test_results_are_keyed_by_weights_settings_and_files(tiny: dict[str, Path], 
     assert key not in changed and len(set(changed)) == 4
 
 
+@pytest.mark.slow
 def test_priors_run_their_own_iterations_unless_given(tiny: dict[str, Path], manifest: Path, tmp_path: Path) -> None:
     plain, tuned = load_model(tiny["VAE"], "cpu"), load_model(tiny["VAE"], "cpu")
     plain.vem_iterations, tuned.vem_iterations = 2, 3
@@ -290,7 +293,7 @@ def test_priors_run_their_own_iterations_unless_given(tiny: dict[str, Path], man
     assert "each prior runs the iterations chosen for it" in markdown and "niter=" not in markdown
     mixture = identify(read_mixtures(manifest)[0])
     fingerprint = model_fingerprint(tuned)
-    assert (result_key("tuned", fingerprint, vem_settings(tuned, VEMConfig(seed=7)), mixture)
+    assert (result_key("tuned", fingerprint, tuned.enhancer(VEMConfig(seed=7)).settings, mixture)
             == result_key("tuned", fingerprint, VEMConfig(niter=3, seed=7), mixture))
     summary = evaluate_enhancement({"plain": plain, "tuned": tuned}, manifest, tmp_path / "given",
                                    config=VEMConfig(niter=1, seed=7), **run)
@@ -299,19 +302,20 @@ def test_priors_run_their_own_iterations_unless_given(tiny: dict[str, Path], man
 
 def test_settings_and_command_line(tiny: dict[str, Path], manifest: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture) -> None:
-    options = dict(official_settings=False, iterations=None, lr=None, tol=None, nmf_rank=None, past=None, seed=None)
-    assert cli_command({}, manifest, "out", 2, VEMConfig.official(niter=3)).endswith(
+    assert enhance_command({}, manifest, "out", 2, VEMConfig.official(niter=3)).endswith(
         "--limit 2 --official-settings --iterations 3")
-    assert cli_command({}, manifest, "out", None, VEMConfig(nmf_rank=4)).endswith("-o out --nmf-rank 4")
-    assert cli_command({}, manifest, "out", None, VEMConfig(wf_samples=4)).endswith(
+    assert enhance_command({}, manifest, "out", None, VEMConfig(nmf_rank=4)).endswith("-o out --nmf-rank 4")
+    assert enhance_command({}, manifest, "out", None, VEMConfig(wf_samples=4)).endswith(
         "-o out  # VEM settings without an option: wf_samples=4")
-    args = argparse.Namespace(model=[f"VAE={tiny['VAE']}"], official=None, official_cache=str(tmp_path / "cache"),
-                              manifest=str(manifest), out=str(tmp_path / "out"), limit=2, batch_size=8, workers=1,
-                              save_audio=False, no_progress=True, **{**options, "iterations": 2})
-    assert enhancement.run(args) == 0
+    argv = ["eval", "enhance", "--model", f"VAE={tiny['VAE']}", "--official-cache", str(tmp_path / "cache"),
+            "--manifest", str(manifest), "-o", str(tmp_path / "out"), "--limit", "2", "--workers", "1",
+            "--no-progress", "--iterations", "2"]
+    args = build_parser().parse_args(argv)
+    assert args.func(args) == 0
     markdown = (tmp_path / "out" / MARKDOWN_NAME).read_text()
     assert "--limit 2 --iterations 2`" in markdown and "2 of 4 mixtures" in markdown
     assert re.search(r"\| VAE \| 2 \|", capsys.readouterr().out)
-    for bad in (dict(lr=0.0), dict(model=["VAE"]), dict(model=[f"{NOISY_LABEL}={tiny['VAE']}"]), dict(limit=0)):
-        with pytest.raises(UserError):
-            enhancement.run(argparse.Namespace(**{**vars(args), **bad}))
+    for bad in (["--lr", "0"], ["--model", "VAE"], ["--model", f"{NOISY_LABEL}={tiny['VAE']}"], ["--limit", "0"]):
+        args = build_parser().parse_args([*argv, *bad])
+        with pytest.raises(SpeechDVAEError):
+            args.func(args)

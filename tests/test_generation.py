@@ -67,6 +67,7 @@ def test_griffin_lim_recovers_the_magnitude_of_speech(speech: np.ndarray) -> Non
     assert np.array_equal(waves, griffin_lim_waves(power, GenerationSettings(gl_iterations=2), seed=0))
 
 
+@pytest.mark.slow
 def test_generated_clips_are_seeded_sized_and_leave_the_global_generator_alone(tiny: dict[str, Path]) -> None:
     model = load_model(tiny["SRNN"], "cpu")
     settings = GenerationSettings(gl_iterations=2)
@@ -147,6 +148,7 @@ def published_embedding(waves: np.ndarray) -> np.ndarray:
     return session.run([dnsmos_features.FEATURE_LAYER], {"input_1": waves.astype(np.float32)})[0]
 
 
+@pytest.mark.slow
 def test_embeddings_have_a_fixed_size_and_match_the_published_network(
         speech: np.ndarray, embed: dnsmos_features.DnsmosFeatures) -> None:
     clips = windows(speech, [0, 15000])
@@ -245,6 +247,7 @@ def generate_argv(tiny: dict[str, Path], corpus: dict[str, Path], out: Path) -> 
             "--no-progress"]
 
 
+@pytest.mark.slow
 def test_cli_writes_the_report_and_resumes_from_its_cache(tiny: dict[str, Path], corpus: dict[str, Path],
                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "full"

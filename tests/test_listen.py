@@ -93,6 +93,7 @@ def broken_media(page: Path) -> list[str]:
         driver.quit()
 
 
+@pytest.mark.browser
 def test_every_audio_element_and_picture_loads_in_chromium(page: Path, tmp_path: Path):
     assert broken_media(page) == []
     # the check itself catches a missing file and a corrupt one

@@ -36,9 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    if not OFFICIAL.is_dir():
-        pytest.skip("../shared/official-dvae-se is not available")
+def imported(tmp_path_factory: pytest.TempPathFactory, official_dir: Path) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("official")
     paths = import_official(OFFICIAL, out)
     return {p.name.removeprefix("official-").replace("-", "_"): p for p in paths}

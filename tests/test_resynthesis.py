@@ -13,13 +13,16 @@ import torch
 
 from speechdvae.audio import read_audio, write_audio
 from speechdvae.checkpoints import load_model
-from speechdvae.cli import UserError, build_parser
+from speechdvae.cli import build_parser
+from speechdvae.cli.options import parse_model_specs
+from speechdvae.errors import SpeechDVAEError
 from speechdvae.data.manifest import write_manifest
 from speechdvae.data.sequences import preprocess
 from speechdvae.evaluate import resynthesis
 from speechdvae.evaluate.metrics import si_sdr
+from speechdvae.evaluate.common import EvaluationError, evenly_spaced
 from speechdvae.evaluate.resynthesis import (ORACLE_LABEL, ResynthesisError, analyse, evaluate_resynthesis,
-                                             evenly_spaced, official_models, prepare, resynthesize)
+                                             official_models, prepare, resynthesize)
 from speechdvae.official import convert_official
 
 OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "official-dvae-se"
@@ -53,9 +56,7 @@ def manifest(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clip() -> np.ndarray:
-    if not CLIP.is_file():
-        pytest.skip("../shared/official-dvae-se is not available")
+def clip(official_dir: Path) -> np.ndarray:
     return prepare(read_audio(CLIP)[0])
 
 
@@ -148,7 +149,7 @@ def test_limit_takes_an_evenly_spaced_subset_by_id() -> None:
     assert [r["id"] for r in evenly_spaced(records, 3)] == ["u00", "u03", "u06"]
     assert [r["id"] for r in evenly_spaced(records, 4)] == ["u00", "u02", "u05", "u07"]
     assert [r["id"] for r in evenly_spaced(records, 50)] == [f"u{i:02d}" for i in range(10)]
-    with pytest.raises(ResynthesisError):
+    with pytest.raises(EvaluationError):
         evenly_spaced(records, 0)
 
 
@@ -158,9 +159,7 @@ def test_official_vae_resynthesises_a_real_clip(clip: np.ndarray, tmp_path: Path
     assert 0.0 < value < 30.0
 
 
-def test_official_models_are_labelled_and_imported_once(tmp_path: Path) -> None:
-    if not OFFICIAL.is_dir():
-        pytest.skip("../shared/official-dvae-se is not available")
+def test_official_models_are_labelled_and_imported_once(tmp_path: Path, official_dir: Path) -> None:
     labels = list(official_models(OFFICIAL, tmp_path / "official"))
     assert labels == [f"official {corpus} {model}" for corpus in ("WSJ0", "VoiceBank")
                       for model in ("VAE", "DKF", "RVAE", "SRNN-SS")]
@@ -176,7 +175,7 @@ def test_command_line_errors_are_user_errors(tiny: dict[str, Path], manifest: Pa
              (): "at least one"}
     for extra, message in cases.items():
         args = parser.parse_args(["eval", "resynth", *extra, "--manifest", str(manifest), "-o", str(tmp_path / "out")])
-        with pytest.raises(UserError, match=message):
+        with pytest.raises(SpeechDVAEError, match=message):
             args.func(args)
     assert not (tmp_path / "out").exists()
-    assert resynthesis.parse_model_specs([str(tiny["VAE"])]) == {"VAE": str(tiny["VAE"])}
+    assert parse_model_specs([str(tiny["VAE"])]) == {"VAE": str(tiny["VAE"])}

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from speechdvae.checkpoints import load_model
-from speechdvae.enhance.nmf import (INIT_FLOOR, NMFNoise, m_step, mixture_loss, normalize_columns, update_W,
+from speechdvae.enhancement.nmf import (INIT_FLOOR, NMFNoise, m_step, mixture_loss, normalize_columns, update_W,
                                     wiener_gain)
-from speechdvae.enhance.vem import DEFAULT_ITERATIONS, VEMConfig, encoder_copy, enhance_spectrogram, generated_past
+from speechdvae.enhancement.vem import DEFAULT_ITERATIONS, VEMConfig, encoder_copy, enhance_spectrogram, generated_past
 from speechdvae.models import DVAE, build_model
 from speechdvae.models.transformer import TransformerDVAE
 from speechdvae.official import import_official
@@ -39,17 +39,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # -- official reference ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def official_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DVAE]:
-    if not OFFICIAL.is_dir():
-        pytest.skip("../shared/official-dvae-se is not available")
+def official_models(tmp_path_factory: pytest.TempPathFactory, official_dir: Path) -> dict[str, DVAE]:
     paths = import_official(OFFICIAL, tmp_path_factory.mktemp("official"))
     return {p.name.removeprefix("official-").replace("-", "_"): load_model(p, device="cpu") for p in paths}
 
 
 @pytest.fixture(scope="module")
-def vem_inputs() -> dict[str, np.ndarray]:
-    if not OFFICIAL.is_dir():
-        pytest.skip("../shared/official-dvae-se is not available")
+def vem_inputs(official_dir: Path) -> dict[str, np.ndarray]:
     with np.load(REFERENCE / "vem_inputs.npz") as data:
         return dict(data)
 

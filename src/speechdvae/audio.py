@@ -8,7 +8,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .io import atomic_path
+from .errors import SpeechDVAEError
+from .atomic import atomic_path
 
 SAMPLE_RATE = 16000
 # Defaults of librosa.effects.trim, which the papers' preprocessing used.
@@ -17,7 +18,7 @@ TRIM_FRAME_LENGTH = 2048
 TRIM_HOP_LENGTH = 512
 
 
-class AudioError(ValueError):
+class AudioError(SpeechDVAEError, ValueError):
     """A file that cannot be used as audio input (unreadable, empty, silent, non-finite)."""
 
 

@@ -16,6 +16,7 @@ import torch
 
 from .checkpoints import save_model
 from .data.manifest import sha256_file
+from .errors import SpeechDVAEError
 from .models import DVAE, build_model
 
 SOURCE = "https://github.com/XiaoyuBIE1994/DVAE_SE"
@@ -28,7 +29,7 @@ IGNORED_OPTIONS = {"name", "tag", "dropout_p"}  # dropout is inactive at inferen
 REQUIRED_VALUES = {"activation": "tanh", "bidir_gx": "False"}  # and num_rnn_* = 1: what our models implement
 
 
-class OfficialImportError(ValueError):
+class OfficialImportError(SpeechDVAEError, ValueError):
     """An official checkpoint or config that cannot be mapped onto our models."""
 
 
@@ -102,6 +103,8 @@ def model_config_from_official(ini: configparser.ConfigParser, ini_path: Path) -
             raise OfficialImportError(f"{ini_path}: unsupported option {key} = {value} (only {required})")
         if required is None and key not in IGNORED_OPTIONS:
             config[key] = _parse_option(key, value, ini_path)
+    if name == "vae" and "dense_x_z" in config:     # the official VAE decodes through dense_x_z reversed
+        config.setdefault("dense_z_x", config["dense_x_z"][::-1])
     return config
 
 

@@ -29,7 +29,8 @@ from torch import nn
 
 from . import checkpoints
 from .data.sequences import SequenceDataset, SpectrogramCache
-from .io import atomic_path, write_json_atomic, write_text_atomic
+from .atomic import atomic_path, write_json_atomic, write_text_atomic
+from .errors import SpeechDVAEError
 from .models import DVAE, build_model, load_preset
 from .models.losses import elbo_loss
 
@@ -39,7 +40,7 @@ from .models.losses import elbo_loss
 BUDGET_OPTIONS = ("epochs", "max_steps", "early_stop_patience")
 
 
-class ConfigError(ValueError):
+class ConfigError(SpeechDVAEError, ValueError):
     """An invalid training configuration or missing data, reported before any work starts."""
 
 

@@ -18,7 +18,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from ..audio import SAMPLE_RATE, AudioError, read_audio, write_audio
-from ..io import write_text_atomic
+from ..atomic import write_text_atomic
 from .manifest import ManifestError, sha256_file, write_manifest
 
 # Extensions of the formats soundfile reads, plus the NIST SPHERE names used by LDC corpora.

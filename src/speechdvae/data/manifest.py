@@ -13,13 +13,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
-from ..io import atomic_path
+from ..errors import SpeechDVAEError
+from ..atomic import atomic_path
 
 REQUIRED_FIELDS = ("id", "path", "duration", "speaker", "language", "split", "sha256")
 PATH_FIELDS = ("path", "clean_path", "noise_path")
 
 
-class ManifestError(ValueError):
+class ManifestError(SpeechDVAEError, ValueError):
     """A manifest that is missing, malformed, or lacks required fields."""
 
 

@@ -31,7 +31,6 @@ The list's `noise_start` is read as a sample index at 16 kHz in the QUT file res
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -43,10 +42,10 @@ from pathlib import Path
 from typing import Iterable, Sequence, TypeVar
 
 import numpy as np
-import pyloudnorm
 from tqdm import tqdm
 
 from ..audio import SAMPLE_RATE, AudioError, read_audio, write_audio
+from ..errors import SpeechDVAEError, needs_extra
 from .manifest import REQUIRED_FIELDS, ManifestError, read_manifest, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ IDENTITY_FIELDS = ("path", "clean_path", "noise_id", "noise_start", "snr", "seed
 T = TypeVar("T")
 
 
-class MixError(ValueError):
+class MixError(SpeechDVAEError, ValueError):
     """Input that cannot make a mixture set (no noise, duplicate ids, malformed official list)."""
 
 
@@ -86,6 +85,8 @@ def loudness_db(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     """
     x = np.asarray(x, dtype=np.float64)
     peak = _peak(x, "signal")
+    with needs_extra("data", "Mixing at a BS.1770 loudness SNR"):
+        import pyloudnorm
     return float(pyloudnorm.Meter(sample_rate).integrated_loudness(x / peak)) + 20 * math.log10(peak)
 
 
@@ -381,38 +382,3 @@ def mix_from_official(json_path: str | os.PathLike, clean_root: str | os.PathLik
              "noise_path": str(Path(noise_root) / f"{target['noise_type']}.wav")}
             for target, source in zip(targets, sources)]
     return run_jobs(jobs, out_root / MANIFEST_NAME, allow_loop=False)
-
-
-# -------------------------------------------------------------------------------------- command line
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `speechdvae data mix`."""
-    parser.add_argument("--speech", metavar="MANIFEST", help="speech manifest (JSONL)")
-    parser.add_argument("--noise", metavar="MANIFEST", help="noise manifest (JSONL, with noise_type)")
-    parser.add_argument("--snrs", type=float, nargs="+", default=list(DEFAULT_SNRS), metavar="DB",
-                        help="target SNRs in dB, BS.1770 loudness difference (default: -5 0 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the mixing plan (default: 0)")
-    parser.add_argument("--limit", type=int, metavar="N", help="mix only the first N utterances by id")
-    parser.add_argument("--official", metavar="JSON", help="official list to regenerate (wsj_test.json)")
-    parser.add_argument("--clean-root", metavar="DIR", help="with --official: WSJ0 clean wav root")
-    parser.add_argument("--noise-root", metavar="DIR", help="with --official: folder of QUT-NOISE wav files")
-    parser.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `speechdvae data mix`."""
-    from ..cli import UserError
-
-    official = args.official is not None
-    needed = ("clean_root", "noise_root") if official else ("speech", "noise")
-    absent = [f"--{name.replace('_', '-')}" for name in needed if getattr(args, name) is None]
-    if absent:
-        raise UserError(f"data mix{' --official' if official else ''} needs {' and '.join(absent)}")
-    try:
-        manifest = (mix_from_official(args.official, args.clean_root, args.noise_root, args.out) if official
-                    else build_mixtures(args.speech, args.noise, args.out, args.snrs, args.seed, args.limit))
-    except (MixError, ManifestError) as err:
-        raise UserError(str(err)) from err
-    print(f"{manifest}: {len(read_manifest(manifest))} mixtures")
-    return 0

@@ -21,7 +21,6 @@ redone; a second run only rewrites identical manifests.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import io
@@ -42,7 +41,8 @@ import soundfile as sf
 from tqdm import tqdm
 
 from .. import audio
-from ..io import atomic_path
+from ..errors import SpeechDVAEError, needs_extra
+from ..atomic import atomic_path
 from .manifest import format_summary, summarize, write_manifest
 
 NOISE_FLOOR_MAX_DB = -45.0
@@ -50,6 +50,10 @@ VALID_FRACTION = 0.10
 
 TUXPAINT_TRAIN = ("fr", "ca", "bg", "es", "be", "da", "lt", "nl")
 KDE_EXCLUDED = ("ro", "el", "ru")
+
+
+class PackageToolError(SpeechDVAEError, RuntimeError):
+    """apt-get, dpkg-deb or tar missing or failing: the open corpus needs a Debian system."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +246,7 @@ def fetch_package(pkg: Package, root: Path) -> Path:
             tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
             _run(["tar", "-x", "-C", str(tmp_dir), *pkg.members], stdin=tar.stdout)
             if tar.wait() != 0:
-                raise RuntimeError(f"dpkg-deb failed on {deb}")
+                raise PackageToolError(f"dpkg-deb failed on {deb}")
         else:
             _run(["dpkg-deb", "-x", str(deb), str(tmp_dir)])
         os.replace(tmp_dir, unpacked)
@@ -256,10 +260,10 @@ def _run(cmd: list[str], **kw) -> None:
     try:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
     except FileNotFoundError as err:
-        raise RuntimeError(f"`{cmd[0]}` is not available: the open corpus needs a Debian system "
+        raise PackageToolError(f"`{cmd[0]}` is not available: the open corpus needs a Debian system "
                            "(apt-get, dpkg-deb, tar)") from err
     except subprocess.CalledProcessError as err:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed: {err.stderr.decode(errors='replace').strip()}") from err
+        raise PackageToolError(f"`{' '.join(cmd)}` failed: {err.stderr.decode(errors='replace').strip()}") from err
 
 
 # -- conversion ----------------------------------------------------------------------------
@@ -267,7 +271,8 @@ def _run(cmd: list[str], **kw) -> None:
 def decode(source: Source) -> tuple[np.ndarray, int]:
     """Decode a source file to mono float32 at its own rate."""
     if source.codec == "g722":
-        from G722 import G722
+        with needs_extra("data", "Decoding G.722 prompts"):
+            from G722 import G722
         pcm = np.asarray(G722(16000, 64000).decode(Path(source.locator).read_bytes()), dtype=np.int16)
         if pcm.size == 0:
             raise audio.AudioError(f"{source.locator}: empty G.722 stream")
@@ -408,20 +413,3 @@ def format_report(stats: dict) -> str:
     lines += stats["notes"]
     lines.append(f"Build time: {stats['seconds']:.0f} s")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", required=True, type=Path, help="folder to build the corpus in")
-    parser.add_argument("--workers", type=int, default=None, help="conversion processes (default: all cores)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-    try:
-        stats = build(args.root, workers=args.workers)
-    except RuntimeError as err:   # apt-get / dpkg-deb missing or failing
-        raise UserError(str(err)) from err
-    print(format_report(stats))
-    print(f"Manifests: {args.root / 'manifests'}")
-    return 0

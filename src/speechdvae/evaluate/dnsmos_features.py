@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MissingExtra
+
 FEATURE_LAYER = "mos_estimator_logpow/global_max_pooling2d/Max:0"
 FEATURE_DIM = 64
 MODEL_FILE = ("dnsmos_models", "sig_bak_ovr.onnx")
@@ -34,7 +36,7 @@ _SLICE_END = "input_1:01_cropping_end"
 _RESHAPES = ("shape_tensor", "shape_tensor1")
 
 
-class DnsmosUnavailable(ImportError):
+class DnsmosUnavailable(MissingExtra):
     """The optional DNSMOS packages (speechmos, onnxruntime, onnx) are not installed."""
 
 

@@ -22,33 +22,34 @@ method), `generation.csv` (one row per model), `generation_draws.csv` (one FD pe
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
 import math
 import os
-import shlex
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from scipy import stats
 from tqdm import tqdm
 
 from .. import audio, stft
-from ..checkpoints import CheckpointError, default_device
-from ..data.manifest import ManifestError, read_manifest
+from ..checkpoints import default_device
+from ..commands import generate_command
+from ..data.manifest import read_manifest
+from ..errors import needs_extra
 from ..models import DVAE
-from ..official import OfficialImportError
-from .dnsmos_features import DnsmosFeatures, DnsmosUnavailable
-from .enhancement import Prior, ResultCache, model_fingerprint
+from .dnsmos_features import DnsmosFeatures
+from .common import EvaluationError, ModelSource, Prior, ResultCache, load_source, model_fingerprint
 from .report import escape_cell, save_figure, write_csv, write_markdown
-from .resynthesis import ModelSource, ResynthesisError, load_source, model_arguments, models_from_args, prepare
+from .resynthesis import prepare
+
+with needs_extra("eval", "The generation report (matplotlib, scipy)"):
+    from matplotlib.figure import Figure
+    from scipy import stats
 
 CLIP_SECONDS = 1.6
 CLIP_SAMPLES = round(CLIP_SECONDS * audio.SAMPLE_RATE)          # 25,600
@@ -62,7 +63,7 @@ FIGURE_NAME, CACHE_NAME = "generation.png", "generation_cache.jsonl"
 TIMING_PARTS = ("sampling", "griffin_lim", "features")
 
 
-class GenerationError(ValueError):
+class GenerationError(EvaluationError):
     """Options or inputs that cannot make an evaluation (bad counts, reserved label, no usable speech)."""
 
 
@@ -411,7 +412,7 @@ def evaluate_generation(models: Mapping[str, ModelSource], reference_manifest: s
             for e in draws]
     summary = _summary(draws)
     if command is None:
-        command = cli_command(models, reference_manifest, test_manifest, out_dir, settings)
+        command = generate_command(models, reference_manifest, test_manifest, out_dir, settings)
     intro = [f"Regenerate with: `{command}`", _describe_method(settings),
              _describe_sets(reference, reference_entry, test, draws, settings),
              _describe_cache(evaluation.computed, len(draws) + 1)]
@@ -487,7 +488,7 @@ def _fd_cell(row: Mapping[str, object]) -> str:
     return f"{fd:.2f}" if math.isnan(ci) else f"{fd:.2f} ± {ci:.2f}"
 
 
-def _results_table(summary: Sequence[Mapping[str, object]]) -> str:
+def results_table(summary: Sequence[Mapping[str, object]]) -> str:
     lines = ["| model | FD-DNSMOS ↓ | draws | clips per draw | non-finite clips |", "|---|---|---|---|---|"]
     lines += [f"| {escape_cell(row['model'])} | {_fd_cell(row)} | {row['draws']} | {row['clips_per_draw']} "
               f"| {row['dropped']} |" for row in summary]
@@ -542,46 +543,8 @@ def _write_report(out_dir: Path, rows: list[dict], summary: list[dict[str, objec
     write_csv(out_dir / DRAWS_NAME, rows, ["row", "draw", "fd", "clips", "dropped"])
     write_csv(out_dir / SUMMARY_NAME, summary)
     save_figure(spectrogram_figure(examples), out_dir / FIGURE_NAME)
-    sections = [("FD-DNSMOS, mean ± 95 % CI over draws (as Table 3 of the HiT-DVAE paper)", _results_table(summary)),
+    sections = [("FD-DNSMOS, mean ± 95 % CI over draws (as Table 3 of the HiT-DVAE paper)", results_table(summary)),
                 ("Time per clip in ms (sampling, Griffin-Lim, DNSMOS embedding)", _timing_table(summary)),
                 ("Generated spectrograms (one seeded sample per prior, next to a training crop)",
                  f"![generated spectrograms]({FIGURE_NAME})")]
     write_markdown(out_dir / MARKDOWN_NAME, "Speech generation (FD-DNSMOS)", intro, sections)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-def cli_command(models: Mapping[str, object], reference_manifest: str | os.PathLike,
-                test_manifest: str | os.PathLike | None, out_dir: str | os.PathLike, settings: GenerationSettings,
-                official: str | os.PathLike | None = None) -> str:
-    """The `speechdvae eval generate` command line that reproduces an evaluation (in-memory models show as
-    <in-memory model>)."""
-    argv = ["speechdvae", "eval", "generate", *model_arguments(models, official)]
-    argv += ["--reference-manifest", os.fspath(reference_manifest)]
-    argv += ["--no-test"] if test_manifest is None else ["--test-manifest", os.fspath(test_manifest)]
-    for name, value in asdict(settings).items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
-    return shlex.join([*argv, "-o", os.fspath(out_dir)])
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `speechdvae eval generate`."""
-    from ..cli import UserError
-
-    given_settings = {f.name: getattr(args, f.name) for f in fields(GenerationSettings)}
-    settings = GenerationSettings(**{name: value for name, value in given_settings.items() if value is not None})
-    test_manifest = None if args.no_test else args.test_manifest
-    try:
-        given, models = models_from_args(args, "eval generate")
-        command = cli_command(given, args.reference_manifest, test_manifest, args.out, settings, args.official)
-        summary = evaluate_generation(models, args.reference_manifest, test_manifest, args.out, settings,
-                                      progress=not args.no_progress, command=command)
-    except (GenerationError, ResynthesisError, CheckpointError, ManifestError, OfficialImportError,
-            DnsmosUnavailable) as err:
-        raise UserError(str(err)) from err
-    print(_results_table(summary))
-    print(f"report: {Path(args.out) / MARKDOWN_NAME}")
-    return 0
-

@@ -3,11 +3,9 @@ reference, noisy input and every model's enhancement, with their scores) and of 
 priors, so that results can be heard and not only read."""
 from __future__ import annotations
 
-import argparse
 import html
 import os
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +14,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import audio
-from ..checkpoints import CheckpointError
-from ..data.manifest import ManifestError
-from ..enhance.vem import VEMConfig, config_from_args
-from ..io import write_text_atomic
+from ..enhancement.enhancer import Enhancer, EnhancerSource, enhance_waves, load_enhancer
+from ..enhancement.vem import VEMConfig
+from ..atomic import write_text_atomic
 from ..models import DVAE
-from ..official import OfficialImportError
-from .enhancement import (EnhancementError, Mixtures, balanced_subset, enhance_waves, identify, load_enhancer,
-                          read_mixtures, read_pair, vem_options)
+from .common import EvaluationError
+from .mixtures import Mixtures, balanced_subset, identify, read_mixtures, read_pair
 from .generation import GenerationSettings, derived_seed, generate_clips
 from .metrics import METRICS, compute_metrics
 from .report import format_value, save_figure, spectrogram_figure
-from .resynthesis import ResynthesisError, model_arguments, models_from_args
 
 PAGE_NAME = "index.html"
 PAGE_SCORES = ("si_sdr", "pesq_nb_raw", "estoi")
@@ -39,7 +34,7 @@ FIGURE_COLUMNS = 3
 FIGURE_OPTIONS = {"pil_kwargs": {"quality": 80}}
 
 
-class ListenError(ValueError):
+class ListenError(EvaluationError):
     """Options that cannot make a page (no mixtures, no models, duplicate file names)."""
 
 
@@ -67,14 +62,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("_") or "_"
 
 
-def mixture_section(record: dict, models: Mapping[str, object], out_dir: Path, config: VEMConfig) -> Section:
+def mixture_section(record: dict, models: Mapping[str, Enhancer], out_dir: Path) -> Section:
     """Clean, noisy and each model's estimate of one mixture (peak-normalised as in `eval enhance`), scored
     against the clean reference; writes their audio and one spectrogram picture."""
     mixture = identify(record)
     noisy, clean = read_pair(record)
     signals = {"clean": clean, "noisy": noisy}
     for label, model in models.items():
-        signals[label] = enhance_waves(model, [noisy], [mixture.id], config)[0][0]
+        signals[label] = enhance_waves(model, [noisy], [mixture.id])[0][0]
     scores = {label: compute_metrics(clean, x, PAGE_SCORES) for label, x in signals.items() if label != "clean"}
     name = slug(mixture.id)
     note = (f"{record.get('noise_type', 'unknown')} noise at {record.get('snr', '?')} dB SNR, "
@@ -134,7 +129,7 @@ def _render_section(section: Section) -> str:
     return "".join(lines)
 
 
-def build_listening_page(models: Mapping[str, object], mixtures: Mixtures, out_dir: str | os.PathLike,
+def build_listening_page(models: Mapping[str, EnhancerSource], mixtures: Mixtures, out_dir: str | os.PathLike,
                          count: int = 4, generated: Sequence[str] = (), samples: int = 2,
                          config: VEMConfig = VEMConfig(), command: str | None = None, progress: bool = True) -> Path:
     """Write OUT_DIR/index.html with its audio and pictures: `count` mixtures balanced over noise type × SNR,
@@ -155,13 +150,13 @@ def build_listening_page(models: Mapping[str, object], mixtures: Mixtures, out_d
     if not records:
         raise ListenError("the mixture set is empty")
     out_dir = Path(out_dir)
-    loaded = {label: load_enhancer(source) for label, source in models.items()}
-    not_priors = [label for label in generated if not isinstance(loaded[label], DVAE)]
+    loaded = {label: load_enhancer(source, config) for label, source in models.items()}
+    not_priors = [label for label in generated if loaded[label].prior is None]
     if not_priors:
         raise ListenError(f"only priors generate speech, not {', '.join(not_priors)}")
-    sections = [mixture_section(record, loaded, out_dir, config)
+    sections = [mixture_section(record, loaded, out_dir)
                 for record in tqdm(records, desc="mixtures", disable=not progress)]
-    sections += [generation_section(label, loaded[label], samples, config.seed, out_dir)
+    sections += [generation_section(label, loaded[label].prior, samples, config.seed, out_dir)
                  for label in tqdm(generated, desc="generation", disable=not progress)]
     intro = (f"{len(records)} noisy test mixtures (peak-normalised), each enhanced by every model with the "
              f"{'default' if config == VEMConfig() else 'given'} VEM settings; scores against the clean reference. "
@@ -171,39 +166,3 @@ def build_listening_page(models: Mapping[str, object], mixtures: Mixtures, out_d
     page = out_dir / PAGE_NAME
     write_text_atomic(page, render(sections, intro))
     return page
-
-
-def cli_command(models: Mapping[str, object], official: str | os.PathLike | None, manifest: str | os.PathLike,
-                out_dir: str | os.PathLike, count: int, generated: Sequence[str], samples: int,
-                config: VEMConfig) -> str:
-    """The `speechdvae eval listen` command line that rebuilds a page."""
-    argv = ["speechdvae", "eval", "listen", *model_arguments(models, official), "--manifest", os.fspath(manifest),
-            "--count", str(count)]
-    for label in generated:
-        argv += ["--generate", label]
-    if generated:
-        argv += ["--samples", str(samples)]
-    options, rest = vem_options(config)
-    command = shlex.join([*argv, *options, "-o", os.fspath(out_dir)])
-    return f"{command}  # VEM settings without an option: {', '.join(rest)}" if rest else command
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `speechdvae eval listen`."""
-    from ..cli import UserError
-
-    try:
-        config = config_from_args(args)
-    except ValueError as err:
-        raise UserError(f"VEM settings: {err}") from err
-    try:
-        given, models = models_from_args(args, "eval listen")
-        command = cli_command(given, args.official, args.manifest, args.out, args.count, args.generate,
-                              args.samples, config)
-        page = build_listening_page(models, args.manifest, args.out, args.count, args.generate, args.samples,
-                                    config, command, progress=not args.no_progress)
-    except (ListenError, EnhancementError, ResynthesisError, CheckpointError, ManifestError,
-            OfficialImportError) as err:
-        raise UserError(str(err)) from err
-    print(f"page: {page}")
-    return 0

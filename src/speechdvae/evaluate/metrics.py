@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import pesq as pesq_package
-from pystoi import stoi
 from tqdm import tqdm
 
 from ..audio import SAMPLE_RATE, read_audio
+from ..errors import SpeechDVAEError, needs_extra
+
+with needs_extra("eval", "Scoring speech (PESQ, ESTOI)"):
+    import pesq as pesq_package
+    from pystoi import stoi
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ PathLike = str | os.PathLike
 Pair = tuple[Signal, Signal] | tuple[PathLike, PathLike]
 
 
-class MetricError(ValueError):
+class MetricError(SpeechDVAEError, ValueError):
     """A signal pair on which a metric is undefined (silent, too short, non-finite, not 1-D)."""
 
 
@@ -390,3 +394,22 @@ def markdown_table(summary: Sequence[Mapping[str, object]], statistic: str = "me
                   for name in metric_names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def metrics_with_reasons(pairs: list[tuple[np.ndarray, np.ndarray]], labels: list[str],
+                          workers: int | None) -> tuple[list[dict[str, float]], list[str]]:
+    """`evaluate_pairs`, with each NaN reason attached to its pair and re-warned with the pair's label."""
+    reasons = [""] * len(pairs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = evaluate_pairs(pairs, workers=workers)
+    for warning in caught:
+        message = str(warning.message)
+        match = re.match(r"pair (\d+)[^:]*: ", message)
+        if match:
+            index = int(match.group(1))
+            message = message[match.end():]
+            reasons[index] = f"{reasons[index]}; {message}" if reasons[index] else message
+            message = f"{labels[index]}: {message}"
+        warnings.warn(message, warning.category, stacklevel=3)
+    return rows, reasons

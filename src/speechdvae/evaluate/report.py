@@ -9,12 +9,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from ..audio import SAMPLE_RATE
-from ..io import atomic_path, write_text_atomic
+from ..atomic import atomic_path, write_text_atomic
+from ..errors import needs_extra
 from ..stft import HOP_LENGTH, power_spectrogram
 from .metrics import METRICS, MetricSummary
+
+with needs_extra("eval", "Drawing report figures (matplotlib)"):
+    from matplotlib.figure import Figure
 
 SUMMARY_FIELDS = ("mean", "median", "ci", "n_valid", "n_nan")
 DYNAMIC_RANGE_DB = 80.0          # colour range of spectrogram pictures
@@ -72,6 +75,7 @@ def flatten_summary(summary: Sequence[Mapping[str, object]]) -> list[dict[str, o
 
 def boxplot_figure(groups: Mapping[str, Sequence[Mapping[str, object]]], metrics: Sequence[str],
                    columns: int = 3) -> Figure:
+
     """Horizontal box plots of per-item metric values, one panel per metric and one box per group.
 
     Only finite values are drawn; a group without any shows an empty row. Needs at least one group.

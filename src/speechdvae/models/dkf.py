@@ -47,9 +47,6 @@ class DKF(DVAE):
                  dense_g_z: Sequence[int] = (32,), dense_z_x: Sequence[int] = (32, 64, 128, 256),
                  log_input: bool = False) -> None:
         super().__init__(x_dim, z_dim, log_input)
-        self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim, "dense_x_gx": list(dense_x_gx),
-                       "dim_rnn_gx": dim_rnn_gx, "dense_ztm1_g": list(dense_ztm1_g),
-                       "dense_g_z": list(dense_g_z), "dense_z_x": list(dense_z_x), "log_input": log_input}
         self.x_mlp = MLP(x_dim, dense_x_gx)
         self.x_rnn = nn.LSTM(self.x_mlp.out_dim, dim_rnn_gx, batch_first=True)
         self.combiner_mlp = MLP(z_dim, [*dense_ztm1_g, dim_rnn_gx])

@@ -28,11 +28,6 @@ class RVAE(DVAE):
                  dim_rnn_h: int = 128, bidir_h: bool = True, dense_h_x: Sequence[int] = (),
                  log_input: bool = False) -> None:
         super().__init__(x_dim, z_dim, log_input)
-        self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim, "dense_x_gx": list(dense_x_gx),
-                       "dim_rnn_g_x": dim_rnn_g_x, "bidir_g_x": bidir_g_x, "dense_z_gz": list(dense_z_gz),
-                       "dim_rnn_g_z": dim_rnn_g_z, "dense_g_z": list(dense_g_z),
-                       "dense_z_h": list(dense_z_h), "dim_rnn_h": dim_rnn_h, "bidir_h": bidir_h,
-                       "dense_h_x": list(dense_h_x), "log_input": log_input}
         self.x_mlp = MLP(x_dim, dense_x_gx)
         self.x_rnn = nn.LSTM(self.x_mlp.out_dim, dim_rnn_g_x, batch_first=True, bidirectional=bidir_g_x)
         self.zprev_mlp = MLP(z_dim, dense_z_gz)

@@ -31,10 +31,6 @@ class SRNN(DVAE):
                  dense_gz_z: Sequence[int] = (64, 32), dense_hz_x: Sequence[int] = (256,),
                  dense_hz_z: Sequence[int] = (64, 32)) -> None:
         super().__init__(x_dim, z_dim)
-        self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim, "dense_x_h": list(dense_x_h),
-                       "dim_rnn_h": dim_rnn_h, "dense_hx_g": list(dense_hx_g), "dim_rnn_g": dim_rnn_g,
-                       "dense_gz_z": list(dense_gz_z), "dense_hz_x": list(dense_hz_x),
-                       "dense_hz_z": list(dense_hz_z)}
         self.past_mlp = MLP(x_dim, dense_x_h)
         self.past_rnn = nn.LSTM(self.past_mlp.out_dim, dim_rnn_h, batch_first=True)
         self.enc_mlp = MLP(dim_rnn_h + x_dim, dense_hx_g)

@@ -182,10 +182,6 @@ class TransformerDVAE(DVAE):
         super().__init__(x_dim, z_dim)
         if query_source not in ("z", "s"):
             raise ValueError(f"query_source must be 'z' (queries from [z; w]) or 's' (Inv-s), got {query_source!r}")
-        self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim, "w_dim": w_dim, "d_model": d_model,
-                       "num_layers": num_layers, "dim_feedforward": dim_feedforward, "dim_rnn_w": dim_rnn_w,
-                       "num_rnn_w": num_rnn_w, "share_decoders": share_decoders, "query_source": query_source,
-                       "decoder_residual": decoder_residual, "log_input": log_input, "log_eps": log_eps}
         self.w_dim = w_dim
         self.query_source = query_source
         self.decoder_residual = decoder_residual
@@ -271,7 +267,7 @@ class TransformerDVAE(DVAE):
         steps = []
         for t in range(frames):
             if t:
-                past = self.network_input(past_source(t, y))[:, None]
+                past = self.network_input(past_source(t, y))[:, None]  # noqa: F821 (y: the previous frame's output)
             prior = self.prior_decoder(*self._decoder_inputs(z_prev, w, past), caches=prior_caches, start=t)
             mean, logvar = (p[:, 0] for p in self.prior_head(prior))
             z_prev = next_latent(t, mean, logvar)[:, None]

@@ -20,8 +20,6 @@ class VAE(DVAE):
         super().__init__(x_dim, z_dim, log_input)
         dense_x_z = list(dense_x_z)
         dense_z_x = dense_x_z[::-1] if dense_z_x is None else list(dense_z_x)
-        self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim,
-                       "dense_x_z": dense_x_z, "dense_z_x": dense_z_x, "log_input": log_input}
         self.posterior = GaussianHead(x_dim, dense_x_z, z_dim)
         self.decoder = LogVarianceHead(z_dim, dense_z_x, x_dim)
 

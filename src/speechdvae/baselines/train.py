@@ -1,4 +1,4 @@
-"""Training of the supervised baseline (`enhance.umx`, the SE paper's "UMX retrain") on pairs mixed on the fly.
+"""Training of the supervised baseline (`baselines.mask_estimator`, the SE paper's "UMX retrain") on pairs mixed on the fly.
 
 Each training example is a `crop_seconds` crop of a clean training utterance (placed at a random offset in
 silence when shorter) plus a random segment of a training noise recording (looped when shorter) at an SNR drawn
@@ -16,11 +16,10 @@ optimizer, step, best weights and log; written atomically every `checkpoint_ever
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -28,15 +27,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoints, stft
-from .audio import SAMPLE_RATE, AudioError, read_audio
-from .data.manifest import ManifestError, read_manifest
-from .data.mix import mix_at_snr, noise_segment
-from .enhance.files import set_threads
-from .enhance.umx import MaskEstimator, masks
-from .evaluate.enhancement import balanced_subset, read_mixtures, read_pair
-from .io import write_json_atomic
-from .train import save_state, write_history
+from .. import checkpoints, stft
+from ..audio import SAMPLE_RATE, AudioError, read_audio
+from ..data.manifest import read_manifest
+from ..data.mix import mix_at_snr, noise_segment
+from .mask_estimator import MaskEstimator, masks
+from ..errors import SpeechDVAEError
+from ..evaluate.mixtures import balanced_subset, read_mixtures, read_pair
+from ..atomic import write_json_atomic
+from ..train import save_state, write_history
 
 # Options that may change when a run is resumed: they extend or shorten it without changing what a step computes.
 BUDGET_OPTIONS = ("steps",)
@@ -46,7 +45,7 @@ PCM16_SCALE = 32768.0
 VALID_BATCH = 16
 
 
-class BaselineError(ValueError):
+class BaselineError(SpeechDVAEError, ValueError):
     """Options or data that cannot train the baseline, reported before any work starts."""
 
 
@@ -309,39 +308,10 @@ class BaselineTrainer:
         model = MaskEstimator.from_config(self.model.config)
         model.load_state_dict(self.best_state)
         config = self.config
-        meta = {"training_data": {"speech": config.speech_manifest, "noise": config.noise_manifest,
-                                  "validation": config.valid_manifest},
+        manifests = {"speech": config.speech_manifest, "noise": config.noise_manifest,
+                     "validation": config.valid_manifest}
+        meta = {"training_data": checkpoints.manifest_provenance(manifests),
                 "training": {"best_step": self.best_step, "best_valid_loss": self.best_loss, "steps": self.step,
                              "seconds": round(self.elapsed, 1), "device": self.device.type,
                              "config": config.to_json()}}
         return checkpoints.save_model(model, self.run_dir / "model", metadata=meta)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-def config_from_args(args: argparse.Namespace) -> BaselineConfig:
-    """The run configuration of `speechdvae baseline train`: data under --data-root, unset options at their
-    defaults."""
-    root = Path(args.data_root)
-    given = {f.name: getattr(args, f.name) for f in fields(BaselineConfig) if getattr(args, f.name, None) is not None}
-    return replace(BaselineConfig(speech_manifest=str((root / "manifests" / "speech_train.jsonl").resolve()),
-                                  noise_manifest=str((root / "manifests" / "noise_train.jsonl").resolve()),
-                                  valid_manifest=str((root / "mixtures" / "valid" / "manifest.jsonl").resolve())),
-                   **given)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `speechdvae baseline train`."""
-    from .cli import UserError
-
-    set_threads(args.device, args.threads)
-    try:
-        trainer = BaselineTrainer(config_from_args(args), args.out, resume=args.resume,
-                                  progress=not args.no_progress, device=args.device)
-        model_dir = trainer.train()
-    except (BaselineError, ManifestError, AudioError) as err:
-        raise UserError(str(err)) from err
-    print(f"best model (step {trainer.best_step}, validation loss {trainer.best_loss:.4f}): {model_dir}")
-    return 0

@@ -11,7 +11,6 @@ computed from another fresh draw. The defaults depart from them for speed (`VEMC
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 from collections.abc import Iterator, Sequence
@@ -92,20 +91,6 @@ class VEMConfig:
         official = cls(niter=300, lr=1e-3, nmf_rank=8, mstep_samples=1, wf_samples=1, estep_epochs=1,
                        kl_weight=1.0, tol=0.0, past="generated")
         return replace(official, **overrides)
-
-
-# Command-line option of each VEMConfig field settable from `speechdvae enhance` and `eval enhance`.
-OPTIONS = {"niter": "--iterations", "lr": "--lr", "tol": "--tol", "nmf_rank": "--nmf-rank", "past": "--past",
-           "seed": "--seed"}
-
-
-def config_from_args(args: argparse.Namespace) -> VEMConfig:
-    """The settings given by the VEM options (`cli._add_vem_options`): the default or, with
-    --official-settings, the official ones, with every option that was given applied. ValueError for an
-    invalid value."""
-    base = VEMConfig.official() if args.official_settings else VEMConfig()
-    given = {name: getattr(args, option[2:].replace("-", "_")) for name, option in OPTIONS.items()}
-    return replace(base, **{name: value for name, value in given.items() if value is not None})
 
 
 @dataclass
