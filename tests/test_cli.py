@@ -9,8 +9,9 @@ from speechdvae.cli import build_parser, main
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "speechdvae", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "speechdvae", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[list[str]]:
@@ -40,7 +41,7 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_open_corpus_without_debian_tools_is_one_clear_error(tmp_path):
-    env = dict(os.environ, PATH=str(tmp_path))      # no apt-get, dpkg-deb or tar on PATH
+    env = dict(os.environ, PATH=str(tmp_path))  # no apt-get, dpkg-deb or tar on PATH
     result = run_cli("data", "open", "--root", str(tmp_path / "corpus"), env=env)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("speechdvae: error:") and "apt-get" in result.stderr

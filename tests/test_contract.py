@@ -1,5 +1,6 @@
 """The DVAE interface, checked for every model registered in `speechdvae.models.MODELS` (built with its
 constructor's defaults), so that a newly registered model is covered without editing this file."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import json
 import pytest
 import torch
 
-from speechdvae.models import MODELS, DVAE, build_model
+from speechdvae.models import DVAE, MODELS, build_model
 from speechdvae.models.losses import elbo_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,7 +33,7 @@ def outputs(model: DVAE, s: torch.Tensor, feedback: float) -> list[torch.Tensor]
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_the_config_rebuilds_a_numerically_identical_model(name: str) -> None:
     model = model_of(name)
-    config = json.loads(json.dumps(model.config))          # as a checkpoint stores it
+    config = json.loads(json.dumps(model.config))  # as a checkpoint stores it
     assert config["name"] == name and config == model.config
     torch.manual_seed(0)
     rebuilt = build_model(config).eval()
@@ -54,12 +55,19 @@ def test_fed_back_outputs_are_detached(name: str) -> None:
     generated = model.decode(post, None, feedback=1.0)
     past = generated.y_logvar.exp().detach()
     forced = model.decode(post, past if model.autoregressive else None, feedback=0.0)
-    for a, b in zip((generated.y_logvar, generated.prior_mean, generated.prior_logvar),
-                    (forced.y_logvar, forced.prior_mean, forced.prior_logvar), strict=True):
+    for a, b in zip(
+        (generated.y_logvar, generated.prior_mean, generated.prior_logvar),
+        (forced.y_logvar, forced.prior_mean, forced.prior_logvar),
+        strict=True,
+    ):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     encoder = model.encoder_parameters()
-    grads = [torch.autograd.grad(decoded.y_logvar.sum() + decoded.prior_mean.sum(), encoder, retain_graph=True,
-                                 allow_unused=True) for decoded in (generated, forced)]
+    grads = [
+        torch.autograd.grad(
+            decoded.y_logvar.sum() + decoded.prior_mean.sum(), encoder, retain_graph=True, allow_unused=True
+        )
+        for decoded in (generated, forced)
+    ]
     for a, b in zip(*grads, strict=True):
         assert (a is None) == (b is None)
         if a is not None:

@@ -1,4 +1,5 @@
 """speechdvae: dynamical variational autoencoders for speech modelling and unsupervised enhancement."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,13 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "enhance"]
 
 
-def enhance(wave: np.ndarray, sample_rate: int, model: str | os.PathLike | Any = "default",
-            device: str | torch.device | None = None, **settings: Any) -> np.ndarray:
+def enhance(
+    wave: np.ndarray,
+    sample_rate: int,
+    model: str | os.PathLike | Any = "default",
+    device: str | torch.device | None = None,
+    **settings: Any,
+) -> np.ndarray:
     """Enhance a noisy waveform (frames,) or (frames, channels) at any sample rate: returns float32 speech of the
     same shape. `model` is a shipped name, a checkpoint folder or a network (a DVAE prior or a mask estimator);
     `settings` are VEM settings (`enhancement.vem.VEMConfig` fields, e.g. niter=100, seed=1)."""

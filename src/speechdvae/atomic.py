@@ -1,5 +1,6 @@
 """Atomic file writing: every output appears complete or not at all, and what a killed writer left behind can
 be found and removed."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +8,8 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager
@@ -25,7 +26,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~umask())   # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

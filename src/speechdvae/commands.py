@@ -1,6 +1,7 @@
 """The command lines that regenerate reports: the options that VEM settings map to, and each evaluation's
 `speechdvae eval ...` command rebuilt from its arguments (written at the top of every report). The command-line
 parsers (`speechdvae.cli`) define their VEM options from the same table."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,14 @@ VEM_OPTIONS = (
     VEMOption("lr", "--lr", float, "Adam learning rate of the E-step"),
     VEMOption("tol", "--tol", float, "relative loss change that stops an utterance early (0: never)"),
     VEMOption("nmf_rank", "--nmf-rank", int, "rank of the NMF noise model", "K"),
-    VEMOption("past", "--past", str, "past speech read by autoregressive priors: `generated`, their own generated "
-              "past (eq. 31), or `estimate`, the current clean-power estimate (decodes all frames at once)", "PAST"),
+    VEMOption(
+        "past",
+        "--past",
+        str,
+        "past speech read by autoregressive priors: `generated`, their own generated "
+        "past (eq. 31), or `estimate`, the current clean-power estimate (decodes all frames at once)",
+        "PAST",
+    ),
     VEMOption("seed", "--seed", int, "root of every utterance's random streams"),
 )
 
@@ -52,11 +59,18 @@ def vem_arguments(config: VEMConfig) -> tuple[list[str], list[str]]:
     best: tuple[list[str], list[str]] | None = None
     for base, start in ((VEMConfig(), []), (VEMConfig.official(), [OFFICIAL_SETTINGS])):
         if config.niter is None and start:
-            continue                        # the official settings fix the iteration count
-        options = start + [item for name, flag in flags.items() if getattr(config, name) != getattr(base, name)
-                           for item in (flag, str(getattr(config, name)))]
-        rest = [f"{f.name}={getattr(config, f.name)}" for f in fields(config)
-                if f.name not in flags and getattr(config, f.name) != getattr(base, f.name)]
+            continue  # the official settings fix the iteration count
+        options = start + [
+            item
+            for name, flag in flags.items()
+            if getattr(config, name) != getattr(base, name)
+            for item in (flag, str(getattr(config, name)))
+        ]
+        rest = [
+            f"{f.name}={getattr(config, f.name)}"
+            for f in fields(config)
+            if f.name not in flags and getattr(config, f.name) != getattr(base, f.name)
+        ]
         if best is None or (len(rest), len(options)) < (len(best[1]), len(best[0])):
             best = options, rest
     assert best is not None
@@ -81,9 +95,18 @@ def model_arguments(models: Mapping[str, object], official: str | os.PathLike | 
 
 # -- evaluation commands -----------------------------------------------------------------------------
 
-def resynth_command(models: Mapping[str, object], manifest: str | os.PathLike, out_dir: str | os.PathLike,
-                    limit: int | None, modes: Sequence[str], sample: bool, seed: int, oracle: bool,
-                    official: str | os.PathLike | None = None) -> str:
+
+def resynth_command(
+    models: Mapping[str, object],
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    limit: int | None,
+    modes: Sequence[str],
+    sample: bool,
+    seed: int,
+    oracle: bool,
+    official: str | os.PathLike | None = None,
+) -> str:
     """The `speechdvae eval resynth` command line that reproduces an evaluation."""
     argv = ["speechdvae", "eval", "resynth", *model_arguments(models, official)]
     argv += ["--manifest", os.fspath(manifest), "-o", os.fspath(out_dir), "--modes", *modes]
@@ -96,9 +119,15 @@ def resynth_command(models: Mapping[str, object], manifest: str | os.PathLike, o
     return shlex.join(argv)
 
 
-def enhance_command(models: Mapping[str, object], mixtures: str | os.PathLike, out_dir: str | os.PathLike,
-                    limit: int | None, config: VEMConfig, official: str | os.PathLike | None = None,
-                    save_audio: bool = False) -> str:
+def enhance_command(
+    models: Mapping[str, object],
+    mixtures: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    limit: int | None,
+    config: VEMConfig,
+    official: str | os.PathLike | None = None,
+    save_audio: bool = False,
+) -> str:
     """The `speechdvae eval enhance` command line that reproduces an evaluation (in-memory models show as <...>;
     VEM settings without an option follow in a shell comment)."""
     argv = ["speechdvae", "eval", "enhance", *model_arguments(models, official)]
@@ -112,9 +141,14 @@ def enhance_command(models: Mapping[str, object], mixtures: str | os.PathLike, o
     return with_unsettable(shlex.join(argv), rest)
 
 
-def generate_command(models: Mapping[str, object], reference_manifest: str | os.PathLike,
-                     test_manifest: str | os.PathLike | None, out_dir: str | os.PathLike,
-                     settings: GenerationSettings, official: str | os.PathLike | None = None) -> str:
+def generate_command(
+    models: Mapping[str, object],
+    reference_manifest: str | os.PathLike,
+    test_manifest: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    settings: GenerationSettings,
+    official: str | os.PathLike | None = None,
+) -> str:
     """The `speechdvae eval generate` command line that reproduces an evaluation."""
     argv = ["speechdvae", "eval", "generate", *model_arguments(models, official)]
     argv += ["--reference-manifest", os.fspath(reference_manifest)]
@@ -124,12 +158,27 @@ def generate_command(models: Mapping[str, object], reference_manifest: str | os.
     return shlex.join([*argv, "-o", os.fspath(out_dir)])
 
 
-def listen_command(models: Mapping[str, object], official: str | os.PathLike | None, manifest: str | os.PathLike,
-                   out_dir: str | os.PathLike, count: int, generated: Sequence[str], samples: int,
-                   config: VEMConfig) -> str:
+def listen_command(
+    models: Mapping[str, object],
+    official: str | os.PathLike | None,
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    count: int,
+    generated: Sequence[str],
+    samples: int,
+    config: VEMConfig,
+) -> str:
     """The `speechdvae eval listen` command line that rebuilds a page."""
-    argv = ["speechdvae", "eval", "listen", *model_arguments(models, official), "--manifest", os.fspath(manifest),
-            "--count", str(count)]
+    argv = [
+        "speechdvae",
+        "eval",
+        "listen",
+        *model_arguments(models, official),
+        "--manifest",
+        os.fspath(manifest),
+        "--count",
+        str(count),
+    ]
     for label in generated:
         argv += ["--generate", label]
     if generated:

@@ -4,6 +4,7 @@ reference (SI-SDR, PESQ, ESTOI before and after), and draw the three spectrogram
 The example pair (`pretrained/examples/noisy.flac` and `clean.flac`) is a mixture from the open
 corpus's test set: a speaker and a noise recording never seen in training.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,13 +14,13 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_json_atomic
 from .audio import read_audio
 from .enhancement.enhancer import EnhancerSource, load_enhancer
 from .enhancement.files import EnhanceError, enhance_file
 from .enhancement.vem import VEMConfig
 from .evaluate.metrics import METRICS, compute_metrics
 from .evaluate.report import format_value, save_figure, spectrogram_figure
-from .atomic import write_json_atomic
 
 EXAMPLES = Path(str(resources.files("speechdvae") / "pretrained" / "examples"))
 EXAMPLE_NOISY = EXAMPLES / "noisy.flac"
@@ -30,12 +31,18 @@ FIGURE_NAME = "spectrograms.png"
 METRICS_NAME = "metrics.json"
 
 
-def run_demo(out_dir: str | os.PathLike = "demo_output", model: EnhancerSource = "default",
-             noisy: str | os.PathLike = EXAMPLE_NOISY, clean: str | os.PathLike = EXAMPLE_CLEAN,
-             config: VEMConfig | None = None, device: str | torch.device | None = None,
-             progress: bool = True) -> dict[str, dict[str, float]]:
-    """Enhance `noisy` with `model` (the VEM with `config` for a prior) into OUT_DIR/enhanced.wav, print and return the metrics of the noisy and enhanced
-    signals against `clean`, and write OUT_DIR/spectrograms.png and OUT_DIR/metrics.json."""
+def run_demo(
+    out_dir: str | os.PathLike = "demo_output",
+    model: EnhancerSource = "default",
+    noisy: str | os.PathLike = EXAMPLE_NOISY,
+    clean: str | os.PathLike = EXAMPLE_CLEAN,
+    config: VEMConfig | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Enhance `noisy` with `model` (the VEM with `config` for a prior) into OUT_DIR/enhanced.wav, print and
+    return the metrics of the noisy and enhanced signals against `clean`, and write OUT_DIR/spectrograms.png
+    and OUT_DIR/metrics.json."""
     out_dir, noisy, clean = Path(out_dir), Path(noisy), Path(clean)
     enhancer = load_enhancer(model, config, device)
     missing = [str(p) for p in (noisy, clean) if not p.is_file()]
@@ -43,8 +50,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", model: EnhancerSource =
         raise EnhanceError(f"demo example not found: {', '.join(missing)}")
     enhanced = out_dir / ENHANCED_NAME
     enhance_file(noisy, enhanced, enhancer, progress=progress)
-    signals = {name: read_audio(path)[0] for name, path in (("noisy", noisy), ("enhanced", enhanced),
-                                                             ("clean", clean))}
+    signals = {name: read_audio(path)[0] for name, path in (("noisy", noisy), ("enhanced", enhanced), ("clean", clean))}
     scores = {name: compute_metrics(signals["clean"], signals[name], DEMO_METRICS) for name in ("noisy", "enhanced")}
     save_figure(spectrogram_figure(signals, scores), out_dir / FIGURE_NAME)
     write_json_atomic(out_dir / METRICS_NAME, scores)
@@ -58,5 +64,7 @@ def metrics_table(scores: Mapping[str, Mapping[str, float]]) -> str:
     names = list(next(iter(scores.values())))
     header = [f"{METRICS[n].label} {'↑' if METRICS[n].higher_is_better else '↓'}" for n in names]
     lines = ["| signal | " + " | ".join(header) + " |", "|---|" + "---:|" * len(names)]
-    lines += [f"| {row} | " + " | ".join(format_value(n, values[n]) for n in names) + " |" for row, values in scores.items()]
+    lines += [
+        f"| {row} | " + " | ".join(format_value(n, values[n]) for n in names) + " |" for row, values in scores.items()
+    ]
     return "\n".join(lines)

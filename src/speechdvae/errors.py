@@ -1,5 +1,6 @@
 """The library's errors: every error a user can cause derives from `SpeechDVAEError`, so callers (the
 command line among them) catch one class and show one clear message."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,5 +25,6 @@ def needs_extra(extra: str, purpose: str) -> Iterator[None]:
     try:
         yield
     except ImportError as err:
-        raise MissingExtra(f"{purpose} needs {err.name}, which is not installed: "
-                           f"pip install 'speechdvae[{extra}]'") from err
+        raise MissingExtra(
+            f"{purpose} needs {err.name}, which is not installed: pip install 'speechdvae[{extra}]'"
+        ) from err

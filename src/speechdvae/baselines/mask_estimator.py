@@ -7,10 +7,12 @@ connection), and maps back to 513 bins (linear + layer norm + ReLU + linear); a 
 The speech estimate is mask × X (the noisy phase), inverted to the input's length. Unlike the DVAE priors it is
 trained on noisy/clean pairs (`baselines.train`) and needs no iterative inference.
 """
+
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,16 +37,20 @@ class MaskEstimator(Configured):
     def __init__(self, n_freq: int = stft.N_FREQ, hidden_size: int = 128, lstm_layers: int = 3) -> None:
         super().__init__()
         if hidden_size < 2 or hidden_size % 2:
-            raise ValueError(f"hidden_size must be an even number (two LSTM directions of half the size), "
-                             f"got {hidden_size}")
+            raise ValueError(
+                f"hidden_size must be an even number (two LSTM directions of half the size), got {hidden_size}"
+            )
         self.n_freq = n_freq
         self.input_mean = nn.Parameter(torch.zeros(n_freq))
         self.input_scale = nn.Parameter(torch.ones(n_freq))
         self.encoder = nn.Sequential(nn.Linear(n_freq, hidden_size, bias=False), nn.LayerNorm(hidden_size), nn.Tanh())
-        self.lstm = nn.LSTM(hidden_size, hidden_size // 2, num_layers=lstm_layers, bidirectional=True,
-                            batch_first=True)
-        self.decoder = nn.Sequential(nn.Linear(2 * hidden_size, hidden_size, bias=False), nn.LayerNorm(hidden_size),
-                                     nn.ReLU(), nn.Linear(hidden_size, n_freq))
+        self.lstm = nn.LSTM(hidden_size, hidden_size // 2, num_layers=lstm_layers, bidirectional=True, batch_first=True)
+        self.decoder = nn.Sequential(
+            nn.Linear(2 * hidden_size, hidden_size, bias=False),
+            nn.LayerNorm(hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, n_freq),
+        )
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MaskEstimator:
@@ -72,7 +78,7 @@ class MaskEstimator(Configured):
         hidden = self.encoder((magnitude - self.input_mean) * self.input_scale)
         if lengths is None:
             recurrent, _ = self.lstm(hidden)
-        else:   # packed, so that a sequence's backward pass starts at its own last frame, not in the padding
+        else:  # packed, so that a sequence's backward pass starts at its own last frame, not in the padding
             packed = pack_padded_sequence(hidden, lengths.cpu(), batch_first=True, enforce_sorted=False)
             recurrent, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=hidden.shape[1])
         return torch.sigmoid(self.decoder(torch.cat([hidden, recurrent], dim=-1)))
@@ -105,4 +111,4 @@ def holds_mask_estimator(path: str | os.PathLike) -> bool:
 
 def load_mask_estimator(path: str | os.PathLike, device: str | torch.device | None = None) -> MaskEstimator:
     """The mask estimator stored in checkpoint folder `path`, in eval mode (default device: CUDA if available)."""
-    return load_weights(path, MaskEstimator.from_config, device)    # type: ignore[return-value]
+    return load_weights(path, MaskEstimator.from_config, device)  # type: ignore[return-value]

@@ -1,5 +1,6 @@
 """The `speechdvae` command line: one module per group of sub-commands, each defining its parsers beside the
 functions that run them. It is a thin layer over the library, which never imports it."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speechdvae",
         description="Dynamical VAEs for speech: build corpora, train speech priors, evaluate them "
-                    "and enhance noisy speech.")
+        "and enhance noisy speech.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (data, official, enhance, evaluate, train):

@@ -1,4 +1,5 @@
 """`speechdvae data`: build the open corpus, list a corpus one owns, make noisy mixtures."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,24 +12,39 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """`data open`, `data mix` and `data scan`."""
     from ..data import corpora, mix, open_corpus
 
-    data = sub.add_parser("data", help="build corpora, manifests and noisy mixtures",
-                          description="Build corpora, manifests and noisy mixtures.")
+    data = sub.add_parser(
+        "data",
+        help="build corpora, manifests and noisy mixtures",
+        description="Build corpora, manifests and noisy mixtures.",
+    )
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     build = data_sub.add_parser(
-        "open", help="download and convert the open speech + noise corpus from Debian packages",
-        description=open_corpus.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "open",
+        help="download and convert the open speech + noise corpus from Debian packages",
+        description=open_corpus.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     build.add_argument("--root", required=True, type=Path, help="folder to build the corpus in")
     build.add_argument("--workers", type=int, default=None, help="conversion processes (default: all cores)")
     build.set_defaults(func=run_open)
 
     mixing = data_sub.add_parser(
-        "mix", help="make noisy mixtures at BS.1770 loudness SNRs, or regenerate the official WSJ0-QUT set",
-        description=mix.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "mix",
+        help="make noisy mixtures at BS.1770 loudness SNRs, or regenerate the official WSJ0-QUT set",
+        description=mix.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mixing.add_argument("--speech", metavar="MANIFEST", help="speech manifest (JSONL)")
     mixing.add_argument("--noise", metavar="MANIFEST", help="noise manifest (JSONL, with noise_type)")
-    mixing.add_argument("--snrs", type=float, nargs="+", default=list(mix.DEFAULT_SNRS), metavar="DB",
-                        help="target SNRs in dB, BS.1770 loudness difference (default: -5 0 5)")
+    mixing.add_argument(
+        "--snrs",
+        type=float,
+        nargs="+",
+        default=list(mix.DEFAULT_SNRS),
+        metavar="DB",
+        help="target SNRs in dB, BS.1770 loudness difference (default: -5 0 5)",
+    )
     mixing.add_argument("--seed", type=int, default=0, help="seed of the mixing plan (default: 0)")
     mixing.add_argument("--limit", type=int, metavar="N", help="mix only the first N utterances by id")
     mixing.add_argument("--official", metavar="JSON", help="official list to regenerate (wsj_test.json)")
@@ -38,19 +54,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mixing.set_defaults(func=run_mix)
 
     scan = data_sub.add_parser(
-        "scan", help="list a corpus you own (wsj0, voicebank, librispeech, folder) into manifests",
+        "scan",
+        help="list a corpus you own (wsj0, voicebank, librispeech, folder) into manifests",
         description="Scan a corpus folder in its published layout and write one JSONL manifest per split "
-                    "(noisy VoiceBank-DEMAND files go to <split>_noisy.jsonl).")
+        "(noisy VoiceBank-DEMAND files go to <split>_noisy.jsonl).",
+    )
     scan.add_argument("corpus", choices=sorted(corpora.CORPORA))
     scan.add_argument("root", help="corpus root folder")
     scan.add_argument("-o", "--output", required=True, metavar="MANIFEST_DIR")
     scan.add_argument("--split", default="test", help="folder: split of every file (default: test)")
     scan.add_argument("--language", default="und", help="folder: language code (default: und)")
     scan.add_argument("--subsets", nargs="+", metavar="SUBSET", help="librispeech: e.g. train-clean-100 dev-clean")
-    scan.add_argument("--train-set", choices=["28spk", "56spk"],
-                      help="voicebank: training set (default: 28spk if present)")
-    scan.add_argument("--materialize", metavar="DIR",
-                      help="also write 16 kHz mono FLAC copies here and point the manifests at them")
+    scan.add_argument(
+        "--train-set", choices=["28spk", "56spk"], help="voicebank: training set (default: 28spk if present)"
+    )
+    scan.add_argument(
+        "--materialize", metavar="DIR", help="also write 16 kHz mono FLAC copies here and point the manifests at them"
+    )
     scan.set_defaults(func=run_scan)
 
 
@@ -74,8 +94,11 @@ def run_mix(args: argparse.Namespace) -> int:
     absent = [f"--{name.replace('_', '-')}" for name in needed if getattr(args, name) is None]
     if absent:
         raise UserError(f"data mix{' --official' if official else ''} needs {' and '.join(absent)}")
-    manifest = (mix_from_official(args.official, args.clean_root, args.noise_root, args.out) if official
-                else build_mixtures(args.speech, args.noise, args.out, args.snrs, args.seed, args.limit))
+    manifest = (
+        mix_from_official(args.official, args.clean_root, args.noise_root, args.out)
+        if official
+        else build_mixtures(args.speech, args.noise, args.out, args.snrs, args.seed, args.limit)
+    )
     print(f"{manifest}: {len(read_manifest(manifest))} mixtures")
     return 0
 
@@ -85,9 +108,11 @@ def run_scan(args: argparse.Namespace) -> int:
     from ..data import corpora
     from ..data.manifest import format_summary, summarize
 
-    options = {"folder": {"split": args.split, "language": args.language},
-               "librispeech": {"subsets": args.subsets},
-               "voicebank": {"train_set": args.train_set}}.get(args.corpus, {})
+    options = {
+        "folder": {"split": args.split, "language": args.language},
+        "librispeech": {"subsets": args.subsets},
+        "voicebank": {"train_set": args.train_set},
+    }.get(args.corpus, {})
     result = corpora.scan(args.corpus, args.root, **options)
     records = corpora.materialize(result.records, args.materialize) if args.materialize else result.records
     written = corpora.write_manifests(records, args.output, result.skipped)

@@ -1,5 +1,6 @@
 """Options shared by several sub-commands, each defined once: the VEM settings, the models an evaluation
 compares, the data folder and the progress bar."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,12 @@ def add_vem_options(parser: argparse.ArgumentParser) -> None:
     """The VEM settings options (`enhance`, `eval enhance`, `eval listen`); unset ones keep the default settings,
     listed in the README."""
     group = parser.add_argument_group("VEM settings (unset: the default settings)")
-    group.add_argument(OFFICIAL_SETTINGS, action="store_true",
-                       help="start from the official settings (300 iterations at lr 1e-3, no early stop, "
-                            "generated past) instead of the default ones")
+    group.add_argument(
+        OFFICIAL_SETTINGS,
+        action="store_true",
+        help="start from the official settings (300 iterations at lr 1e-3, no early stop, "
+        "generated past) instead of the default ones",
+    )
     for option in VEM_OPTIONS:
         group.add_argument(option.flag, type=option.type, metavar=option.metavar, help=option.help)
 
@@ -45,13 +49,23 @@ def vem_config(args: argparse.Namespace) -> VEMConfig:
 
 def add_model_choice(parser: argparse.ArgumentParser) -> None:
     """The options naming the models an evaluation compares (shared by every `eval` task)."""
-    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                        help="checkpoint folder to evaluate, labelled NAME in the tables (repeatable)")
-    parser.add_argument("--official", metavar="DIR",
-                        help="also evaluate the official DVAE-SE checkpoints in DIR (WSJ0 and VoiceBank)")
-    parser.add_argument("--official-cache", default="checkpoints/official", metavar="DIR",
-                        help="where the official checkpoints are imported, unless already there "
-                             "(default: checkpoints/official; GPL-3.0, keep them out of your own releases)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="checkpoint folder to evaluate, labelled NAME in the tables (repeatable)",
+    )
+    parser.add_argument(
+        "--official", metavar="DIR", help="also evaluate the official DVAE-SE checkpoints in DIR (WSJ0 and VoiceBank)"
+    )
+    parser.add_argument(
+        "--official-cache",
+        default="checkpoints/official",
+        metavar="DIR",
+        help="where the official checkpoints are imported, unless already there "
+        "(default: checkpoints/official; GPL-3.0, keep them out of your own releases)",
+    )
 
 
 def parse_model_specs(specs: Sequence[str]) -> dict[str, str]:
@@ -91,8 +105,11 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_device(parser: argparse.ArgumentParser, help_text: str = "torch device (default: cuda if available, else cpu)",
-               threads: str = "torch CPU threads (default: 1 on CPU)") -> None:
+def add_device(
+    parser: argparse.ArgumentParser,
+    help_text: str = "torch device (default: cuda if available, else cpu)",
+    threads: str = "torch CPU threads (default: 1 on CPU)",
+) -> None:
     """--device and --threads, for commands running models."""
     parser.add_argument("--device", help=help_text)
     parser.add_argument("--threads", type=int, metavar="N", help=threads)

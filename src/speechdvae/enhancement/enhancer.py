@@ -4,6 +4,7 @@ out, each item named by a key that seeds its random streams, so results do not d
 The VEM over any DVAE prior (`VEMEnhancer`) and the supervised mask estimator (`MaskEnhancer`) implement it;
 files, evaluations, the listening page, the demo and `speechdvae.enhance` use only this interface.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,9 +35,9 @@ class Gains:
 class Enhancer(Protocol):
     """Anything that enhances noisy speech."""
 
-    network: nn.Module          # the trained network: its config and weights identify cached results
-    prior: DVAE | None          # the speech prior it is built on (None for a supervised enhancer)
-    settings: Any               # a dataclass of the settings besides the weights that shape results, or None
+    network: nn.Module  # the trained network: its config and weights identify cached results
+    prior: DVAE | None  # the speech prior it is built on (None for a supervised enhancer)
+    settings: Any  # a dataclass of the settings besides the weights that shape results, or None
 
     def gains(self, spectra: Sequence[torch.Tensor], keys: Sequence[str], progress: bool = False) -> Gains:
         """Gains (T, F) of noisy STFTs (T, F) of any lengths, enhanced as one batch; `keys` name the items."""
@@ -60,11 +61,12 @@ class VEMEnhancer:
         lengths = [spectra[b].shape[0] for b in active]
         X = torch.zeros(len(active), max(lengths), spectra[0].shape[-1], dtype=spectra[0].dtype)
         for j, b in enumerate(active):
-            X[j, :lengths[j]] = spectra[b]
-        result = enhance_spectrogram(self.prior, X, self.settings, lengths=lengths, keys=[keys[b] for b in active],
-                                     progress=progress)
+            X[j, : lengths[j]] = spectra[b]
+        result = enhance_spectrogram(
+            self.prior, X, self.settings, lengths=lengths, keys=[keys[b] for b in active], progress=progress
+        )
         for j, b in enumerate(active):
-            gains[b] = result.wiener_gain[j, :lengths[j]].cpu()
+            gains[b] = result.wiener_gain[j, : lengths[j]].cpu()
             iterations[b] = int(result.iterations[j])
         return Gains(gains, iterations)
 
@@ -86,8 +88,9 @@ class MaskEnhancer:
 EnhancerSource = str | os.PathLike | DVAE | MaskEstimator
 
 
-def load_enhancer(source: EnhancerSource, config: VEMConfig | None = None,
-                  device: str | torch.device | None = None) -> Enhancer:
+def load_enhancer(
+    source: EnhancerSource, config: VEMConfig | None = None, device: str | torch.device | None = None
+) -> Enhancer:
     """The enhancer of a shipped name, a checkpoint folder or a network in memory: the VEM with `config` (default
     settings if None) for a speech prior, the mask itself for a mask estimator."""
     if isinstance(source, (str, os.PathLike)):
@@ -96,12 +99,14 @@ def load_enhancer(source: EnhancerSource, config: VEMConfig | None = None,
     return source.enhancer(config)
 
 
-def enhance_waves(enhancer: Enhancer, waves: Sequence[np.ndarray],
-                  keys: Sequence[str]) -> tuple[list[np.ndarray], list[int | None]]:
+def enhance_waves(
+    enhancer: Enhancer, waves: Sequence[np.ndarray], keys: Sequence[str]
+) -> tuple[list[np.ndarray], list[int | None]]:
     """Speech estimates (float32, each of its input's length) of 16 kHz waveforms enhanced as one batch, and the
     VEM iterations each ran (None for enhancers that do not iterate)."""
     spectra = [stft.stft(torch.from_numpy(np.asarray(x, dtype=np.float64))) for x in waves]
     result = enhancer.gains(spectra, keys)
-    estimates = [stft.istft(s * g, length=len(x)).to(torch.float32).numpy()
-                 for s, g, x in zip(spectra, result.gains, waves)]
+    estimates = [
+        stft.istft(s * g, length=len(x)).to(torch.float32).numpy() for s, g, x in zip(spectra, result.gains, waves)
+    ]
     return estimates, result.iterations

@@ -12,6 +12,7 @@ raised-cosine cross-fades while the output is written, so memory does not grow w
 length. Outputs are written atomically, existing outputs are skipped (resume), and a file that cannot
 be enhanced (unreadable, silent, too short, NaN) is reported while the others are processed.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,18 +33,37 @@ import soxr
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_path, stale_temporaries, write_text_atomic
 from ..audio import SAMPLE_RATE, AudioError
 from ..checkpoints import default_device
 from ..data.manifest import read_manifest
 from ..errors import SpeechDVAEError
-from ..atomic import atomic_path, stale_temporaries, write_text_atomic
 from ..stft import HOP_LENGTH, N_FFT, istft, min_samples, stft
 from .enhancer import Enhancer, EnhancerSource, load_enhancer
 from .vem import VEMConfig
 
 # Suffixes searched in folders (case-insensitive): the formats libsndfile reads.
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-                            ".au", ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc"})
+AUDIO_SUFFIXES = frozenset(
+    {
+        ".wav",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".au",
+        ".snd",
+        ".caf",
+        ".w64",
+        ".rf64",
+        ".sph",
+        ".nist",
+        ".voc",
+    }
+)
 # Output formats kept from the input; any other input is written as WAV.
 OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE", "VORBIS", "OPUS"})
@@ -73,10 +93,10 @@ class EnhanceReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
-    removed: list[Path] = field(default_factory=list)   # temporaries an interrupted run left next to outputs
-    audio_seconds: float = 0.0          # duration of the inputs enhanced in this run
-    elapsed: float = 0.0                # wall-clock seconds of the run
-    failed_list: Path | None = None     # the JSONL listing the failures, if any
+    removed: list[Path] = field(default_factory=list)  # temporaries an interrupted run left next to outputs
+    audio_seconds: float = 0.0  # duration of the inputs enhanced in this run
+    elapsed: float = 0.0  # wall-clock seconds of the run
+    failed_list: Path | None = None  # the JSONL listing the failures, if any
 
     @property
     def real_time_factor(self) -> float:
@@ -85,9 +105,15 @@ class EnhanceReport:
 
     def summary(self) -> str:
         """One line per kind of outcome, for the console."""
-        lines = [f"enhanced {len(self.written)} file(s)" + (
-            f": {self.audio_seconds:.1f} s of audio in {self.elapsed:.1f} s (real-time factor "
-            f"{self.real_time_factor:.2f})" if self.written else "")]
+        lines = [
+            f"enhanced {len(self.written)} file(s)"
+            + (
+                f": {self.audio_seconds:.1f} s of audio in {self.elapsed:.1f} s (real-time factor "
+                f"{self.real_time_factor:.2f})"
+                if self.written
+                else ""
+            )
+        ]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} file(s) whose output already exists")
         if self.removed:
@@ -110,8 +136,10 @@ class Chunking:
         """Round to whole hops; the overlap must span an STFT window and leave room between two overlaps."""
         length, overlap = (HOP_LENGTH * round(s * SAMPLE_RATE / HOP_LENGTH) for s in (chunk_seconds, overlap_seconds))
         if overlap < N_FFT or length <= 2 * overlap:
-            raise EnhanceError(f"chunks of {chunk_seconds} s with {overlap_seconds} s overlap: the overlap must "
-                               f"be at least {N_FFT / SAMPLE_RATE} s and a chunk longer than twice the overlap")
+            raise EnhanceError(
+                f"chunks of {chunk_seconds} s with {overlap_seconds} s overlap: the overlap must "
+                f"be at least {N_FFT / SAMPLE_RATE} s and a chunk longer than twice the overlap"
+            )
         return cls(length, overlap)
 
     @property
@@ -120,6 +148,7 @@ class Chunking:
 
 
 # -- inputs and outputs --------------------------------------------------------------------------
+
 
 def collect_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> list[Job]:
     """Jobs for files (-> OUTDIR/<name>), folders (searched recursively, structure mirrored) and
@@ -135,15 +164,18 @@ def collect_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike
             job = Job(source, target, target.relative_to(out_dir).as_posix())
             other = jobs.setdefault(target.resolve(), job)
             if other.source.resolve() != source.resolve():
-                raise EnhanceError(f"{other.source} and {source} would both be written to {target}; "
-                                   "enhance them into different output folders")
+                raise EnhanceError(
+                    f"{other.source} and {source} would both be written to {target}; "
+                    "enhance them into different output folders"
+                )
     if not jobs:
         raise EnhanceError(f"no audio files found in {', '.join(map(str, inputs))}")
     sources = {job.source.resolve() for job in jobs.values()}
     clash = sorted(str(job.source) for resolved, job in jobs.items() if resolved in sources)
     if clash:
-        raise EnhanceError(f"the output folder {out_dir} would overwrite input files (e.g. {clash[0]}); "
-                           "choose another output folder")
+        raise EnhanceError(
+            f"the output folder {out_dir} would overwrite input files (e.g. {clash[0]}); choose another output folder"
+        )
     return sorted(jobs.values(), key=lambda job: job.key)
 
 
@@ -172,8 +204,12 @@ def _folder_files(folder: Path, out_dir: Path) -> Iterator[tuple[Path, Path]]:
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
         hidden = any(part.startswith(".") for part in relative.parts)
-        if (path.is_file() and not hidden and path.suffix.lower() in AUDIO_SUFFIXES
-                and not (nested and out_root in path.resolve().parents)):
+        if (
+            path.is_file()
+            and not hidden
+            and path.suffix.lower() in AUDIO_SUFFIXES
+            and not (nested and out_root in path.resolve().parents)
+        ):
             yield path, relative
 
 
@@ -194,8 +230,10 @@ def _inspect(path: Path) -> sf._SoundFileInfo:
     except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError, ...)
         raise AudioError(f"{path}: cannot read audio ({err})") from err
     if round(info.frames * SAMPLE_RATE / info.samplerate) < min_samples():
-        raise AudioError(f"{path}: too short ({info.frames / info.samplerate:.3f} s; at least "
-                         f"{min_samples() / SAMPLE_RATE:.3f} s needed)")
+        raise AudioError(
+            f"{path}: too short ({info.frames / info.samplerate:.3f} s; at least "
+            f"{min_samples() / SAMPLE_RATE:.3f} s needed)"
+        )
     return info
 
 
@@ -225,8 +263,11 @@ class _Resampler:
 
     def __init__(self, rate_in: int, rate_out: int, channels: int) -> None:
         self.channels = channels
-        self.stream = (soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="VHQ")
-                       if rate_in != rate_out else None)
+        self.stream = (
+            soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="VHQ")
+            if rate_in != rate_out
+            else None
+        )
 
     def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
         if self.stream is None:
@@ -252,8 +293,8 @@ def overlapping_chunks(blocks: Iterable[np.ndarray], chunking: Chunking) -> Iter
     for block in blocks:
         buffer = block if buffer is None else np.concatenate([buffer, block])
         while len(buffer) > chunking.length:
-            yield buffer[:chunking.length], False
-            buffer = buffer[chunking.hop:]
+            yield buffer[: chunking.length], False
+            buffer = buffer[chunking.hop :]
     if buffer is not None and len(buffer):
         yield buffer, True
 
@@ -275,13 +316,13 @@ class CrossFader:
         """The samples of `chunk` (frames, channels) now final; the chunk's last overlap is held back
         for the next chunk unless `last`."""
         if self.tail is not None:
-            head = self.tail * (1.0 - self.ramp) + chunk[:self.overlap] * self.ramp
-            chunk = np.concatenate([head, chunk[self.overlap:]])
+            head = self.tail * (1.0 - self.ramp) + chunk[: self.overlap] * self.ramp
+            chunk = np.concatenate([head, chunk[self.overlap :]])
         if last:
             self.tail = None
             return chunk
-        self.tail = chunk[-self.overlap:]
-        return chunk[:-self.overlap]
+        self.tail = chunk[-self.overlap :]
+        return chunk[: -self.overlap]
 
 
 class _Sink:
@@ -292,7 +333,7 @@ class _Sink:
         self.clip = file.subtype not in FLOAT_SUBTYPES
 
     def write(self, block: np.ndarray) -> None:
-        block = block[:self.frames - self.written]
+        block = block[: self.frames - self.written]
         self.file.write(np.clip(block, -1.0, 1.0) if self.clip else block)
         self.written += len(block)
 
@@ -303,11 +344,13 @@ class _Sink:
 
 # -- enhancement -----------------------------------------------------------------------------------
 
-def enhance_chunks(enhancer: Enhancer, chunks: Sequence[np.ndarray], keys: Sequence[str], scale: float,
-                   progress: bool = False) -> list[np.ndarray]:
+
+def enhance_chunks(
+    enhancer: Enhancer, chunks: Sequence[np.ndarray], keys: Sequence[str], scale: float, progress: bool = False
+) -> list[np.ndarray]:
     """Enhance 16 kHz chunks (frames, channels): the enhancer's gains for the channel mean times `scale` are
     applied to every channel."""
-    spectra = [stft(torch.from_numpy(np.ascontiguousarray(chunk.T))) for chunk in chunks]   # (C, T, F)
+    spectra = [stft(torch.from_numpy(np.ascontiguousarray(chunk.T))) for chunk in chunks]  # (C, T, F)
     gains = enhancer.gains([s.mean(0) * scale for s in spectra], keys, progress).gains
     return [istft(s * g, length=len(chunk)).T.numpy() for s, g, chunk in zip(spectra, gains, chunks)]
 
@@ -319,9 +362,18 @@ def check_settings(chunk_seconds: float, batch_size: int) -> Chunking:
     return Chunking.from_seconds(chunk_seconds)
 
 
-def enhanced_blocks(blocks: Iterable[np.ndarray], rate: int, channels: int, enhancer: Enhancer, scale: float,
-                    chunking: Chunking, batch_size: int = 1, key: str = "", progress: bool = False,
-                    on_progress: Callable[[float], None] | None = None) -> Iterator[np.ndarray]:
+def enhanced_blocks(
+    blocks: Iterable[np.ndarray],
+    rate: int,
+    channels: int,
+    enhancer: Enhancer,
+    scale: float,
+    chunking: Chunking,
+    batch_size: int = 1,
+    key: str = "",
+    progress: bool = False,
+    on_progress: Callable[[float], None] | None = None,
+) -> Iterator[np.ndarray]:
     """The enhanced stream of (frames, channels) blocks at `rate`, as blocks at `rate` (a few frames may be left
     out at the end by the resampler): chunks of `batch_size` are enhanced at a time (keys KEY#<chunk index>) with
     the gains of their channel mean times `scale`; `on_progress` receives the input seconds done per group."""
@@ -329,9 +381,10 @@ def enhanced_blocks(blocks: Iterable[np.ndarray], rate: int, channels: int, enha
     fader = CrossFader(chunking.overlap)
     chunks = enumerate(overlapping_chunks(_to_16k(blocks, rate, channels), chunking))
     while group := list(islice(chunks, batch_size)):
-        enhanced = enhance_chunks(enhancer, [chunk for _, (chunk, _) in group],
-                                  [f"{key}#{index}" for index, _ in group], scale, progress)
-        for (_, (chunk, last)), signal in zip(group, enhanced):
+        enhanced = enhance_chunks(
+            enhancer, [chunk for _, (chunk, _) in group], [f"{key}#{index}" for index, _ in group], scale, progress
+        )
+        for (_, (_, last)), signal in zip(group, enhanced):
             yield to_input_rate(fader.push(signal, last))
         if on_progress is not None:
             done = sum(len(chunk) if last else chunking.hop for _, (chunk, last) in group)
@@ -339,9 +392,16 @@ def enhanced_blocks(blocks: Iterable[np.ndarray], rate: int, channels: int, enha
     yield to_input_rate.flush()
 
 
-def enhance_file(source: str | os.PathLike, target: str | os.PathLike, enhancer: Enhancer,
-                 chunk_seconds: float = DEFAULT_CHUNK_SECONDS, batch_size: int = 1, key: str | None = None,
-                 progress: bool = False, on_progress: Callable[[float], None] | None = None) -> float:
+def enhance_file(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    enhancer: Enhancer,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    batch_size: int = 1,
+    key: str | None = None,
+    progress: bool = False,
+    on_progress: Callable[[float], None] | None = None,
+) -> float:
     """Enhance one file into `target` (format from its suffix, written atomically, replaced if present);
     returns the input's duration in seconds. `key` names the random streams (default: the file name),
     `on_progress` receives the seconds of input done after each group of `batch_size` chunks."""
@@ -353,46 +413,85 @@ def enhance_file(source: str | os.PathLike, target: str | os.PathLike, enhancer:
     scale = 1.0 / mono_peak(source)
     fmt = OUTPUT_FORMATS.get(target.suffix.lower(), "WAV")
     subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
-    with atomic_path(target) as tmp, sf.SoundFile(str(tmp), "w", info.samplerate, info.channels, subtype,
-                                                  format=fmt) as out:
+    with (
+        atomic_path(target) as tmp,
+        sf.SoundFile(str(tmp), "w", info.samplerate, info.channels, subtype, format=fmt) as out,
+    ):
         sink = _Sink(out, info.frames)
-        for block in enhanced_blocks(_blocks(source), info.samplerate, info.channels, enhancer, scale, chunking,
-                                     batch_size, key or source.name, progress, on_progress):
+        for block in enhanced_blocks(
+            _blocks(source),
+            info.samplerate,
+            info.channels,
+            enhancer,
+            scale,
+            chunking,
+            batch_size,
+            key or source.name,
+            progress,
+            on_progress,
+        ):
             sink.write(block)
         sink.finish()
     return info.frames / info.samplerate
 
 
-def enhance_wave(wave: np.ndarray, sample_rate: int, enhancer: Enhancer,
-                 chunk_seconds: float = DEFAULT_CHUNK_SECONDS, batch_size: int = 1, key: str = "wave",
-                 progress: bool = False) -> np.ndarray:
+def enhance_wave(
+    wave: np.ndarray,
+    sample_rate: int,
+    enhancer: Enhancer,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    batch_size: int = 1,
+    key: str = "wave",
+    progress: bool = False,
+) -> np.ndarray:
     """The enhanced version of a waveform (frames,) or (frames, channels) at any `sample_rate`, float32 of the
     same shape, made as `enhance_file` makes a file's; AudioError if it is too short, silent or not finite."""
     signal = np.asarray(wave, dtype=np.float32)
     if signal.ndim not in (1, 2) or sample_rate <= 0:
-        raise AudioError(f"expected a waveform (frames,) or (frames, channels) and a positive sample rate, got "
-                         f"shape {signal.shape} at {sample_rate} Hz")
+        raise AudioError(
+            f"expected a waveform (frames,) or (frames, channels) and a positive sample rate, got "
+            f"shape {signal.shape} at {sample_rate} Hz"
+        )
     frames = signal.reshape(len(signal), -1)
     if round(len(frames) * SAMPLE_RATE / sample_rate) < min_samples():
-        raise AudioError(f"the waveform is too short ({len(frames) / sample_rate:.3f} s; at least "
-                         f"{min_samples() / SAMPLE_RATE:.3f} s needed)")
+        raise AudioError(
+            f"the waveform is too short ({len(frames) / sample_rate:.3f} s; at least "
+            f"{min_samples() / SAMPLE_RATE:.3f} s needed)"
+        )
     if not np.isfinite(frames).all():
         raise AudioError("the waveform contains NaN or infinite samples")
     peak = float(np.abs(frames.mean(1)).max())
     if peak == 0.0:
         raise AudioError("the waveform is silent (all samples are zero)")
-    blocks = enhanced_blocks([frames], sample_rate, frames.shape[1], enhancer, 1.0 / peak,
-                             check_settings(chunk_seconds, batch_size), batch_size, key, progress)
-    enhanced = np.concatenate(list(blocks))[:len(frames)]
+    blocks = enhanced_blocks(
+        [frames],
+        sample_rate,
+        frames.shape[1],
+        enhancer,
+        1.0 / peak,
+        check_settings(chunk_seconds, batch_size),
+        batch_size,
+        key,
+        progress,
+    )
+    enhanced = np.concatenate(list(blocks))[: len(frames)]
     enhanced = np.pad(enhanced, ((0, len(frames) - len(enhanced)), (0, 0)))
     return enhanced.reshape(signal.shape)
 
 
-def enhance_files(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
-                  model: EnhancerSource = "default", config: VEMConfig | None = None,
-                  chunk_seconds: float = DEFAULT_CHUNK_SECONDS, batch_size: int = 1,
-                  device: str | torch.device | None = None, progress: bool = True, overwrite: bool = False,
-                  shard: tuple[int, int] = (0, 1), workers: int = 1) -> EnhanceReport:
+def enhance_files(
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    model: EnhancerSource = "default",
+    config: VEMConfig | None = None,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    workers: int = 1,
+) -> EnhanceReport:
     """Enhance files, folders and manifests into `out_dir` with a prior (the VEM with `config`, default settings if
     None) or a supervised mask estimator (shipped name, checkpoint folder or network). Existing outputs are
     skipped unless `overwrite`, and temporaries that a killed run left next to them are removed; failures are
@@ -401,7 +500,7 @@ def enhance_files(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLik
     are the same)."""
     start = time.perf_counter()
     jobs = shard_jobs(collect_jobs(inputs, out_dir), shard)
-    check_settings(chunk_seconds, batch_size)      # before any work
+    check_settings(chunk_seconds, batch_size)  # before any work
     if workers < 1:
         raise EnhanceError(f"workers must be positive, got {workers}")
     enhancer = load_enhancer(model, config, device)
@@ -416,8 +515,13 @@ def enhance_files(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLik
         else:
             todo.append(job)
     durations = [_duration(job.source) for job in todo]
-    with tqdm(total=sum(durations), unit="s", desc="enhance", disable=not progress,
-              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]") as bar:
+    with tqdm(
+        total=sum(durations),
+        unit="s",
+        desc="enhance",
+        disable=not progress,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]",
+    ) as bar:
         if min(workers, len(todo)) > 1:
             _run_in_processes(todo, durations, enhancer, chunk_seconds, batch_size, workers, bar, report)
         else:
@@ -430,10 +534,19 @@ def enhance_files(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLik
     return report
 
 
-def _run_in_processes(jobs: Sequence[Job], durations: Sequence[float], enhancer: Enhancer, chunk_seconds: float, batch_size: int, workers: int, bar: tqdm, report: EnhanceReport) -> None:
+def _run_in_processes(
+    jobs: Sequence[Job],
+    durations: Sequence[float],
+    enhancer: Enhancer,
+    chunk_seconds: float,
+    batch_size: int,
+    workers: int,
+    bar: tqdm,
+    report: EnhanceReport,
+) -> None:
     """Enhance `jobs` in `workers` processes, longest first; each job's outcome joins `report` as it ends."""
     order = sorted(range(len(jobs)), key=lambda i: -durations[i])
-    context = multiprocessing.get_context("spawn")      # torch's thread pools do not survive a fork
+    context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive a fork
     settings = (enhancer, chunk_seconds, batch_size)
     with ProcessPoolExecutor(min(workers, len(jobs)), context, _init_worker, settings) as pool:
         running = {pool.submit(_worker_job, jobs[i]): i for i in order}
@@ -457,8 +570,15 @@ def _init_worker(enhancer: Enhancer, chunk_seconds: float, batch_size: int) -> N
 def _worker_job(job: Job) -> EnhanceReport:
     """One job in a pool process, its outcome as a report of its own."""
     report = EnhanceReport()
-    _run_job(job, _WORKER["enhancer"], _WORKER["chunk_seconds"], _WORKER["batch_size"],  # type: ignore[arg-type]
-             False, lambda seconds: None, report)
+    _run_job(
+        job,
+        _WORKER["enhancer"],
+        _WORKER["chunk_seconds"],
+        _WORKER["batch_size"],  # type: ignore[arg-type]
+        False,
+        lambda seconds: None,
+        report,
+    )
     return report
 
 
@@ -467,12 +587,20 @@ def _advance(bar: tqdm, end: float, seconds: float) -> None:
     bar.update(max(0.0, min(seconds, end - bar.n)))
 
 
-def _run_job(job: Job, enhancer: Enhancer, chunk_seconds: float, batch_size: int, progress: bool,
-             on_progress: Callable[[float], None], report: EnhanceReport) -> None:
+def _run_job(
+    job: Job,
+    enhancer: Enhancer,
+    chunk_seconds: float,
+    batch_size: int,
+    progress: bool,
+    on_progress: Callable[[float], None],
+    report: EnhanceReport,
+) -> None:
     """Enhance one job into the report; a failure is recorded and printed, never raised."""
     try:
-        report.audio_seconds += enhance_file(job.source, job.target, enhancer, chunk_seconds, batch_size, job.key,
-                                             progress, on_progress)
+        report.audio_seconds += enhance_file(
+            job.source, job.target, enhancer, chunk_seconds, batch_size, job.key, progress, on_progress
+        )
         report.written.append(job.target)
     except (ValueError, RuntimeError, OSError, MemoryError) as err:
         reason = str(err) if str(job.source) in str(err) else f"{job.source}: {err}"
@@ -514,7 +642,7 @@ def _write_failures(out_dir: Path, failed: list[dict[str, str]], shard: tuple[in
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """"I/N" -> (I, N); None -> the torchrun rank, if any."""
+    """ "I/N" -> (I, N); None -> the torchrun rank, if any."""
     if text is None:
         return shard_from_env()
     try:

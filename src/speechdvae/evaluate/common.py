@@ -1,5 +1,6 @@
 """Machinery shared by the evaluations: errors, model loading and fingerprints, result caches, subsets, metrics
 with their NaN reasons, and torch threads."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import write_text_atomic
 from ..checkpoints import load_model
 from ..errors import SpeechDVAEError
-from ..atomic import write_text_atomic
 from ..models import DVAE
 
 ModelSource = DVAE | str | os.PathLike
@@ -67,8 +68,7 @@ class ResultCache:
             except (json.JSONDecodeError, KeyError, TypeError):
                 bad += 1
         if bad:
-            warnings.warn(f"{self.path}: dropped {bad} incomplete line(s); those results are recomputed",
-                          stacklevel=2)
+            warnings.warn(f"{self.path}: dropped {bad} incomplete line(s); those results are recomputed", stacklevel=2)
             write_text_atomic(self.path, "".join(json.dumps(entry) + "\n" for entry in self.entries.values()))
 
     def get(self, key: str) -> dict | None:

@@ -3,13 +3,13 @@
 Each mixture of a mixture manifest (written by `speechdvae data mix`, or records of an official list read with
 `data.mix.read_official_list`) is divided by its peak absolute value, as in the official code (it is not
 trimmed), and its clean reference is scaled by the same factor. Every prior enhances it with the VEM
-(`enhancement.vem`): mixtures are enhanced a batch at a time, sorted by length, each with its own encoder copy, NMF
-and gains and a random stream named by its id, so results do not depend on the batching. A supervised mask
-estimator (`baselines.mask_estimator`, the SE paper's UMX baseline) may take the place of a prior: its mask multiplies the
-noisy STFT, and no VEM setting applies to it. The estimate is inverted to the mixture's length and scored against
-the clean reference: SI-SDR, PESQ (NB raw P.862, NB MOS-LQO, WB MOS-LQO) and ESTOI. The noisy mixture itself
-is scored as the first row, and each prior's improvement over it (output minus input) is kept per mixture for
-the figures.
+(`enhancement.vem`): mixtures are enhanced a batch at a time, sorted by length, each with its own encoder copy,
+NMF and gains and a random stream named by its id, so results do not depend on the batching. A supervised mask
+estimator (`baselines.mask_estimator`, the SE paper's UMX baseline) may take the place of a prior: its mask
+multiplies the noisy STFT, and no VEM setting applies to it. The estimate is inverted to the mixture's length and
+scored against the clean reference: SI-SDR, PESQ (NB raw P.862, NB MOS-LQO, WB MOS-LQO) and ESTOI. The noisy
+mixture itself is scored as the first row, and each prior's improvement over it (output minus input) is kept per
+mixture for the figures.
 
 Enhancing is slow (seconds to minutes per mixture and prior on a CPU), so every result is appended
 to `enhancement_cache.jsonl` as soon as its batch is done and reused by a later run with the same key: model
@@ -23,6 +23,7 @@ with its SNR, noise type and improvements), `improvement_per_snr.png` (Fig. 4), 
 (Fig. 5) and, with `save_audio`, the estimates as `audio/<model>/<id>.wav` (relative to the peak-normalised
 mixture).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,11 +35,11 @@ import re
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,15 +62,25 @@ with needs_extra("eval", "Drawing report figures (matplotlib)"):
 NOISY_LABEL = "noisy mixture"
 SCORES = ("si_sdr", "pesq_nb_raw", "pesq_nb", "pesq_wb", "estoi")
 IMPROVEMENTS = {name: f"{name}_improvement" for name in SCORES}
-FIGURE_METRICS = ("si_sdr", "pesq_nb_raw", "estoi")   # the panels of Figs. 4-5, PESQ on the papers' raw scale
-MARKERS = "osD^v<>ph*"                                # with 20 colours: series stay distinct in the figures
+FIGURE_METRICS = ("si_sdr", "pesq_nb_raw", "estoi")  # the panels of Figs. 4-5, PESQ on the papers' raw scale
+MARKERS = "osD^v<>ph*"  # with 20 colours: series stay distinct in the figures
 BATCH_SIZE = 8
 MARKDOWN_NAME, SUMMARY_NAME, UTTERANCES_NAME = "enhancement.md", "enhancement.csv", "enhancement_utterances.csv"
 SNR_FIGURE_NAME, NOISE_FIGURE_NAME = "improvement_per_snr.png", "improvement_per_noise.png"
 CACHE_NAME, AUDIO_DIR = "enhancement_cache.jsonl", "audio"
-UTTERANCE_COLUMNS = ("id", "model", "noise_type", "snr", "snr_power", "duration", "seconds", "iterations",
-                     *SCORES, *IMPROVEMENTS.values(), "error")
-
+UTTERANCE_COLUMNS = (
+    "id",
+    "model",
+    "noise_type",
+    "snr",
+    "snr_power",
+    "duration",
+    "seconds",
+    "iterations",
+    *SCORES,
+    *IMPROVEMENTS.values(),
+    "error",
+)
 
 
 class EnhancementError(EvaluationError):
@@ -80,11 +91,17 @@ class EnhancementError(EvaluationError):
 # Enhancement
 # ---------------------------------------------------------------------------------------------
 
+
 def result_key(label: str, fingerprint: str, settings: Any, mixture: Mixture) -> str:
     """The cache key of one result: label, weights, the enhancer's settings (a dataclass; None for the noisy row
     and enhancers without settings), mixture id and files."""
-    identity = {"model": label, "weights": fingerprint, "vem": asdict(settings) if settings else None,
-                "id": mixture.id, "files": mixture.digest}
+    identity = {
+        "model": label,
+        "weights": fingerprint,
+        "vem": asdict(settings) if settings else None,
+        "id": mixture.id,
+        "files": mixture.digest,
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -111,7 +128,7 @@ class _Task:
     label: str
     ids: list[str]
     keys: list[str]
-    signals: list[tuple[np.ndarray, np.ndarray]]        # (peak-normalised noisy, clean) per mixture
+    signals: list[tuple[np.ndarray, np.ndarray]]  # (peak-normalised noisy, clean) per mixture
 
 
 def _run_task(task: _Task, model: Enhancer | None, audio_dir: Path | None) -> list[dict]:
@@ -131,10 +148,20 @@ def _run_task(task: _Task, model: Enhancer | None, audio_dir: Path | None) -> li
                 audio.write_audio(audio_path(audio_dir, task.label, mixture_id), estimate, subtype="FLOAT")
     pairs = [(clean, estimate) for (_, clean), estimate in zip(task.signals, estimates)]
     scores, reasons = metrics_with_reasons(pairs, [f"{i} ({task.label})" for i in task.ids], workers=1)
-    return [{"key": key, "id": mixture_id, "model": task.label, "duration": len(estimate) / audio.SAMPLE_RATE,
-             **times, **{name: score[name] for name in SCORES}, "error": reason}
-            for key, mixture_id, estimate, times, score, reason
-            in zip(task.keys, task.ids, estimates, timing, scores, reasons)]
+    return [
+        {
+            "key": key,
+            "id": mixture_id,
+            "model": task.label,
+            "duration": len(estimate) / audio.SAMPLE_RATE,
+            **times,
+            **{name: score[name] for name in SCORES},
+            "error": reason,
+        }
+        for key, mixture_id, estimate, times, score, reason in zip(
+            task.keys, task.ids, estimates, timing, scores, reasons
+        )
+    ]
 
 
 _WORKER_STATE: dict[str, object] = {}
@@ -149,19 +176,18 @@ def _init_worker(models: dict[str, Enhancer], audio_dir: Path | None) -> None:
 
 def _run_worker_task(task: _Task) -> list[dict]:
     """One task in a pool process."""
-    models: dict[str, Enhancer] = _WORKER_STATE["models"]        # type: ignore[assignment]
-    return _run_task(task, models.get(task.label), _WORKER_STATE["audio_dir"])     # type: ignore[arg-type]
+    models: dict[str, Enhancer] = _WORKER_STATE["models"]  # type: ignore[assignment]
+    return _run_task(task, models.get(task.label), _WORKER_STATE["audio_dir"])  # type: ignore[arg-type]
 
 
 class _Evaluation:
     """Computes the missing results of a mixture set, batch by batch and prior by prior, in `workers` processes
     (in this one when `workers` is 1), and keeps every per-mixture result."""
 
-    def __init__(self, priors: list[Prior], cache: ResultCache, out_dir: Path, save_audio: bool,
-                 workers: int) -> None:
+    def __init__(self, priors: list[Prior], cache: ResultCache, out_dir: Path, save_audio: bool, workers: int) -> None:
         self.priors, self.cache, self.out_dir, self.workers = priors, cache, out_dir, workers
         self.audio_dir = out_dir if save_audio else None
-        self.results: dict[tuple[str, str], dict] = {}    # (label, mixture id) -> result
+        self.results: dict[tuple[str, str], dict] = {}  # (label, mixture id) -> result
         self.computed = dict.fromkeys([p.label for p in priors], 0)
 
     @property
@@ -181,8 +207,11 @@ class _Evaluation:
             missing = {}
             for label, key in keys.items():
                 cached = self.cache.get(key)
-                needs_audio = (self.audio_dir is not None and label != NOISY_LABEL
-                               and not audio_path(self.out_dir, label, mixture.id).is_file())
+                needs_audio = (
+                    self.audio_dir is not None
+                    and label != NOISY_LABEL
+                    and not audio_path(self.out_dir, label, mixture.id).is_file()
+                )
                 if cached is None or needs_audio:
                     missing[label] = key
                 else:
@@ -194,14 +223,19 @@ class _Evaluation:
     def _unusable(self, mixture: Mixture, labels: Sequence[str], error: str) -> None:
         warnings.warn(f"{mixture.id}: {error}; its metrics are NaN", stacklevel=3)
         for label in labels:
-            self.results[label, mixture.id] = {"duration": None, "seconds": None, "iterations": None,
-                                               **dict.fromkeys(SCORES, math.nan), "error": error}
+            self.results[label, mixture.id] = {
+                "duration": None,
+                "seconds": None,
+                "iterations": None,
+                **dict.fromkeys(SCORES, math.nan),
+                "error": error,
+            }
 
     def tasks(self, jobs: Sequence[_Job], batch_size: int, progress: tqdm) -> Iterator[_Task]:
         """The tasks of each batch of `batch_size` jobs, reading its mixtures when it comes up; unreadable
         mixtures become NaN rows and count as done."""
         for start in range(0, len(jobs), batch_size):
-            batch = jobs[start:start + batch_size]
+            batch = jobs[start : start + batch_size]
             signals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for job in batch:
                 try:
@@ -212,8 +246,12 @@ class _Evaluation:
             for label in self.labels:
                 todo = [job for job in batch if label in job.keys and job.mixture.id in signals]
                 if todo:
-                    yield _Task(label, [job.mixture.id for job in todo], [job.keys[label] for job in todo],
-                                [signals[job.mixture.id] for job in todo])
+                    yield _Task(
+                        label,
+                        [job.mixture.id for job in todo],
+                        [job.keys[label] for job in todo],
+                        [signals[job.mixture.id] for job in todo],
+                    )
 
     def run(self, jobs: Sequence[_Job], batch_size: int, progress: tqdm) -> None:
         """Run every task, caching each one's results as soon as it is done."""
@@ -223,7 +261,7 @@ class _Evaluation:
             for task in tasks:
                 self._done(task, _run_task(task, models.get(task.label), self.audio_dir), progress)
             return
-        context = multiprocessing.get_context("spawn")      # torch's thread pools do not survive a fork
+        context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive a fork
         for p in self.priors:
             p.model.network.cpu()
         models = {p.label: p.model for p in self.priors}
@@ -231,7 +269,7 @@ class _Evaluation:
             running: dict[Future, _Task] = {}
             for task in tasks:
                 running[pool.submit(_run_worker_task, task)] = task
-                while len(running) >= 2 * self.workers:     # bounded: mixtures are read as workers free up
+                while len(running) >= 2 * self.workers:  # bounded: mixtures are read as workers free up
                     self._collect(running, progress)
             while running:
                 self._collect(running, progress)
@@ -256,8 +294,16 @@ class _Evaluation:
             for mixture in mixtures:
                 record = mixture.record
                 result = {k: v for k, v in self.results[label, mixture.id].items() if k in UTTERANCE_COLUMNS}
-                rows.append({"id": mixture.id, "model": label, "noise_type": str(record["noise_type"]),
-                             "snr": float(record["snr"]), "snr_power": record.get("snr_power"), **result})
+                rows.append(
+                    {
+                        "id": mixture.id,
+                        "model": label,
+                        "noise_type": str(record["noise_type"]),
+                        "snr": float(record["snr"]),
+                        "snr_power": record.get("snr_power"),
+                        **result,
+                    }
+                )
         noisy = {row["id"]: row for row in rows if row["model"] == NOISY_LABEL}
         for row in rows:
             if row["model"] != NOISY_LABEL:
@@ -265,12 +311,22 @@ class _Evaluation:
         return rows
 
 
-def evaluate_enhancement(models: Mapping[str, EnhancerSource], mixtures: Mixtures,
-                         out_dir: str | os.PathLike, limit: int | None = None, config: VEMConfig = VEMConfig(), *,
-                         batch_size: int = BATCH_SIZE, workers: int | None = None, save_audio: bool = False,
-                         progress: bool = True, command: str | None = None) -> list[dict[str, object]]:
+def evaluate_enhancement(
+    models: Mapping[str, EnhancerSource],
+    mixtures: Mixtures,
+    out_dir: str | os.PathLike,
+    limit: int | None = None,
+    config: VEMConfig = VEMConfig(),
+    *,
+    batch_size: int = BATCH_SIZE,
+    workers: int | None = None,
+    save_audio: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> list[dict[str, object]]:
     """Enhance every mixture (manifest path or records) with every prior (the VEM with `config`) or mask estimator
-    (label -> network or checkpoint folder) and score it against its clean reference, reusing the results cached in `out_dir`.
+    (label -> network or checkpoint folder) and score it against its clean reference, reusing the results cached
+    in `out_dir`.
 
     Writes the report files into `out_dir` and returns the summary: the noisy mixture then one row per prior,
     with `n`, a MetricSummary per score and per improvement, `seconds_per_utterance` and `real_time_factor`.
@@ -297,10 +353,16 @@ def evaluate_enhancement(models: Mapping[str, EnhancerSource], mixtures: Mixture
     summary = _summary(rows, evaluation)
     if command is None:
         command = enhance_command(models, mixtures, out_dir, limit, config, save_audio=save_audio)
-    intro = [f"Regenerate with: `{command}`", _describe_set(mixtures, len(all_records), selected, rows, limit), _describe_vem(config, batch_size),
-             METHOD_NOTE, *([SUPERVISED_NOTE] if any(p.model.prior is None for p in priors) else []),
-             PESQ_NOTE, NAN_NOTE,
-             _describe_cache(evaluation, len(selected))]
+    intro = [
+        f"Regenerate with: `{command}`",
+        _describe_set(mixtures, len(all_records), selected, rows, limit),
+        _describe_vem(config, batch_size),
+        METHOD_NOTE,
+        *([SUPERVISED_NOTE] if any(p.model.prior is None for p in priors) else []),
+        PESQ_NOTE,
+        NAN_NOTE,
+        _describe_cache(evaluation, len(selected)),
+    ]
     _write_report(out_dir, rows, summary, intro, _condition_table(selected))
     return summary
 
@@ -339,6 +401,7 @@ def _source_name(mixtures: Mixtures) -> str:
 # Summary, figures and report
 # ---------------------------------------------------------------------------------------------
 
+
 def _summary(rows: list[dict], evaluation: _Evaluation) -> list[dict[str, object]]:
     """Scores and improvements per model, with the model time per mixture and the real-time factor."""
     summary = summarize_metrics(rows, group_by="model", metrics=[*SCORES, *IMPROVEMENTS.values()])
@@ -359,23 +422,26 @@ def scores_table(summary: Sequence[Mapping[str, object]]) -> str:
     return _table(summary, SCORES, "median")
 
 
-def improvement_stats(rows: Sequence[Mapping[str, object]], by: str, metric: str
-                      ) -> dict[str, dict[object, tuple[float, float]]]:
+def improvement_stats(
+    rows: Sequence[Mapping[str, object]], by: str, metric: str
+) -> dict[str, dict[object, tuple[float, float]]]:
     """Median improvement of `metric` and its CI half-width per model and per value of `by` (e.g. "snr")."""
     stats: dict[str, dict[object, list[float]]] = {}
     for row in rows:
         if row["model"] != NOISY_LABEL:
             stats.setdefault(str(row["model"]), {}).setdefault(row[by], []).append(row[IMPROVEMENTS[metric]])
-    return {label: {key: median_ci(values) for key, values in sorted(groups.items())}
-            for label, groups in stats.items()}
+    return {
+        label: {key: median_ci(values) for key, values in sorted(groups.items())} for label, groups in stats.items()
+    }
 
 
 def _category(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def improvement_figure(rows: Sequence[Mapping[str, object]], by: str, xlabel: str, connect: bool,
-                       metrics: Sequence[str] = FIGURE_METRICS) -> Figure:
+def improvement_figure(
+    rows: Sequence[Mapping[str, object]], by: str, xlabel: str, connect: bool, metrics: Sequence[str] = FIGURE_METRICS
+) -> Figure:
     """One panel per metric: median improvement ± 1.57·IQR/√n per value of `by`, one series per model
     (lines for an ordered axis such as the SNR, points otherwise)."""
     categories = sorted({row[by] for row in rows})
@@ -389,8 +455,16 @@ def improvement_figure(rows: Sequence[Mapping[str, object]], by: str, xlabel: st
             x = [categories.index(key) + (j - (len(stats) - 1) / 2) * width for key in groups]
             median, ci = zip(*groups.values())
             style = ("--" if label.startswith("official") else "-") if connect else "none"
-            ax.errorbar(x, median, yerr=ci, marker=MARKERS[j % len(MARKERS)], capsize=3, linestyle=style,
-                        color=colours[j % len(colours)], label=label)
+            ax.errorbar(
+                x,
+                median,
+                yerr=ci,
+                marker=MARKERS[j % len(MARKERS)],
+                capsize=3,
+                linestyle=style,
+                color=colours[j % len(colours)],
+                label=label,
+            )
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xticks(range(len(categories)), [_category(c) for c in categories], rotation=0 if connect else 30)
         ax.set_title(f"Δ {METRICS[metric].label}")
@@ -400,50 +474,70 @@ def improvement_figure(rows: Sequence[Mapping[str, object]], by: str, xlabel: st
     return fig
 
 
-METHOD_NOTE = ("**Method:** each noisy mixture is divided by its peak absolute value (not trimmed), as in the "
-               "official code, and its clean reference is scaled by the same factor; the VEM's Wiener estimate "
-               "(eq. 36) is inverted to the mixture's length and compared with that reference. The noisy mixture "
-               "row scores the input itself; an improvement is output minus input, per mixture.")
-SUPERVISED_NOTE = ("**Supervised baseline:** a mask estimator (Open-Unmix style, trained on noisy/clean pairs) "
-                   "multiplies the noisy STFT by its mask in [0, 1]; the VEM settings do not apply to it.")
-PESQ_NOTE = ("**PESQ:** *PESQ-NB (raw P.862)* is the narrowband raw MOS in [-0.5, 4.5], the scale of the SE "
-             "paper's Table II and of the figures' PESQ panel; *PESQ-NB (MOS-LQO)* is narrowband P.862.1 "
-             "MOS-LQO (what the `pesq` package returns); *PESQ-WB (MOS-LQO)* is wideband P.862.2.")
-NAN_NOTE = ("Statistics use the finite values; \"(k NaN)\" counts mixtures on which a metric is undefined "
-            f"(unusable audio, too short for PESQ or ESTOI, non-finite output); `{UTTERANCES_NAME}` gives each "
-            "reason.")
+METHOD_NOTE = (
+    "**Method:** each noisy mixture is divided by its peak absolute value (not trimmed), as in the "
+    "official code, and its clean reference is scaled by the same factor; the VEM's Wiener estimate "
+    "(eq. 36) is inverted to the mixture's length and compared with that reference. The noisy mixture "
+    "row scores the input itself; an improvement is output minus input, per mixture."
+)
+SUPERVISED_NOTE = (
+    "**Supervised baseline:** a mask estimator (Open-Unmix style, trained on noisy/clean pairs) "
+    "multiplies the noisy STFT by its mask in [0, 1]; the VEM settings do not apply to it."
+)
+PESQ_NOTE = (
+    "**PESQ:** *PESQ-NB (raw P.862)* is the narrowband raw MOS in [-0.5, 4.5], the scale of the SE "
+    "paper's Table II and of the figures' PESQ panel; *PESQ-NB (MOS-LQO)* is narrowband P.862.1 "
+    "MOS-LQO (what the `pesq` package returns); *PESQ-WB (MOS-LQO)* is wideband P.862.2."
+)
+NAN_NOTE = (
+    'Statistics use the finite values; "(k NaN)" counts mixtures on which a metric is undefined '
+    f"(unusable audio, too short for PESQ or ESTOI, non-finite output); `{UTTERANCES_NAME}` gives each "
+    "reason."
+)
 
 
-def _describe_set(mixtures: Mixtures, total: int, selected: list[Mixture], rows: list[dict],
-                  limit: int | None) -> str:
+def _describe_set(mixtures: Mixtures, total: int, selected: list[Mixture], rows: list[dict], limit: int | None) -> str:
     seconds = sum(row["duration"] or 0.0 for row in rows if row["model"] == NOISY_LABEL)
-    subset = (f"`--limit {limit}`: balanced over noise type × SNR (equal shares, the remainder spread along the "
-              "type × SNR diagonal), evenly spaced by id within each condition" if len(selected) < total
-              else "all of them")
+    subset = (
+        f"`--limit {limit}`: balanced over noise type × SNR (equal shares, the remainder spread along the "
+        "type × SNR diagonal), evenly spaced by id within each condition"
+        if len(selected) < total
+        else "all of them"
+    )
     unusable = sum(bool(row["error"]) and row["duration"] is None for row in rows if row["model"] == NOISY_LABEL)
-    return (f"**Mixtures:** `{_source_name(mixtures)}`, {len(selected)} of {total} mixtures ({subset}); "
-            f"{seconds / 3600:.3f} h ({seconds / 60:.1f} min) of noisy audio"
-            + (f"; {unusable} unusable (NaN in every row)." if unusable else "."))
+    return (
+        f"**Mixtures:** `{_source_name(mixtures)}`, {len(selected)} of {total} mixtures ({subset}); "
+        f"{seconds / 3600:.3f} h ({seconds / 60:.1f} min) of noisy audio"
+        + (f"; {unusable} unusable (NaN in every row)." if unusable else ".")
+    )
 
 
 def _describe_vem(config: VEMConfig, batch_size: int) -> str:
-    settings = ", ".join(f"{f.name}={value}" for f in fields(config)
-                         if (value := getattr(config, f.name)) is not None)
+    settings = ", ".join(f"{f.name}={value}" for f in fields(config) if (value := getattr(config, f.name)) is not None)
     if config.niter is None:
-        settings += (f"; each prior runs the iterations chosen for it (its checkpoint's `vem` entry), else "
-                     f"{DEFAULT_ITERATIONS} (mean in the timing table)")
-    return (f"**VEM settings:** {settings}. Mixtures are enhanced {batch_size} at a time, sorted by length; each "
-            "has its own encoder copy, NMF and gains and random streams seeded from `seed` and its id, so the "
-            "results do not depend on the batching. Autoregressive priors read "
-            + ("their own generated past (eq. 31)." if config.past == "generated" else
-               "the current clean-power estimate E[|s|² | x] as their past, decoding all frames at once."))
+        settings += (
+            f"; each prior runs the iterations chosen for it (its checkpoint's `vem` entry), else "
+            f"{DEFAULT_ITERATIONS} (mean in the timing table)"
+        )
+    return (
+        f"**VEM settings:** {settings}. Mixtures are enhanced {batch_size} at a time, sorted by length; each "
+        "has its own encoder copy, NMF and gains and random streams seeded from `seed` and its id, so the "
+        "results do not depend on the batching. Autoregressive priors read "
+        + (
+            "their own generated past (eq. 31)."
+            if config.past == "generated"
+            else "the current clean-power estimate E[|s|² | x] as their past, decoding all frames at once."
+        )
+    )
 
 
 def _describe_cache(evaluation: _Evaluation, n: int) -> str:
     done = sum(evaluation.computed.values())
-    return (f"**Cache:** `{CACHE_NAME}` keeps every result, keyed by model label, weights, VEM settings, mixture id "
-            f"and file checksums; this run enhanced {done} of {n * len(evaluation.priors)} (mixture, prior) pairs "
-            "and reused the others.")
+    return (
+        f"**Cache:** `{CACHE_NAME}` keeps every result, keyed by model label, weights, VEM settings, mixture id "
+        f"and file checksums; this run enhanced {done} of {n * len(evaluation.priors)} (mixture, prior) pairs "
+        "and reused the others."
+    )
 
 
 def _condition_table(selected: list[Mixture]) -> str:
@@ -456,21 +550,28 @@ def _condition_table(selected: list[Mixture]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table(summary: Sequence[Mapping[str, object]], names: Sequence[str], statistic: str,
-           keys: Sequence[str] = ("model", "n")) -> str:
+def _table(
+    summary: Sequence[Mapping[str, object]], names: Sequence[str], statistic: str, keys: Sequence[str] = ("model", "n")
+) -> str:
     """A Markdown table of some metric columns of summary rows; improvement columns headed "Δ <metric>"."""
     headers = {**{name: name for name in SCORES}, **{IMPROVEMENTS[m]: f"Δ {METRICS[m].label}" for m in SCORES}}
-    table = [{**{k: escape_cell(row[k]) for k in keys}, **{headers[name]: row[name] for name in names}}
-             for row in summary]
+    table = [
+        {**{k: escape_cell(row[k]) for k in keys}, **{headers[name]: row[name] for name in names}} for row in summary
+    ]
     return markdown_table(table, statistic)
 
 
 def _timing_table(summary: Sequence[Mapping[str, object]]) -> str:
-    lines = ["| model | s / mixture | real-time factor | mean VEM iterations | enhanced in this run |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {escape_cell(row['model'])} | {row['seconds_per_utterance']:.2f} | {row['real_time_factor']:.2f} "
-              f"| {_format_iterations(row['mean_iterations'])} | {row['computed_now']} |"
-              for row in summary if row["model"] != NOISY_LABEL]
+    lines = [
+        "| model | s / mixture | real-time factor | mean VEM iterations | enhanced in this run |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {escape_cell(row['model'])} | {row['seconds_per_utterance']:.2f} | {row['real_time_factor']:.2f} "
+        f"| {_format_iterations(row['mean_iterations'])} | {row['computed_now']} |"
+        for row in summary
+        if row["model"] != NOISY_LABEL
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -479,34 +580,49 @@ def _format_iterations(mean: float) -> str:
     return "–" if math.isnan(mean) else f"{mean:.1f}"
 
 
-def _write_report(out_dir: Path, rows: list[dict], summary: list[dict[str, object]], intro: list[str],
-                  conditions: str) -> None:
+def _write_report(
+    out_dir: Path, rows: list[dict], summary: list[dict[str, object]], intro: list[str], conditions: str
+) -> None:
     """The two CSV files and the figures, then the Markdown report that refers to them."""
     write_csv(out_dir / UTTERANCES_NAME, rows, UTTERANCE_COLUMNS)
     write_csv(out_dir / SUMMARY_NAME, flatten_summary(summary))
     model_rows = [row for row in rows if row["model"] != NOISY_LABEL]
     model_summary = [row for row in summary if row["model"] != NOISY_LABEL]
     order = {label: i for i, label in enumerate(row["model"] for row in model_summary)}
-    per = {by: sorted(summarize_metrics(model_rows, group_by=("model", by), metrics=list(IMPROVEMENTS.values())),
-                      key=lambda row, by=by: (order[row["model"]], row[by]))
-           for by in ("snr", "noise_type")}
-    save_figure(improvement_figure(model_rows, "snr", "input SNR (dB, BS.1770)", connect=True),
-                out_dir / SNR_FIGURE_NAME)
+    per = {
+        by: sorted(
+            summarize_metrics(model_rows, group_by=("model", by), metrics=list(IMPROVEMENTS.values())),
+            key=lambda row, by=by: (order[row["model"]], row[by]),
+        )
+        for by in ("snr", "noise_type")
+    }
+    save_figure(
+        improvement_figure(model_rows, "snr", "input SNR (dB, BS.1770)", connect=True), out_dir / SNR_FIGURE_NAME
+    )
     save_figure(improvement_figure(model_rows, "noise_type", "noise type", connect=False), out_dir / NOISE_FIGURE_NAME)
     improvements = [IMPROVEMENTS[m] for m in FIGURE_METRICS]
     sections = [
         ("Mixtures per noise type and input SNR", conditions),
         ("Median ± 1.57·IQR/√n (Table II of the SE paper)", scores_table(summary)),
         ("Mean", _table(summary, SCORES, "mean")),
-        ("Improvement over the noisy mixture, median ± 1.57·IQR/√n",
-         _table(model_summary, list(IMPROVEMENTS.values()), "median")),
-        ("Improvement per input SNR (Fig. 4)", _table(per["snr"], improvements, "median", ("model", "snr", "n"))
-         + f"\n![improvement per input SNR]({SNR_FIGURE_NAME})"),
-        ("Improvement per noise type (Fig. 5)",
-         _table(per["noise_type"], improvements, "median", ("model", "noise_type", "n"))
-         + f"\n![improvement per noise type]({NOISE_FIGURE_NAME})"),
-        ("Model time (VEM or mask estimation, and iSTFT per mixture, one torch thread; real-time factor = time / "
-         "audio duration)",
-         _timing_table(summary)),
+        (
+            "Improvement over the noisy mixture, median ± 1.57·IQR/√n",
+            _table(model_summary, list(IMPROVEMENTS.values()), "median"),
+        ),
+        (
+            "Improvement per input SNR (Fig. 4)",
+            _table(per["snr"], improvements, "median", ("model", "snr", "n"))
+            + f"\n![improvement per input SNR]({SNR_FIGURE_NAME})",
+        ),
+        (
+            "Improvement per noise type (Fig. 5)",
+            _table(per["noise_type"], improvements, "median", ("model", "noise_type", "n"))
+            + f"\n![improvement per noise type]({NOISE_FIGURE_NAME})",
+        ),
+        (
+            "Model time (VEM or mask estimation, and iSTFT per mixture, one torch thread; real-time factor = time / "
+            "audio duration)",
+            _timing_table(summary),
+        ),
     ]
     write_markdown(out_dir / MARKDOWN_NAME, "Speech enhancement", intro, sections)

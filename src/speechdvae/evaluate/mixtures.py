@@ -1,11 +1,12 @@
 """Noisy mixture sets of the enhancement evaluations (records written by `speechdvae data mix`): reading,
 balanced subsets over noise type × SNR, checksums and peak-normalised signal pairs."""
+
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -66,8 +67,9 @@ def balanced_subset(records: Sequence[dict], limit: int | None = None) -> list[d
         groups.setdefault(condition(record), []).append(record)
     types = sorted({t for t, _ in groups})
     snrs = sorted({s for _, s in groups})
-    diagonal = sorted(groups, key=lambda c: ((types.index(c[0]) + snrs.index(c[1])) % len(snrs),
-                                             types.index(c[0]), snrs.index(c[1])))
+    diagonal = sorted(
+        groups, key=lambda c: ((types.index(c[0]) + snrs.index(c[1])) % len(snrs), types.index(c[0]), snrs.index(c[1]))
+    )
     quotas = share_out([len(groups[c]) for c in diagonal], limit)
     chosen = [r for c, quota in zip(diagonal, quotas) if quota for r in evenly_spaced(groups[c], quota)]
     return sorted(chosen, key=lambda r: r["id"])

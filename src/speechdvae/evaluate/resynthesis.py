@@ -16,14 +16,15 @@ Outputs in the output folder: `resynthesis.md` (mean and median ± 1.57·IQR/√
 (the summary), `resynthesis_utterances.csv` (every utterance, with the reason of any NaN) and
 `resynthesis.png` (per-utterance distributions).
 """
+
 from __future__ import annotations
 
 import os
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ UTTERANCES_NAME, FIGURE_NAME = "resynthesis_utterances.csv", "resynthesis.png"
 OFFICIAL_MODELS = {"vae": "VAE", "dkf": "DKF", "rvae": "RVAE", "srnn": "SRNN-SS"}
 OFFICIAL_CORPORA = ("WSJ0", "VoiceBank")
 
+
 class ResynthesisError(EvaluationError):
     """Options that cannot make an evaluation (unknown mode, duplicate model label, empty test set)."""
 
@@ -56,6 +58,7 @@ class ResynthesisError(EvaluationError):
 # ---------------------------------------------------------------------------------------------
 # One utterance
 # ---------------------------------------------------------------------------------------------
+
 
 def prepare(x: np.ndarray) -> np.ndarray:
     """Trim (30 dB) and peak-normalise a 16 kHz waveform as the training data (`data.sequences.preprocess`)."""
@@ -95,6 +98,7 @@ def resynthesize(model: DVAE, x: np.ndarray, feedback: float, sample: bool = Fal
 # ---------------------------------------------------------------------------------------------
 # Test set and models
 # ---------------------------------------------------------------------------------------------
+
 
 def row_title(label: str, mode: str) -> str:
     """The row's name in figures and messages: the label, followed by the mode if there is one ("SRNN GEN")."""
@@ -144,8 +148,10 @@ def official_models(source: str | os.PathLike, folder: str | os.PathLike) -> dic
     for path in paths:
         config = read_checkpoint_config(path)
         name, corpus = config["model"]["name"], config["metadata"].get("training_corpus", "unknown")
-        order = (OFFICIAL_CORPORA.index(corpus) if corpus in OFFICIAL_CORPORA else len(OFFICIAL_CORPORA),
-                 list(OFFICIAL_MODELS).index(name) if name in OFFICIAL_MODELS else len(OFFICIAL_MODELS))
+        order = (
+            OFFICIAL_CORPORA.index(corpus) if corpus in OFFICIAL_CORPORA else len(OFFICIAL_CORPORA),
+            list(OFFICIAL_MODELS).index(name) if name in OFFICIAL_MODELS else len(OFFICIAL_MODELS),
+        )
         entries.append((order, f"official {corpus} {OFFICIAL_MODELS.get(name, name.upper())}", path))
     return {label: path for _, label, path in sorted(entries)}
 
@@ -153,6 +159,7 @@ def official_models(source: str | os.PathLike, folder: str | os.PathLike) -> dic
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Utterance:
@@ -176,8 +183,7 @@ def _read_utterance(record: dict) -> _Utterance:
         utterance.error = message if record["path"] in message else f"{record['path']}: {message}"
         return utterance
     if len(wave) < stft.min_samples():
-        utterance.error = (f"{record['path']}: too short after trimming ({len(wave)} samples, "
-                           f"need {stft.min_samples()})")
+        utterance.error = f"{record['path']}: too short after trimming ({len(wave)} samples, need {stft.min_samples()})"
     else:
         utterance.wave, utterance.samples = wave, len(wave)
     return utterance
@@ -186,13 +192,30 @@ def _read_utterance(record: dict) -> _Utterance:
 def _unusable_rows(utterance: _Utterance, systems: list[System]) -> list[tuple[int, dict]]:
     """NaN rows, with the reason, for an utterance that could not be read or prepared."""
     warnings.warn(f"{utterance.record['id']}: {utterance.error}; its metrics are NaN", stacklevel=4)
-    return [(i, {"id": utterance.record["id"], "model": system.label, "mode": system.mode, "seconds": None,
-                 **dict.fromkeys(DEFAULT_METRICS, float("nan")), "error": utterance.error})
-            for i, system in enumerate(systems)]
+    return [
+        (
+            i,
+            {
+                "id": utterance.record["id"],
+                "model": system.label,
+                "mode": system.mode,
+                "seconds": None,
+                **dict.fromkeys(DEFAULT_METRICS, float("nan")),
+                "error": utterance.error,
+            },
+        )
+        for i, system in enumerate(systems)
+    ]
 
 
-def _evaluate_chunk(utterances: list[_Utterance], systems: list[System], sample: bool, workers: int | None,
-                    seconds: np.ndarray, progress: tqdm) -> list[tuple[int, dict]]:
+def _evaluate_chunk(
+    utterances: list[_Utterance],
+    systems: list[System],
+    sample: bool,
+    workers: int | None,
+    seconds: np.ndarray,
+    progress: tqdm,
+) -> list[tuple[int, dict]]:
     """(system index, per-utterance row) for every system and utterance of the chunk; adds model time to `seconds`."""
     out: list[tuple[int, dict]] = []
     pairs, labels, keys = [], [], []
@@ -208,20 +231,36 @@ def _evaluate_chunk(utterances: list[_Utterance], systems: list[System], sample:
             seconds[i] += time.perf_counter() - start
             pairs.append((utterance.wave, estimate))
             labels.append(f"{utterance.record['id']} ({system.title})")
-            keys.append((i, {"id": utterance.record["id"], "model": system.label, "mode": system.mode,
-                             "seconds": len(utterance.wave) / audio.SAMPLE_RATE}))
+            keys.append(
+                (
+                    i,
+                    {
+                        "id": utterance.record["id"],
+                        "model": system.label,
+                        "mode": system.mode,
+                        "seconds": len(utterance.wave) / audio.SAMPLE_RATE,
+                    },
+                )
+            )
     metric_rows, reasons = metrics_with_reasons(pairs, labels, workers) if pairs else ([], [])
-    out += [(i, {**row, **metrics, "error": reason})
-            for (i, row), metrics, reason in zip(keys, metric_rows, reasons)]
+    out += [(i, {**row, **metrics, "error": reason}) for (i, row), metrics, reason in zip(keys, metric_rows, reasons)]
     return out
 
 
-
-def evaluate_resynthesis(models: Mapping[str, ModelSource], manifest: str | os.PathLike,
-                         out_dir: str | os.PathLike, limit: int | None = None,
-                         modes: Sequence[str] = ("GT", "GEN"), workers: int | None = None, *,
-                         sample: bool = False, seed: int = 0, oracle: bool = True, progress: bool = True,
-                         command: str | None = None) -> list[dict[str, object]]:
+def evaluate_resynthesis(
+    models: Mapping[str, ModelSource],
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    limit: int | None = None,
+    modes: Sequence[str] = ("GT", "GEN"),
+    workers: int | None = None,
+    *,
+    sample: bool = False,
+    seed: int = 0,
+    oracle: bool = True,
+    progress: bool = True,
+    command: str | None = None,
+) -> list[dict[str, object]]:
     """Resynthesise every test utterance with every model (label -> model or checkpoint folder) and score it.
 
     Writes the report files into `out_dir` (atomically, once all is computed) and returns the summary:
@@ -243,7 +282,7 @@ def evaluate_resynthesis(models: Mapping[str, ModelSource], manifest: str | os.P
     utterances: list[_Utterance] = []
     with torch_threads(1), tqdm(total=len(records), unit="utt", desc="resynthesis", disable=not progress) as bar:
         for start in range(0, len(records), CHUNK_UTTERANCES):
-            chunk = [_read_utterance(r) for r in records[start:start + CHUNK_UTTERANCES]]
+            chunk = [_read_utterance(r) for r in records[start : start + CHUNK_UTTERANCES]]
             indexed += _evaluate_chunk(chunk, systems, sample, workers, seconds, bar)
             for utterance in chunk:
                 utterance.wave = None  # keep lengths and errors, not waveforms
@@ -255,8 +294,13 @@ def evaluate_resynthesis(models: Mapping[str, ModelSource], manifest: str | os.P
         row["seconds_per_utterance"] = float(system_seconds / n_valid) if n_valid else float("nan")
     if command is None:
         command = resynth_command(models, manifest, out_dir, limit, modes, sample, seed, oracle)
-    intro = [f"Regenerate with: `{command}`", _describe_test_set(manifest, len(all_records), utterances, limit),
-             _describe_method(sample, seed), PESQ_NOTE, NAN_NOTE]
+    intro = [
+        f"Regenerate with: `{command}`",
+        _describe_test_set(manifest, len(all_records), utterances, limit),
+        _describe_method(sample, seed),
+        PESQ_NOTE,
+        NAN_NOTE,
+    ]
     _write_report(Path(out_dir), rows, summary, intro)
     return summary
 
@@ -265,49 +309,65 @@ def evaluate_resynthesis(models: Mapping[str, ModelSource], manifest: str | os.P
 # Report
 # ---------------------------------------------------------------------------------------------
 
-PESQ_NOTE = ("**PESQ:** *PESQ-NB (raw P.862)* is the narrowband raw MOS in [-0.5, 4.5], the scale of the DVAE "
-             "papers' tables (the P.862.1 mapping inverted); *PESQ-NB (MOS-LQO)* is narrowband P.862.1 MOS-LQO "
-             "(what the `pesq` package returns); *PESQ-WB (MOS-LQO)* is wideband P.862.2. RMSE is taken after "
-             "the least-squares gain, as in the original DVAE code.")
-NAN_NOTE = ("Statistics use the finite values; \"(k NaN)\" counts utterances on which a metric is undefined "
-            f"(unusable audio, too short for PESQ or ESTOI, non-finite model output); `{UTTERANCES_NAME}` "
-            "gives each reason.")
+PESQ_NOTE = (
+    "**PESQ:** *PESQ-NB (raw P.862)* is the narrowband raw MOS in [-0.5, 4.5], the scale of the DVAE "
+    "papers' tables (the P.862.1 mapping inverted); *PESQ-NB (MOS-LQO)* is narrowband P.862.1 MOS-LQO "
+    "(what the `pesq` package returns); *PESQ-WB (MOS-LQO)* is wideband P.862.2. RMSE is taken after "
+    "the least-squares gain, as in the original DVAE code."
+)
+NAN_NOTE = (
+    'Statistics use the finite values; "(k NaN)" counts utterances on which a metric is undefined '
+    f"(unusable audio, too short for PESQ or ESTOI, non-finite model output); `{UTTERANCES_NAME}` "
+    "gives each reason."
+)
 
 
-def _describe_test_set(manifest: str | os.PathLike, total: int, utterances: list[_Utterance],
-                       limit: int | None) -> str:
-    hours = [sum(getattr(u, field) for u in utterances) / audio.SAMPLE_RATE / 3600
-             for field in ("raw_samples", "samples")]
-    subset = (f"evenly spaced by id with `--limit {limit}`: entries ⌊i·{total}/{limit}⌋ of the sorted list"
-              if len(utterances) < total else "all of them")
+def _describe_test_set(manifest: str | os.PathLike, total: int, utterances: list[_Utterance], limit: int | None) -> str:
+    hours = [
+        sum(getattr(u, field) for u in utterances) / audio.SAMPLE_RATE / 3600 for field in ("raw_samples", "samples")
+    ]
+    subset = (
+        f"evenly spaced by id with `--limit {limit}`: entries ⌊i·{total}/{limit}⌋ of the sorted list"
+        if len(utterances) < total
+        else "all of them"
+    )
     unusable = sum(bool(u.error) for u in utterances)
-    return (f"**Test set:** `{os.fspath(manifest)}`, {len(utterances)} of {total} utterances ({subset}); "
-            f"{hours[0]:.3f} h as recorded, {hours[1]:.3f} h after trimming"
-            + (f"; {unusable} unusable (NaN in every row)." if unusable else "."))
+    return (
+        f"**Test set:** `{os.fspath(manifest)}`, {len(utterances)} of {total} utterances ({subset}); "
+        f"{hours[0]:.3f} h as recorded, {hours[1]:.3f} h after trimming"
+        + (f"; {unusable} unusable (NaN in every row)." if unusable else ".")
+    )
 
 
 def _describe_method(sample: bool, seed: int) -> str:
-    latent = (f"z is drawn from q(z | s) (stochastic, torch seed {seed})" if sample
-              else "z is the posterior mean (deterministic)")
-    return ("**Method:** each utterance is trimmed (30 dB) and peak-normalised as in training and processed alone "
-            f"(batch 1); {latent}; the speech STFT is rebuilt as sqrt(exp(y_logvar)) with the phase of the "
-            "original STFT, inverted to the original length and compared with the trimmed, normalised original. "
-            "Autoregressive models: **GT** = the decoder reads the true past s_1:t-1 (teacher forcing; the SE "
-            "paper's \"-True\"), **GEN** = it reads its own past outputs (generation mode, in which the papers "
-            f"evaluate AR models; \"-Pred\"); `{NO_MODE}` = not autoregressive. The oracle resynthesises from the "
-            "exact |S|², a check of the pipeline.")
+    latent = (
+        f"z is drawn from q(z | s) (stochastic, torch seed {seed})"
+        if sample
+        else "z is the posterior mean (deterministic)"
+    )
+    return (
+        "**Method:** each utterance is trimmed (30 dB) and peak-normalised as in training and processed alone "
+        f"(batch 1); {latent}; the speech STFT is rebuilt as sqrt(exp(y_logvar)) with the phase of the "
+        "original STFT, inverted to the original length and compared with the trimmed, normalised original. "
+        "Autoregressive models: **GT** = the decoder reads the true past s_1:t-1 (teacher forcing; the SE "
+        'paper\'s "-True"), **GEN** = it reads its own past outputs (generation mode, in which the papers '
+        f'evaluate AR models; "-Pred"); `{NO_MODE}` = not autoregressive. The oracle resynthesises from the '
+        "exact |S|², a check of the pipeline."
+    )
 
 
 def results_table(summary: Sequence[Mapping[str, object]], statistic: str) -> str:
     """The Markdown table of the metric summaries (without the timing column)."""
-    return markdown_table([{k: escape_cell(v) for k, v in row.items() if k != "seconds_per_utterance"}
-                           for row in summary], statistic)
+    return markdown_table(
+        [{k: escape_cell(v) for k, v in row.items() if k != "seconds_per_utterance"} for row in summary], statistic
+    )
 
 
 def _timing_table(summary: Sequence[Mapping[str, object]]) -> str:
     lines = ["| model | mode | s / utterance |", "|---|---|---|"]
-    lines += [f"| {escape_cell(row['model'])} | {row['mode']} | {row['seconds_per_utterance']:.3f} |"
-              for row in summary]
+    lines += [
+        f"| {escape_cell(row['model'])} | {row['mode']} | {row['seconds_per_utterance']:.3f} |" for row in summary
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -320,9 +380,11 @@ def _write_report(out_dir: Path, rows: list[dict], summary: list[dict[str, objec
             groups.setdefault(row_title(row["model"], row["mode"]), []).append(row)
     write_csv(out_dir / UTTERANCES_NAME, rows, ["id", "model", "mode", "seconds", *DEFAULT_METRICS, "error"])
     write_csv(out_dir / SUMMARY_NAME, flatten_summary(summary))
-    sections = [("Mean (as Table 1 of the HiT-DVAE paper)", results_table(summary, "mean")),
-                ("Median ± 1.57·IQR/√n (as Table II of the SE paper)", results_table(summary, "median")),
-                ("Model time (inference, decoding and iSTFT per utterance, one torch thread)", _timing_table(summary))]
+    sections = [
+        ("Mean (as Table 1 of the HiT-DVAE paper)", results_table(summary, "mean")),
+        ("Median ± 1.57·IQR/√n (as Table II of the SE paper)", results_table(summary, "median")),
+        ("Model time (inference, decoding and iSTFT per utterance, one torch thread)", _timing_table(summary)),
+    ]
     if groups:
         save_figure(boxplot_figure(groups, DEFAULT_METRICS), out_dir / FIGURE_NAME)
         sections.append(("Per-utterance distributions", f"![per-utterance metrics]({FIGURE_NAME})"))

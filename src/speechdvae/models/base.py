@@ -10,6 +10,7 @@ scheduled sampling. Fed-back outputs are detached: no gradient flows through the
 with feedback 1 equals decoding with feedback 0 from the generated outputs as the past (the VEM relies on
 it). Tensors are batch-first everywhere.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,10 +41,10 @@ def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, sample: bool) -> to
 class Posterior:
     """Output of `infer`: samples (or means) and Gaussian parameters of q."""
 
-    z: torch.Tensor                      # (B, T, Lz)
+    z: torch.Tensor  # (B, T, Lz)
     z_mean: torch.Tensor
     z_logvar: torch.Tensor
-    w: torch.Tensor | None = None        # (B, Lw) for hierarchical models
+    w: torch.Tensor | None = None  # (B, Lw) for hierarchical models
     w_mean: torch.Tensor | None = None
     w_logvar: torch.Tensor | None = None
     cache: dict = field(default_factory=dict)  # model-private intermediate results reused by decode
@@ -53,8 +54,8 @@ class Posterior:
 class Decoded:
     """Output of `decode`: speech log-variance and the prior over z under the same past."""
 
-    y_logvar: torch.Tensor               # (B, T, F)
-    prior_mean: torch.Tensor             # (B, T, Lz); zeros for an i.i.d. standard normal prior
+    y_logvar: torch.Tensor  # (B, T, F)
+    prior_mean: torch.Tensor  # (B, T, Lz); zeros for an i.i.d. standard normal prior
     prior_logvar: torch.Tensor
 
 
@@ -82,6 +83,7 @@ def _capturing_config(init: Callable[..., None]) -> Callable[..., None]:
         bound.apply_defaults()
         arguments = list(bound.arguments.items())[1:]
         self.config = {"name": self.name, **{key: _as_json(value) for key, value in arguments}}
+
     return wrapped
 
 

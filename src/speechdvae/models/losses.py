@@ -3,6 +3,7 @@
 Used by training (clean speech: v = v_s) and by the VEM E-step (noisy speech: v = g v_s + W H).
 Sums are over every bin; callers choose the normalisation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,11 +25,11 @@ def itakura_saito(x: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return x / v + torch.log(v) - torch.log(x.clamp_min(1e-30)) - 1.0
 
 
-def gaussian_kl(mean_q: torch.Tensor, logvar_q: torch.Tensor,
-                mean_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
+def gaussian_kl(
+    mean_q: torch.Tensor, logvar_q: torch.Tensor, mean_p: torch.Tensor, logvar_p: torch.Tensor
+) -> torch.Tensor:
     """Element-wise KL(N(mean_q, exp(logvar_q)) || N(mean_p, exp(logvar_p)))."""
-    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mean_q - mean_p).square())
-                  / (logvar_p.exp() + EPS) - 1.0)
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mean_q - mean_p).square()) / (logvar_p.exp() + EPS) - 1.0)
 
 
 def kl_terms(post: Posterior, dec: Decoded) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,13 +37,13 @@ def kl_terms(post: Posterior, dec: Decoded) -> tuple[torch.Tensor, torch.Tensor]
     kl_z = gaussian_kl(post.z_mean, post.z_logvar, dec.prior_mean, dec.prior_logvar).sum()
     if post.w_mean is None:
         return kl_z, kl_z.new_zeros(())
-    kl_w = gaussian_kl(post.w_mean, post.w_logvar, torch.zeros_like(post.w_mean),
-                       torch.zeros_like(post.w_logvar)).sum()
+    kl_w = gaussian_kl(post.w_mean, post.w_logvar, torch.zeros_like(post.w_mean), torch.zeros_like(post.w_logvar)).sum()
     return kl_z, kl_w
 
 
-def elbo_loss(s: torch.Tensor, post: Posterior, dec: Decoded, beta_z: float = 1.0,
-              beta_w: float = 1.0, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+def elbo_loss(
+    s: torch.Tensor, post: Posterior, dec: Decoded, beta_z: float = 1.0, beta_w: float = 1.0, kl_weight: float = 1.0
+) -> dict[str, torch.Tensor]:
     """Negative ELBO on clean speech power `s`, normalised per frame (B * T).
 
     `kl_weight` is the KL warm-up factor, multiplying both beta-weighted KL terms.
