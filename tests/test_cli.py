@@ -1,10 +1,13 @@
 import argparse
+import ast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import speechdvae
 from speechdvae.cli import build_parser, main
 
 
@@ -62,3 +65,44 @@ def test_unknown_preset_lists_the_available_ones(tmp_path):
 def test_parser_knows_every_command():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert {"data", "train", "import-official"} <= set(sub.choices)
+
+
+def test_the_library_never_imports_the_command_line():
+    """Only modules of speechdvae.cli (and __main__) import it: the library stays usable without argparse."""
+    root = Path(speechdvae.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root)
+        if relative.parts[0] == "cli" or relative.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                absolute = node.module or ""
+                if node.level:  # resolve `from ..cli import x` against the module's package
+                    package = relative.parent.parts[: len(relative.parent.parts) - node.level + 1]
+                    absolute = ".".join(["speechdvae", *package, *([absolute] if absolute else [])])
+                names = [absolute, *(f"{absolute}.{alias.name}" for alias in node.names)]
+                if any(name == "speechdvae.cli" or name.startswith("speechdvae.cli.") for name in names):
+                    offenders.append(str(relative))
+    assert offenders == []
+
+
+@pytest.mark.slow
+def test_every_module_imports_on_its_own():
+    """Each module imported first, with no speechdvae module loaded before it: an import cycle would fail
+    whichever module of it comes first. One interpreter; third-party modules stay loaded between imports."""
+    root = Path(speechdvae.__file__).parent
+    modules = sorted(
+        ".".join(("speechdvae", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        for path in root.rglob("*.py")
+        if path.name != "__main__.py"
+    )
+    code = (
+        "import importlib, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    for loaded in [m for m in sys.modules if m == 'speechdvae' or m.startswith('speechdvae.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    importlib.import_module(name)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, timeout=300)
+    assert len(modules) > 40 and result.returncode == 0, result.stderr[-2000:]

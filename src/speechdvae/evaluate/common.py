@@ -43,8 +43,9 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 @dataclass(frozen=True)
-class Prior:
-    """A prior (or, for enhancement, any enhancer) under its label, with the fingerprint of its weights."""
+class Labelled:
+    """A model under its label (a prior for generation, an enhancer for enhancement), with the fingerprint of
+    its weights."""
 
     label: str
     model: Any

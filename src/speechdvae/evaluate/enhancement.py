@@ -50,7 +50,7 @@ from ..commands import enhance_command
 from ..enhancement.enhancer import Enhancer, EnhancerSource, enhance_waves, load_enhancer
 from ..enhancement.vem import DEFAULT_ITERATIONS, VEMConfig
 from ..errors import needs_extra
-from .common import EvaluationError, Prior, ResultCache, model_fingerprint, torch_threads
+from .common import EvaluationError, Labelled, ResultCache, model_fingerprint, torch_threads
 from .metrics import METRICS, markdown_table, median_ci, metrics_with_reasons, summarize_metrics
 from .mixtures import Mixture, Mixtures, balanced_subset, condition, identify, read_mixtures, read_pair
 from .report import escape_cell, flatten_summary, save_figure, write_csv, write_markdown
@@ -184,7 +184,9 @@ class _Evaluation:
     """Computes the missing results of a mixture set, batch by batch and prior by prior, in `workers` processes
     (in this one when `workers` is 1), and keeps every per-mixture result."""
 
-    def __init__(self, priors: list[Prior], cache: ResultCache, out_dir: Path, save_audio: bool, workers: int) -> None:
+    def __init__(
+        self, priors: list[Labelled], cache: ResultCache, out_dir: Path, save_audio: bool, workers: int
+    ) -> None:
         self.priors, self.cache, self.out_dir, self.workers = priors, cache, out_dir, workers
         self.audio_dir = out_dir if save_audio else None
         self.results: dict[tuple[str, str], dict] = {}  # (label, mixture id) -> result
@@ -341,7 +343,7 @@ def evaluate_enhancement(
     all_records, records = select_mixtures(mixtures, limit)
     _check_labels(list(models), records, out_dir if save_audio else None)
     enhancers = {label: load_enhancer(source, config) for label, source in models.items()}
-    priors = [Prior(label, enhancer, model_fingerprint(enhancer.network)) for label, enhancer in enhancers.items()]
+    priors = [Labelled(label, enhancer, model_fingerprint(enhancer.network)) for label, enhancer in enhancers.items()]
     selected = [identify(record) for record in records]
     workers = max(1, (os.cpu_count() or 1) if workers is None else workers)
     evaluation = _Evaluation(priors, ResultCache(out_dir / CACHE_NAME), out_dir, save_audio, workers)
