@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # from pulling a multi-GB CUDA build to satisfy the package's torch requirement.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test quick lint demo bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,17 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-test: venv
+# Every test, the slow ones, those reading ../shared/official-dvae-se and the browser test included.
+test: venv lint
 	$(BIN)/python -m pytest tests
+
+# The fast tests only.
+quick: venv
+	$(BIN)/python -m pytest tests -m "not slow and not official and not browser"
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks recipes
+	$(BIN)/ruff format --check src tests benchmarks recipes
 
 demo: venv
 	$(BIN)/speechdvae demo -o demo_output
@@ -26,7 +35,7 @@ demo: venv
 # Every table and figure of both papers on the open corpus, from the committed checkpoints; BENCH_ARGS=--retrain
 # retrains the priors first, BENCH_ARGS="--only enhancement" reruns one report.
 bench: venv
-	$(BIN)/pip install -q -e ".[dnsmos]"
+	$(BIN)/pip install -q -e ".[eval,data,dnsmos]"
 	$(BIN)/python recipes/reproduce.py $(BENCH_ARGS)
 
 clean:

@@ -7,6 +7,7 @@ on first use and timed separately); without it, a synthetic 10-minute corpus is 
 Training consumes a few thousand frames per second on CPU (see bench_train.py), so the loader
 must serve far more than that.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.data_root:
-            manifest, cache_dir = args.data_root / "manifests" / "speech_train.jsonl", args.data_root / "cache" / "spectrograms"
+            manifest, cache_dir = (
+                args.data_root / "manifests" / "speech_train.jsonl",
+                args.data_root / "cache" / "spectrograms",
+            )
         else:
             manifest, cache_dir = synthetic_manifest(Path(tmp)), Path(tmp) / "cache"
         t0 = time.perf_counter()
@@ -57,9 +61,11 @@ def main() -> None:
                 for batch in ds.batches(args.batch_size, shuffle=True, epoch=epoch):
                     frames += batch.shape[0] * batch.shape[1]
             rows.append((label, frames / (time.perf_counter() - t0)))
-    print(f"corpus: {manifest} — {len(cache.ids)} files, {int(cache.lengths.sum())} frames, "
-          f"{len(data)} sequences of {args.seq_len} frames; cache ready in {t_cache:.1f} s")
-    print("\n| sampling | frames/s served (B=%d, T=%d) |\n|---|---:|" % (args.batch_size, args.seq_len))
+    print(
+        f"corpus: {manifest} — {len(cache.ids)} files, {int(cache.lengths.sum())} frames, "
+        f"{len(data)} sequences of {args.seq_len} frames; cache ready in {t_cache:.1f} s"
+    )
+    print(f"\n| sampling | frames/s served (B={args.batch_size}, T={args.seq_len}) |\n|---|---:|")
     for label, fps in rows:
         print(f"| {label} | {fps:,.0f} |")
 

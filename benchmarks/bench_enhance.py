@@ -9,10 +9,11 @@ Every run is a full `eval enhance` (read, VEM, iSTFT, scoring) into a fresh temp
 SI-SDR of each setting comes with its time, and with the median over mixtures of its SI-SDR minus the first
 setting's (the official one's) on the same mixture, ± 1.57·IQR/√n. `--iterations N` adds the default settings
 with N iterations. `--profile` also shows where the time of the default settings goes on the first mixture
-(the VEM phases labelled in `speechdvae.enhance.vem`), and `--past-cost` times instead one E-step (forward and
+(the VEM phases labelled in `speechdvae.enhancement.vem`), and `--past-cost` times instead one E-step (forward and
 backward) of each autoregressive prior on the first mixture with each past: generated frame by frame under
 autograd, generated in two passes (as the VEM does), estimated. Prints Markdown tables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,11 @@ import torch
 
 from speechdvae import stft
 from speechdvae.checkpoints import from_pretrained, load_model
-from speechdvae.enhance import vem
-from speechdvae.evaluate.enhancement import (UTTERANCES_NAME, balanced_subset, enhance_waves, evaluate_enhancement,
-                                             read_mixtures, read_pair)
+from speechdvae.enhancement import vem
+from speechdvae.enhancement.enhancer import enhance_waves
+from speechdvae.evaluate.enhancement import UTTERANCES_NAME, evaluate_enhancement
 from speechdvae.evaluate.metrics import median_ci
+from speechdvae.evaluate.mixtures import balanced_subset, read_mixtures, read_pair
 from speechdvae.models import DVAE
 
 
@@ -49,12 +51,16 @@ BATCHES_PER_PROCESS = 4
 
 def settings(cores: int, limit: int, iterations: list[int]) -> list[Setting]:
     official, default = vem.VEMConfig.official(), vem.VEMConfig()
-    return [Setting("official, one at a time", official, 1, 1),
-            Setting("default, one at a time", default, 1, 1),
-            Setting(f"default, batches of {limit}", default, limit, 1),
-            Setting(f"default, {cores} processes", default, math.ceil(limit / (BATCHES_PER_PROCESS * cores)), cores),
-            *(Setting(f"default with {n} iterations, batches of {limit}", replace(default, niter=n), limit, 1)
-              for n in iterations)]
+    return [
+        Setting("official, one at a time", official, 1, 1),
+        Setting("default, one at a time", default, 1, 1),
+        Setting(f"default, batches of {limit}", default, limit, 1),
+        Setting(f"default, {cores} processes", default, math.ceil(limit / (BATCHES_PER_PROCESS * cores)), cores),
+        *(
+            Setting(f"default with {n} iterations, batches of {limit}", replace(default, niter=n), limit, 1)
+            for n in iterations
+        ),
+    ]
 
 
 def load(spec: str) -> tuple[str, DVAE]:
@@ -67,8 +73,15 @@ def timed_run(model: DVAE, records: list[dict], setting: Setting) -> tuple[float
     """Wall time, summary row and SI-SDR of each mixture (by id) of one evaluation of `model` in a fresh folder."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        summary = evaluate_enhancement({"prior": model}, records, out, config=setting.config,
-                                       batch_size=setting.batch_size, workers=setting.workers, progress=False)
+        summary = evaluate_enhancement(
+            {"prior": model},
+            records,
+            out,
+            config=setting.config,
+            batch_size=setting.batch_size,
+            workers=setting.workers,
+            progress=False,
+        )
         wall = time.perf_counter() - start
         with open(Path(out) / UTTERANCES_NAME, newline="") as f:
             scores = {row["id"]: float(row["si_sdr"] or "nan") for row in csv.DictReader(f) if row["model"] == "prior"}
@@ -84,7 +97,7 @@ def profile(model: DVAE, record: dict) -> dict[str, float]:
     noisy = read_pair(record)[0]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        enhance_waves(model, [noisy], [record["id"]], vem.VEMConfig())
+        enhance_waves(model.enhancer(vem.VEMConfig()), [noisy], [record["id"]])
         wall = time.perf_counter() - start
     totals = {event.key: event.cpu_time_total / 1e6 for event in prof.key_averages() if event.key in PHASES}
     shares = {phase: totals.get(phase, 0.0) / wall for phase in PHASES}
@@ -115,16 +128,24 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=PATH|default")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--iterations", type=int, action="append", default=[], metavar="N",
-                        help="also time the default settings with N iterations (repeatable)")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="also time the default settings with N iterations (repeatable)",
+    )
     parser.add_argument("--profile", action="store_true", help="also profile the default settings' VEM phases")
     parser.add_argument("--past-cost", action="store_true", help="only time one E-step with each past")
     args = parser.parse_args()
     torch.set_num_threads(1)
     records = balanced_subset(read_mixtures(args.manifest), args.limit)
     seconds = sum(len(read_pair(r)[0]) for r in records) / 16000
-    print(f"{len(records)} mixtures of `{args.manifest}` ({seconds:.1f} s of audio), {args.cores} cores, "
-          f"torch {torch.__version__}\n")
+    print(
+        f"{len(records)} mixtures of `{args.manifest}` ({seconds:.1f} s of audio), {args.cores} cores, "
+        f"torch {torch.__version__}\n"
+    )
     if args.past_cost:
         power = stft.power_spectrogram(torch.from_numpy(read_pair(records[0])[0]))[None]
         print(f"One E-step (forward + backward) on the first mixture ({power.shape[1]} frames), median of 3:\n")
@@ -136,8 +157,10 @@ def main() -> None:
                 one, two, est = (estep_seconds(model, power, past) for past in ("one pass", "two passes", "estimate"))
                 print(f"| {label} | {one:.3f} | {two:.3f} | {est:.3f} | {one / two:.2f} |", flush=True)
         return
-    print("| prior | setting | wall time (s) | RTF | speed-up | median SI-SDR (dB) | median paired Δ (dB) | "
-          "mean iterations |")
+    print(
+        "| prior | setting | wall time (s) | RTF | speed-up | median SI-SDR (dB) | median paired Δ (dB) | "
+        "mean iterations |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for spec in args.model:
         label, model = load(spec)
@@ -146,9 +169,11 @@ def main() -> None:
             wall, row, scores = timed_run(model, records, setting)
             reference = reference or (wall, scores)
             delta, half_width = median_ci(scores[i] - reference[1][i] for i in scores)
-            print(f"| {label} | {setting.name} | {wall:.1f} | {wall / seconds:.1f} | {reference[0] / wall:.1f}x | "
-                  f"{row['si_sdr'].median:.2f} | {delta:+.2f} ± {half_width:.2f} | {row['mean_iterations']:.0f} |",
-                  flush=True)
+            print(
+                f"| {label} | {setting.name} | {wall:.1f} | {wall / seconds:.1f} | {reference[0] / wall:.1f}x | "
+                f"{row['si_sdr'].median:.2f} | {delta:+.2f} ± {half_width:.2f} | {row['mean_iterations']:.0f} |",
+                flush=True,
+            )
     if args.profile:
         print("\n| prior | " + " | ".join(PHASES) + " | other |")
         print("|---|" + "---:|" * (len(PHASES) + 1))

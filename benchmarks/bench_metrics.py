@@ -3,6 +3,7 @@
 Usage: python benchmarks/bench_metrics.py [--pairs 16] [--clip PATH]
 The pairs are a real speech clip against copies of it with white noise at several SNRs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,9 @@ import numpy as np
 from speechdvae.audio import read_audio
 from speechdvae.evaluate.metrics import evaluate_pairs, markdown_table, summarize_metrics
 
-DEFAULT_CLIP = Path(__file__).resolve().parents[2] / "shared" / "official-dvae-se" / "reference" / "audio" / "agent-pass.wav"
+DEFAULT_CLIP = (
+    Path(__file__).resolve().parents[2] / "shared" / "official-dvae-se" / "reference" / "audio" / "agent-pass.wav"
+)
 
 
 def noisy_pairs(clip: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -44,8 +47,10 @@ def main() -> None:
         start = time.perf_counter()
         rows = evaluate_pairs(pairs, workers=workers)
         elapsed = time.perf_counter() - start
-        print(f"workers={workers}: {elapsed:.2f} s for {len(pairs)} pairs of {seconds:.2f} s "
-              f"({elapsed / len(pairs):.3f} s per pair)")
+        print(
+            f"workers={workers}: {elapsed:.2f} s for {len(pairs)} pairs of {seconds:.2f} s "
+            f"({elapsed / len(pairs):.3f} s per pair)"
+        )
     print(markdown_table(summarize_metrics(rows)))
 
 

@@ -4,6 +4,7 @@ cached-key/value decoding loop against recomputing the whole prefix at every fra
 Usage: python benchmarks/bench_transformer.py [--threads 1] [--gen-batch 8] [--repeats 3]
 Prints Markdown tables. Throughput uses random power spectrograms; speed depends on the machine's load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,12 @@ def random_powers(batch: int, frames: int, x_dim: int) -> torch.Tensor:
 
 def training_step(model: TransformerDVAE, s: torch.Tensor) -> Callable[[], None]:
     """One forward + backward pass of the teacher-forced ELBO."""
+
     def step() -> None:
         model.zero_grad(set_to_none=True)
         post, dec = model(s, sample=True, feedback=0.0)
         elbo_loss(s, post, dec, beta_z=0.01, beta_w=0.01)["loss"].backward()
+
     return step
 
 
@@ -56,8 +59,8 @@ def naive_generation(model: TransformerDVAE, post: Posterior) -> torch.Tensor:
     z, w = post.z, post.w
     past = z.new_zeros(z.shape[0], 1, model.x_dim)
     for t in range(z.shape[1]):
-        prefix = Posterior(z[:, :t + 1], z[:, :t + 1], z[:, :t + 1], w, w, w)
-        y = model.decode(prefix, past, feedback=0.0).y_logvar[:, t:t + 1]
+        prefix = Posterior(z[:, : t + 1], z[:, : t + 1], z[:, : t + 1], w, w, w)
+        y = model.decode(prefix, past, feedback=0.0).y_logvar[:, t : t + 1]
         past = torch.cat([past[:, :t], y.exp(), past[:, t:]], dim=1)
     return past[:, :-1].log()
 
@@ -88,8 +91,10 @@ def main() -> None:
         seconds = best_time(training_step(model, random_powers(32, 50, model.x_dim)), args.repeats)
         print(f"| {kind} | {32 * 50 / seconds:,.0f} | {seconds:.3f} |")
 
-    print("\n| preset (small) | T | GEN incremental (frames/s) | GEN naive (frames/s) | speed-up | max abs diff |"
-          "\n|---|---:|---:|---:|---:|---:|")
+    print(
+        "\n| preset (small) | T | GEN incremental (frames/s) | GEN naive (frames/s) | speed-up | max abs diff |"
+        "\n|---|---:|---:|---:|---:|---:|"
+    )
     with torch.no_grad():
         for kind in KINDS:
             model = build(kind, "small").eval()
@@ -99,7 +104,8 @@ def main() -> None:
                 slow = best_time(lambda: naive_generation(model, post), 1)
                 diff = (model.decode(post, None, feedback=1.0).y_logvar - naive_generation(model, post)).abs().max()
                 total = args.gen_batch * frames
-                print(f"| {kind} | {frames} | {total / fast:,.0f} | {total / slow:,.0f} | {slow / fast:.1f}x | {diff:.1e} |")
+                speeds = f"{total / fast:,.0f} | {total / slow:,.0f} | {slow / fast:.1f}x"
+                print(f"| {kind} | {frames} | {speeds} | {diff:.1e} |")
 
 
 if __name__ == "__main__":

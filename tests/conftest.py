@@ -1,4 +1,5 @@
 """Shared fixtures: paths to the optional shared reference data and small synthetic signals."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,16 +12,33 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 OFFICIAL = SHARED / "official-dvae-se"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def official_dir() -> Path:
+    """The original authors' release (checkpoints and reference outputs); tests needing it are marked `official`."""
     if not OFFICIAL.is_dir():
         pytest.skip("../shared/official-dvae-se is not available")
     return OFFICIAL
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `official` every test that reads the official release, directly or through another fixture."""
+    for item in items:
+        if "official_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.official)
+
+
 VAE_CONFIG = {"name": "vae", "z_dim": 4, "dense_x_z": [16]}
-SRNN_CONFIG = {"name": "srnn", "z_dim": 4, "dense_x_h": [16], "dim_rnn_h": 8, "dense_hx_g": [16], "dim_rnn_g": 8,
-               "dense_gz_z": [8], "dense_hz_x": [16], "dense_hz_z": [8]}
+SRNN_CONFIG = {
+    "name": "srnn",
+    "z_dim": 4,
+    "dense_x_h": [16],
+    "dim_rnn_h": 8,
+    "dense_hx_g": [16],
+    "dim_rnn_g": 8,
+    "dense_gz_z": [8],
+    "dense_hz_x": [16],
+    "dense_hz_z": [8],
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +49,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("models")
-    return {name: save_model(build_model(config), folder / name)
-            for name, config in (("VAE", VAE_CONFIG), ("SRNN", SRNN_CONFIG))}
+    return {
+        name: save_model(build_model(config), folder / name)
+        for name, config in (("VAE", VAE_CONFIG), ("SRNN", SRNN_CONFIG))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +64,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tone_burst(sr: int = 16000, seconds: float = 1.0, lead: float = 0.3, tail: float = 0.4,
-               amplitude: float = 0.5, floor: float = 0.0, seed: int = 0) -> np.ndarray:
+def tone_burst(
+    sr: int = 16000,
+    seconds: float = 1.0,
+    lead: float = 0.3,
+    tail: float = 0.4,
+    amplitude: float = 0.5,
+    floor: float = 0.0,
+    seed: int = 0,
+) -> np.ndarray:
     """Silence (or a noise floor) - a 440 Hz burst - silence: a signal with a known active span."""
     rng = np.random.default_rng(seed)
     n_lead, n_on, n_tail = int(lead * sr), int(seconds * sr), int(tail * sr)

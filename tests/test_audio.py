@@ -3,9 +3,9 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import tone_burst
 
 from speechdvae import audio
-from conftest import tone_burst
 
 
 def test_trim_keeps_the_active_span_on_the_hop_grid():

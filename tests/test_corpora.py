@@ -1,4 +1,5 @@
 """Corpus loaders on tiny generated trees with the real WSJ0, VoiceBank-DEMAND and LibriSpeech layouts."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,9 @@ from speechdvae.data.manifest import REQUIRED_FIELDS, read_manifest
 SECONDS = 0.3
 
 
-def tone(path: Path, sr: int, seconds: float = SECONDS, freq: float = 440.0, noise: float = 0.0,
-         channels: int = 1, **kw) -> Path:
+def tone(
+    path: Path, sr: int, seconds: float = SECONDS, freq: float = 440.0, noise: float = 0.0, channels: int = 1, **kw
+) -> Path:
     """Write a sine (plus optional white noise) of `seconds` at `sr`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(round(seconds * sr))) / sr
@@ -32,10 +34,23 @@ def sphere(path: Path, seconds: float = SECONDS) -> Path:
 
 def shorten_sphere(path: Path) -> Path:
     """A WSJ0-style shorten-compressed SPHERE file: the LDC header followed by compressed bytes."""
-    header = "\n".join([
-        "NIST_1A", "   1024", "database_id -s5 CSR-I", f"utterance_id -s8 {path.stem}", "channel_count -i 1",
-        "sample_count -i 4800", "sample_rate -i 16000", "sample_n_bytes -i 2", "sample_byte_format -s2 01",
-        "sample_sig_bits -i 16", "sample_coding -s26 pcm,embedded-shorten-v2.00", "end_head", ""])
+    header = "\n".join(
+        [
+            "NIST_1A",
+            "   1024",
+            "database_id -s5 CSR-I",
+            f"utterance_id -s8 {path.stem}",
+            "channel_count -i 1",
+            "sample_count -i 4800",
+            "sample_rate -i 16000",
+            "sample_n_bytes -i 2",
+            "sample_byte_format -s2 01",
+            "sample_sig_bits -i 16",
+            "sample_coding -s26 pcm,embedded-shorten-v2.00",
+            "end_head",
+            "",
+        ]
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(header.encode().ljust(1024, b" ") + b"ajkg\x02" + bytes(range(256)) * 4)
     return path
@@ -66,21 +81,22 @@ def assert_manifest_records(records: list[dict]) -> None:
 
 # ---------------------------------------------------------------------------------------- WSJ0
 
+
 @pytest.fixture
 def wsj0_root(tmp_path: Path) -> Path:
     root = tmp_path / "csr_1"
     tr1 = root / "11-1.1" / "wsj0" / "si_tr_s" / "01a"
     sphere(tr1 / "01aa0101.wv1")
-    sphere(tr1 / "01aa0101.wv2", seconds=0.2)          # second microphone: must not be used
+    sphere(tr1 / "01aa0101.wv2", seconds=0.2)  # second microphone: must not be used
     sphere(tr1 / "01aa0102.wv1")
-    junk(tr1 / "01aa0103.wv1")                           # unreadable
-    (tr1 / "01aa0101.dot").write_text("transcript")      # not audio
+    junk(tr1 / "01aa0103.wv1")  # unreadable
+    (tr1 / "01aa0101.dot").write_text("transcript")  # not audio
     tr2 = root / "11-2.1" / "wsj0" / "si_tr_s" / "02b"
     sphere(tr2 / "02ba0101.wv1")
-    shorten_sphere(tr2 / "02ba0102.wv1")                 # compressed, as on the LDC discs
+    shorten_sphere(tr2 / "02ba0102.wv1")  # compressed, as on the LDC discs
     sphere(root / "11-6.1" / "WSJ0" / "SI_DT_05" / "050" / "050A0501.WV1")
     et = root / "11-14.1" / "wsj0" / "si_et_05" / "440"
-    shorten_sphere(et / "440c0201.wv1")                  # the converted copy next to it wins
+    shorten_sphere(et / "440c0201.wv1")  # the converted copy next to it wins
     tone(et / "440c0201.wav", 16000)
     return root
 
@@ -91,9 +107,19 @@ def test_wsj0_splits_speakers_ids_and_hashes(wsj0_root: Path) -> None:
     recs = by_id(result.records)
     assert sorted(recs) == ["01aa0101", "01aa0102", "02ba0101", "050a0501", "440c0201"]
     assert {i: r["split"] for i, r in recs.items()} == {
-        "01aa0101": "train", "01aa0102": "train", "02ba0101": "train", "050a0501": "valid", "440c0201": "test"}
+        "01aa0101": "train",
+        "01aa0102": "train",
+        "02ba0101": "train",
+        "050a0501": "valid",
+        "440c0201": "test",
+    }
     assert {i: r["speaker"] for i, r in recs.items()} == {
-        "01aa0101": "01a", "01aa0102": "01a", "02ba0101": "02b", "050a0501": "050", "440c0201": "440"}
+        "01aa0101": "01a",
+        "01aa0102": "01a",
+        "02ba0101": "02b",
+        "050a0501": "050",
+        "440c0201": "440",
+    }
     assert recs["01aa0101"]["path"].endswith("01aa0101.wv1")
     assert recs["440c0201"]["path"].endswith("440c0201.wav")
     for r in recs.values():
@@ -153,15 +179,16 @@ VB_TEST = ["p232_001", "p257_001"]
 def vb_root(tmp_path: Path) -> Path:
     root = tmp_path / "DS_10283_2791"
     for utt in VB_TRAIN:
-        tone(root / "clean_trainset_28spk_wav" / f"{utt}.wav", VB_SR, freq=1000.0,
-             channels=2 if utt == "p230_001" else 1)
-    for utt in VB_TRAIN[:-1] + ["p231_001"]:             # p230_002 has no noisy copy, p231_001 no clean one
+        tone(
+            root / "clean_trainset_28spk_wav" / f"{utt}.wav", VB_SR, freq=1000.0, channels=2 if utt == "p230_001" else 1
+        )
+    for utt in VB_TRAIN[:-1] + ["p231_001"]:  # p230_002 has no noisy copy, p231_001 no clean one
         tone(root / "noisy_trainset_28spk_wav" / f"{utt}.wav", VB_SR, noise=0.05)
     for utt in VB_TEST:
         tone(root / "clean_testset_wav" / f"{utt}.wav", VB_SR, freq=1000.0)
         tone(root / "noisy_testset_wav" / f"{utt}.wav", VB_SR, noise=0.05)
     tone(root / "clean_trainset_56spk_wav" / "p234_001.wav", VB_SR)
-    junk(root / "clean_trainset_28spk_wav" / "._p226_001.wav")   # macOS residue: ignored
+    junk(root / "clean_trainset_28spk_wav" / "._p226_001.wav")  # macOS residue: ignored
     junk(root / "__MACOSX" / "clean_testset_wav" / "._p232_001.wav")
     return root
 
@@ -170,10 +197,16 @@ def test_voicebank_clean_records_and_validation_speakers(vb_root: Path) -> None:
     with pytest.warns(UserWarning, match="p231_001"):
         result = corpora.scan_voicebank(vb_root)
     clean = by_id([r for r in result.records if r["condition"] == "clean"])
-    assert sorted(clean) == sorted(VB_TRAIN + VB_TEST)    # 28spk set only, by default
+    assert sorted(clean) == sorted(VB_TRAIN + VB_TEST)  # 28spk set only, by default
     assert {i: r["split"] for i, r in clean.items()} == {
-        "p226_001": "valid", "p226_002": "valid", "p287_001": "valid", "p230_001": "train",
-        "p230_002": "train", "p232_001": "test", "p257_001": "test"}
+        "p226_001": "valid",
+        "p226_002": "valid",
+        "p287_001": "valid",
+        "p230_001": "train",
+        "p230_002": "train",
+        "p232_001": "test",
+        "p257_001": "test",
+    }
     assert {r["speaker"] for r in clean.values()} == {"p226", "p287", "p230", "p232", "p257"}
     for r in result.records:
         assert r["sample_rate"] == VB_SR and r["duration"] == pytest.approx(SECONDS)
@@ -217,12 +250,12 @@ def test_materialize_writes_16k_mono_flac_and_keeps_pairs(vb_root: Path, tmp_pat
         assert (info.samplerate, info.channels, info.frames, info.format) == (16000, 1, 4800, "FLAC")
         assert r["sample_rate"] == 16000 and r["duration"] == pytest.approx(SECONDS)
         assert r["sha256"] == sha(r["path"])
-        if r["condition"] == "clean":                   # the 1 kHz tone survives resampling and downmix
+        if r["condition"] == "clean":  # the 1 kHz tone survives resampling and downmix
             x, _ = sf.read(r["path"])
             assert np.max(np.abs(x[200:-200] - expected[200:-200])) < 1e-2
     assert converted["p230_001_noisy"]["clean_path"] == converted["p230_001"]["path"]
     assert Path(converted["p232_001"]["path"]) == tmp_path / "vb16k" / "clean_testset_wav" / "p232_001.flac"
-    assert not list((tmp_path / "vb16k").rglob(".*"))   # no temporary files left
+    assert not list((tmp_path / "vb16k").rglob(".*"))  # no temporary files left
 
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "vb16k").rglob("*.flac")}
     assert corpora.materialize(records, tmp_path / "vb16k") == out
@@ -252,9 +285,11 @@ def test_write_manifests_one_per_split_and_condition(vb_root: Path, tmp_path: Pa
 
 # -------------------------------------------------------------------------------- LibriSpeech
 
-LIBRI = {"train-clean-100": ["19/198/19-198-0001", "19/198/19-198-0002", "26/495/26-495-0000"],
-         "dev-clean": ["84/121123/84-121123-0000"],
-         "test-other": ["1688/142285/1688-142285-0000"]}
+LIBRI = {
+    "train-clean-100": ["19/198/19-198-0001", "19/198/19-198-0002", "26/495/26-495-0000"],
+    "dev-clean": ["84/121123/84-121123-0000"],
+    "test-other": ["1688/142285/1688-142285-0000"],
+}
 
 
 @pytest.fixture
@@ -273,8 +308,12 @@ def test_librispeech_splits_speakers_and_chapters(libri_root: Path) -> None:
     recs = by_id(result.records)
     assert sorted(recs) == sorted(u.rsplit("/", 1)[1] for utts in LIBRI.values() for u in utts)
     assert {i: r["split"] for i, r in recs.items()} == {
-        "19-198-0001": "train", "19-198-0002": "train", "26-495-0000": "train",
-        "84-121123-0000": "valid", "1688-142285-0000": "test"}
+        "19-198-0001": "train",
+        "19-198-0002": "train",
+        "26-495-0000": "train",
+        "84-121123-0000": "valid",
+        "1688-142285-0000": "test",
+    }
     assert (recs["84-121123-0000"]["speaker"], recs["84-121123-0000"]["chapter"]) == ("84", "121123")
     assert recs["1688-142285-0000"]["subset"] == "test-other"
     for r in recs.values():
@@ -283,10 +322,13 @@ def test_librispeech_splits_speakers_and_chapters(libri_root: Path) -> None:
     assert result.skipped == []
 
 
-@pytest.mark.parametrize("where, expected", [
-    ("LibriSpeech", {"train", "valid", "test"}),
-    ("LibriSpeech/dev-clean", {"valid"}),
-])
+@pytest.mark.parametrize(
+    "where, expected",
+    [
+        ("LibriSpeech", {"train", "valid", "test"}),
+        ("LibriSpeech/dev-clean", {"valid"}),
+    ],
+)
 def test_librispeech_accepts_inner_roots(libri_root: Path, where: str, expected: set[str]) -> None:
     assert {r["split"] for r in corpora.scan_librispeech(libri_root / where).records} == expected
 
@@ -302,6 +344,7 @@ def test_librispeech_subset_filter_and_misplaced_files(libri_root: Path) -> None
 
 # ------------------------------------------------------------------------------------ folder
 
+
 def test_folder_ids_speakers_and_skips(tmp_path: Path) -> None:
     root = tmp_path / "recordings"
     tone(root / "alice" / "a1.wav", 22050)
@@ -315,7 +358,11 @@ def test_folder_ids_speakers_and_skips(tmp_path: Path) -> None:
     recs = by_id(result.records)
     assert sorted(recs) == ["alice/a1", "alice/sub/a2", "bob/b1", "top"]
     assert {i: r["speaker"] for i, r in recs.items()} == {
-        "alice/a1": "alice", "alice/sub/a2": "sub", "bob/b1": "bob", "top": "recordings"}
+        "alice/a1": "alice",
+        "alice/sub/a2": "sub",
+        "bob/b1": "bob",
+        "top": "recordings",
+    }
     assert recs["alice/sub/a2"]["duration"] == pytest.approx(0.5)
     assert recs["bob/b1"]["sample_rate"] == 44100
     assert {(r["split"], r["language"], r["corpus"]) for r in recs.values()} == {("train", "fr", "folder")}

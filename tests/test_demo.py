@@ -1,8 +1,8 @@
 """The demo job on a synthetic noisy/clean pair with a tiny random prior: its files, its table and
 its figure."""
+
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -12,12 +12,13 @@ import soundfile as sf
 import torch
 from matplotlib.image import imread
 
-from speechdvae.cli import UserError
-from speechdvae.demo import metrics_table, run, run_demo
-from speechdvae.evaluate.report import spectrogram_figure
-from speechdvae.enhance.files import EnhanceError
-from speechdvae.enhance.vem import VEMConfig
+from speechdvae.cli import build_parser
+from speechdvae.demo import metrics_table, run_demo
+from speechdvae.enhancement.files import EnhanceError
+from speechdvae.enhancement.vem import VEMConfig
+from speechdvae.errors import SpeechDVAEError
 from speechdvae.evaluate.metrics import compute_metrics
+from speechdvae.evaluate.report import spectrogram_figure
 from speechdvae.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,6 +45,7 @@ def example(tmp_path):
     return tmp_path / "noisy.flac", tmp_path / "clean.flac"
 
 
+@pytest.mark.slow
 def test_demo_writes_audio_figure_and_prints_both_rows(tmp_path, example, tiny_vae, capsys):
     noisy, clean = example
     out = tmp_path / "demo"
@@ -53,9 +55,10 @@ def test_demo_writes_audio_figure_and_prints_both_rows(tmp_path, example, tiny_v
     enhanced = sf.info(out / "enhanced.wav")
     assert (enhanced.samplerate, enhanced.channels, enhanced.frames) == (SR, 1, sf.info(noisy).frames)
     ref = sf.read(clean, dtype="float32")[0]
-    expected = {"noisy": compute_metrics(ref, sf.read(noisy, dtype="float32")[0], scores["noisy"]),
-                "enhanced": compute_metrics(ref, sf.read(out / "enhanced.wav", dtype="float32")[0],
-                                            scores["noisy"])}
+    expected = {
+        "noisy": compute_metrics(ref, sf.read(noisy, dtype="float32")[0], scores["noisy"]),
+        "enhanced": compute_metrics(ref, sf.read(out / "enhanced.wav", dtype="float32")[0], scores["noisy"]),
+    }
     for row in ("noisy", "enhanced"):
         for name, value in expected[row].items():
             assert scores[row][name] == pytest.approx(value, rel=1e-6, nan_ok=True)
@@ -75,8 +78,10 @@ def test_demo_writes_audio_figure_and_prints_both_rows(tmp_path, example, tiny_v
 
 def test_spectrogram_figure_has_three_labelled_panels_on_one_scale():
     rng = np.random.default_rng(1)
-    signals = {name: (level * rng.standard_normal(SR)).astype(np.float32)
-               for name, level in (("noisy", 0.5), ("enhanced", 0.1), ("clean", 0.01))}
+    signals = {
+        name: (level * rng.standard_normal(SR)).astype(np.float32)
+        for name, level in (("noisy", 0.5), ("enhanced", 0.1), ("clean", 0.01))
+    }
     fig = spectrogram_figure(signals, {"noisy": {"si_sdr": 1.23}})
     panels = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title(loc="left") for ax in panels] == ["noisy: SI-SDR 1.2 dB", "enhanced", "clean"]
@@ -98,8 +103,20 @@ def test_metrics_table_shows_missing_values():
 def test_missing_example_or_model_is_one_clear_error(tmp_path, tiny_vae):
     with pytest.raises(EnhanceError, match="demo example not found"):
         run_demo(tmp_path / "demo", tiny_vae, tmp_path / "no.flac", tmp_path / "none.flac", progress=False)
-    args = argparse.Namespace(out=str(tmp_path / "demo"), model=str(tmp_path / "missing"), device="cpu",
-                              threads=1, no_progress=True)
-    with pytest.raises(UserError, match="no such checkpoint"):
-        run(args)
+    args = build_parser().parse_args(
+        [
+            "demo",
+            "-o",
+            str(tmp_path / "demo"),
+            "--model",
+            str(tmp_path / "missing"),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
+    with pytest.raises(SpeechDVAEError, match="no such checkpoint"):
+        args.func(args)
     assert not (tmp_path / "demo").exists()

@@ -1,8 +1,8 @@
 """Speech-enhancement evaluation: rows and files, the pipeline against a direct VEM run, groupings, resuming,
 batch independence, unusable mixtures, the balanced --limit and the command line."""
+
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import re
@@ -17,16 +17,28 @@ import torch
 from speechdvae import stft
 from speechdvae.audio import read_audio, write_audio
 from speechdvae.checkpoints import load_model
-from speechdvae.cli import UserError
+from speechdvae.cli import build_parser
+from speechdvae.cli.evaluate import enhance_command
 from speechdvae.data.manifest import write_manifest
-from speechdvae.enhance.vem import VEMConfig, enhance_spectrogram
-from speechdvae.evaluate import enhancement
-from speechdvae.evaluate.enhancement import (CACHE_NAME, MARKDOWN_NAME, NOISE_FIGURE_NAME, NOISY_LABEL,
-                                             SNR_FIGURE_NAME, SUMMARY_NAME, UTTERANCES_NAME, EnhancementError,
-                                             Mixture, audio_path, balanced_subset, cli_command,
-                                             evaluate_enhancement, identify, improvement_stats, model_fingerprint,
-                                             read_mixtures, result_key, share_out, vem_settings)
+from speechdvae.enhancement import enhancer
+from speechdvae.enhancement.vem import VEMConfig, enhance_spectrogram
+from speechdvae.errors import SpeechDVAEError
+from speechdvae.evaluate.common import EvaluationError, model_fingerprint
+from speechdvae.evaluate.enhancement import (
+    CACHE_NAME,
+    MARKDOWN_NAME,
+    NOISE_FIGURE_NAME,
+    NOISY_LABEL,
+    SNR_FIGURE_NAME,
+    SUMMARY_NAME,
+    UTTERANCES_NAME,
+    audio_path,
+    evaluate_enhancement,
+    improvement_stats,
+    result_key,
+)
 from speechdvae.evaluate.metrics import estoi, si_sdr
+from speechdvae.evaluate.mixtures import Mixture, balanced_subset, identify, read_mixtures, share_out
 
 CONFIG = VEMConfig(niter=3, seed=7)
 # (id, noise type, SNR, seconds): two noise types × two SNRs, lengths 0.5-1 s.
@@ -57,12 +69,19 @@ def write_mixtures(folder: Path, specs=MIXTURES, extra: tuple[dict, ...] = ()) -
     for i, (name, kind, snr, seconds) in enumerate(specs):
         clean = speech_like(seconds, 120.0 + 30 * i)
         added = noise(kind, len(clean), i)
-        added *= np.sqrt(np.mean(clean ** 2) / np.mean(added ** 2) / 10 ** (snr / 10))
+        added *= np.sqrt(np.mean(clean**2) / np.mean(added**2) / 10 ** (snr / 10))
         write_audio(folder / f"{name}_clean.flac", clean)
         write_audio(folder / f"{name}.flac", clean + added.astype(np.float32))
-        records.append({"id": name, "path": str(folder / f"{name}.flac"),
-                        "clean_path": str(folder / f"{name}_clean.flac"), "noise_type": kind, "snr": snr,
-                        "duration": seconds})
+        records.append(
+            {
+                "id": name,
+                "path": str(folder / f"{name}.flac"),
+                "clean_path": str(folder / f"{name}_clean.flac"),
+                "noise_type": kind,
+                "snr": snr,
+                "duration": seconds,
+            }
+        )
     path = folder / "manifest.jsonl"
     write_manifest(path, [*records, *extra])
     return path
@@ -153,8 +172,11 @@ def test_scores_follow_the_pipeline(evaluated: Path, tiny: dict[str, Path], mani
 
 def test_groupings_per_snr_and_noise_type(evaluated: Path) -> None:
     rows = read_rows(evaluated / UTTERANCES_NAME)
-    typed = [{**row, "snr": float(row["snr"]), **{k: float(v) for k, v in row.items() if k.endswith("_improvement")}}
-             for row in rows if row["model"] != NOISY_LABEL]
+    typed = [
+        {**row, "snr": float(row["snr"]), **{k: float(v) for k, v in row.items() if k.endswith("_improvement")}}
+        for row in rows
+        if row["model"] != NOISY_LABEL
+    ]
     markdown = (evaluated / MARKDOWN_NAME).read_text()
     per_snr = {(row[0], row[1]): row for row in section(markdown, "Improvement per input SNR (Fig. 4)")}
     for by, values in (("snr", (-5.0, 5.0)), ("noise_type", ("hiss", "hum"))):
@@ -170,19 +192,19 @@ def test_groupings_per_snr_and_noise_type(evaluated: Path) -> None:
                     assert per_snr[label, str(value)][3].startswith(f"{median:.2f} ± ")
 
 
-def test_rerun_reuses_results_and_recomputes_only_what_is_missing(evaluated: Path, tiny: dict[str, Path],
-                                                                  manifest: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerun_reuses_results_and_recomputes_only_what_is_missing(
+    evaluated: Path, tiny: dict[str, Path], manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "report"
     shutil.copytree(evaluated, out)
     enhanced: list[list[str]] = []
-    original = enhancement.enhance_spectrogram
+    original = enhancer.enhance_spectrogram
 
-    def counting(model, X, config, lengths=None, keys=None):
+    def counting(model, X, config, lengths=None, keys=None, progress=False):
         enhanced.append(list(keys))
         return original(model, X, config, lengths=lengths, keys=keys)
 
-    monkeypatch.setattr(enhancement, "enhance_spectrogram", counting)
+    monkeypatch.setattr(enhancer, "enhance_spectrogram", counting)
     run = dict(config=CONFIG, batch_size=4, workers=1, save_audio=True, progress=False)
     evaluate_enhancement(tiny, manifest, out, **run)
     assert enhanced == []
@@ -190,8 +212,8 @@ def test_rerun_reuses_results_and_recomputes_only_what_is_missing(evaluated: Pat
 
     cache = out / CACHE_NAME
     lines = cache.read_text().splitlines(keepends=True)
-    cache.write_text("".join(lines[:-2]) + lines[-1][:25])          # two lost results and a cut line
-    (audio_path(out, "VAE", "m1")).unlink()                         # a saved estimate that went missing
+    cache.write_text("".join(lines[:-2]) + lines[-1][:25])  # two lost results and a cut line
+    (audio_path(out, "VAE", "m1")).unlink()  # a saved estimate that went missing
     with pytest.warns(UserWarning, match="dropped 1 incomplete line"):
         evaluate_enhancement(tiny, manifest, out, **run)
     assert all(line.endswith("}\n") for line in cache.read_text().splitlines(keepends=True))
@@ -204,33 +226,56 @@ def test_rerun_reuses_results_and_recomputes_only_what_is_missing(evaluated: Pat
     assert sorted(key for keys in enhanced for key in keys) == [m[0] for m in MIXTURES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size, workers", [(1, 1), (3, 2)])
-def test_results_do_not_depend_on_the_batch_size_or_processes(evaluated: Path, tiny: dict[str, Path],
-                                                              manifest: Path, tmp_path: Path, batch_size: int,
-                                                              workers: int) -> None:
-    evaluate_enhancement(tiny, manifest, tmp_path, config=CONFIG, batch_size=batch_size, workers=workers,
-                         save_audio=True, progress=False)
+def test_results_do_not_depend_on_the_batch_size_or_processes(
+    evaluated: Path, tiny: dict[str, Path], manifest: Path, tmp_path: Path, batch_size: int, workers: int
+) -> None:
+    evaluate_enhancement(
+        tiny, manifest, tmp_path, config=CONFIG, batch_size=batch_size, workers=workers, save_audio=True, progress=False
+    )
     for name, *_ in MIXTURES:
         for label in ("VAE", "SRNN"):
-            np.testing.assert_allclose(read_audio(audio_path(tmp_path, label, name))[0],
-                                       read_audio(audio_path(evaluated, label, name))[0], atol=1e-5)
+            np.testing.assert_allclose(
+                read_audio(audio_path(tmp_path, label, name))[0],
+                read_audio(audio_path(evaluated, label, name))[0],
+                atol=1e-5,
+            )
     assert_rows_close(read_rows(tmp_path / UTTERANCES_NAME), read_rows(evaluated / UTTERANCES_NAME))
 
 
 def test_unusable_mixtures_are_nan_and_counted(tiny: dict[str, Path], tmp_path: Path) -> None:
     write_audio(tmp_path / "silent.flac", np.zeros(12000, np.float32))
     (tmp_path / "broken.flac").write_bytes(b"not audio at all")
-    bad = ({"id": "silent", "path": str(tmp_path / "silent.flac"), "clean_path": str(tmp_path / "silent.flac"),
-            "noise_type": "hum", "snr": 5.0},
-           {"id": "broken", "path": str(tmp_path / "broken.flac"), "clean_path": str(tmp_path / "silent.flac"),
-            "noise_type": "hiss", "snr": 5.0},
-           {"id": "lost", "path": str(tmp_path / "silent.flac"), "clean_path": str(tmp_path / "gone.flac"),
-            "noise_type": "hiss", "snr": -5.0})
+    bad = (
+        {
+            "id": "silent",
+            "path": str(tmp_path / "silent.flac"),
+            "clean_path": str(tmp_path / "silent.flac"),
+            "noise_type": "hum",
+            "snr": 5.0,
+        },
+        {
+            "id": "broken",
+            "path": str(tmp_path / "broken.flac"),
+            "clean_path": str(tmp_path / "silent.flac"),
+            "noise_type": "hiss",
+            "snr": 5.0,
+        },
+        {
+            "id": "lost",
+            "path": str(tmp_path / "silent.flac"),
+            "clean_path": str(tmp_path / "gone.flac"),
+            "noise_type": "hiss",
+            "snr": -5.0,
+        },
+    )
     manifest = write_mixtures(tmp_path, MIXTURES[:2], bad)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = evaluate_enhancement({"VAE": tiny["VAE"]}, manifest, tmp_path / "out", config=CONFIG,
-                                       workers=1, progress=False)
+        summary = evaluate_enhancement(
+            {"VAE": tiny["VAE"]}, manifest, tmp_path / "out", config=CONFIG, workers=1, progress=False
+        )
     assert any("silent" in str(w.message) and "NaN" in str(w.message) for w in caught)
     rows = by_key(read_rows(tmp_path / "out" / UTTERANCES_NAME))
     for name, reason in (("silent", "silent"), ("broken", "cannot read"), ("lost", "gone.flac")):
@@ -238,14 +283,20 @@ def test_unusable_mixtures_are_nan_and_counted(tiny: dict[str, Path], tmp_path: 
             assert rows[label, name]["si_sdr"] == "nan" and reason in rows[label, name]["error"]
     assert all(not rows[label, name]["error"] for label in (NOISY_LABEL, "VAE") for name in ("m1", "m2"))
     assert [(row["model"], row["n"], row["si_sdr"].n_valid, row["si_sdr"].n_nan) for row in summary] == [
-        (NOISY_LABEL, 5, 2, 3), ("VAE", 5, 2, 3)]
+        (NOISY_LABEL, 5, 2, 3),
+        ("VAE", 5, 2, 3),
+    ]
     assert "5 of 5 mixtures (all of them); " in (tmp_path / "out" / MARKDOWN_NAME).read_text()
     assert "3 unusable" in (tmp_path / "out" / MARKDOWN_NAME).read_text()
 
 
 def test_limit_is_balanced_over_noise_type_and_snr() -> None:
-    records = [{"id": f"{t}{s}-{i}", "noise_type": t, "snr": float(s)}
-               for t in ("car", "cafe", "home") for s in (-5, 0, 5) for i in range(5)]
+    records = [
+        {"id": f"{t}{s}-{i}", "noise_type": t, "snr": float(s)}
+        for t in ("car", "cafe", "home")
+        for s in (-5, 0, 5)
+        for i in range(5)
+    ]
     for limit in (3, 6, 9, 12):
         chosen = balanced_subset(records[::-1], limit)
         assert len(chosen) == limit and chosen == balanced_subset(records, limit)
@@ -253,13 +304,14 @@ def test_limit_is_balanced_over_noise_type_and_snr() -> None:
             counts = [sum(r[field] == v for r in chosen) for v in {r[field] for r in records}]
             assert max(counts) - min(counts) == 0, (limit, field, counts)
     nine = balanced_subset(records, 9)
-    assert {(r["noise_type"], r["snr"]) for r in nine} == {(t, float(s)) for t in ("car", "cafe", "home")
-                                                          for s in (-5, 0, 5)}
-    twenty_seven = balanced_subset(records, 27)     # 3 of 5 per condition: ids 0, 1 and 3 (evenly spaced)
+    assert {(r["noise_type"], r["snr"]) for r in nine} == {
+        (t, float(s)) for t in ("car", "cafe", "home") for s in (-5, 0, 5)
+    }
+    twenty_seven = balanced_subset(records, 27)  # 3 of 5 per condition: ids 0, 1 and 3 (evenly spaced)
     assert sorted({r["id"][-1] for r in twenty_seven}) == ["0", "1", "3"]
     assert balanced_subset(records, 100) == sorted(records, key=lambda r: r["id"])
     assert share_out([1, 5, 5], 9) == [1, 4, 4] and share_out([2, 2], 3) == [2, 1] and share_out([1], 4) == [1]
-    with pytest.raises(EnhancementError, match="positive"):
+    with pytest.raises(EvaluationError, match="positive"):
         balanced_subset(records, 0)
 
 
@@ -273,45 +325,72 @@ def test_results_are_keyed_by_weights_settings_and_files(tiny: dict[str, Path], 
     mixture = identify(read_mixtures(manifest)[0])
     key = result_key("VAE", fingerprint, CONFIG, mixture)
     assert result_key("VAE", fingerprint, VEMConfig(niter=3, seed=7), mixture) == key
-    changed = (result_key("VAE2", fingerprint, CONFIG, mixture), result_key("VAE", "other", CONFIG, mixture),
-               result_key("VAE", fingerprint, VEMConfig(niter=4, seed=7), mixture),
-               result_key("VAE", fingerprint, CONFIG, Mixture(mixture.record, digest="other")))
+    changed = (
+        result_key("VAE2", fingerprint, CONFIG, mixture),
+        result_key("VAE", "other", CONFIG, mixture),
+        result_key("VAE", fingerprint, VEMConfig(niter=4, seed=7), mixture),
+        result_key("VAE", fingerprint, CONFIG, Mixture(mixture.record, digest="other")),
+    )
     assert key not in changed and len(set(changed)) == 4
 
 
+@pytest.mark.slow
 def test_priors_run_their_own_iterations_unless_given(tiny: dict[str, Path], manifest: Path, tmp_path: Path) -> None:
     plain, tuned = load_model(tiny["VAE"], "cpu"), load_model(tiny["VAE"], "cpu")
     plain.vem_iterations, tuned.vem_iterations = 2, 3
     run = dict(limit=2, workers=1, progress=False)
-    summary = evaluate_enhancement({"plain": plain, "tuned": tuned}, manifest, tmp_path / "own",
-                                   config=VEMConfig(seed=7), **run)
+    summary = evaluate_enhancement(
+        {"plain": plain, "tuned": tuned}, manifest, tmp_path / "own", config=VEMConfig(seed=7), **run
+    )
     assert [row["mean_iterations"] for row in summary[1:]] == [2, 3]
     markdown = (tmp_path / "own" / MARKDOWN_NAME).read_text()
     assert "each prior runs the iterations chosen for it" in markdown and "niter=" not in markdown
     mixture = identify(read_mixtures(manifest)[0])
     fingerprint = model_fingerprint(tuned)
-    assert (result_key("tuned", fingerprint, vem_settings(tuned, VEMConfig(seed=7)), mixture)
-            == result_key("tuned", fingerprint, VEMConfig(niter=3, seed=7), mixture))
-    summary = evaluate_enhancement({"plain": plain, "tuned": tuned}, manifest, tmp_path / "given",
-                                   config=VEMConfig(niter=1, seed=7), **run)
+    assert result_key("tuned", fingerprint, tuned.enhancer(VEMConfig(seed=7)).settings, mixture) == result_key(
+        "tuned", fingerprint, VEMConfig(niter=3, seed=7), mixture
+    )
+    summary = evaluate_enhancement(
+        {"plain": plain, "tuned": tuned}, manifest, tmp_path / "given", config=VEMConfig(niter=1, seed=7), **run
+    )
     assert [row["mean_iterations"] for row in summary[1:]] == [1, 1]
 
 
-def test_settings_and_command_line(tiny: dict[str, Path], manifest: Path, tmp_path: Path,
-                                   capsys: pytest.CaptureFixture) -> None:
-    options = dict(official_settings=False, iterations=None, lr=None, tol=None, nmf_rank=None, past=None, seed=None)
-    assert cli_command({}, manifest, "out", 2, VEMConfig.official(niter=3)).endswith(
-        "--limit 2 --official-settings --iterations 3")
-    assert cli_command({}, manifest, "out", None, VEMConfig(nmf_rank=4)).endswith("-o out --nmf-rank 4")
-    assert cli_command({}, manifest, "out", None, VEMConfig(wf_samples=4)).endswith(
-        "-o out  # VEM settings without an option: wf_samples=4")
-    args = argparse.Namespace(model=[f"VAE={tiny['VAE']}"], official=None, official_cache=str(tmp_path / "cache"),
-                              manifest=str(manifest), out=str(tmp_path / "out"), limit=2, batch_size=8, workers=1,
-                              save_audio=False, no_progress=True, **{**options, "iterations": 2})
-    assert enhancement.run(args) == 0
+def test_settings_and_command_line(
+    tiny: dict[str, Path], manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert enhance_command({}, manifest, "out", 2, VEMConfig.official(niter=3)).endswith(
+        "--limit 2 --official-settings --iterations 3"
+    )
+    assert enhance_command({}, manifest, "out", None, VEMConfig(nmf_rank=4)).endswith("-o out --nmf-rank 4")
+    assert enhance_command({}, manifest, "out", None, VEMConfig(wf_samples=4)).endswith(
+        "-o out  # VEM settings without an option: wf_samples=4"
+    )
+    argv = [
+        "eval",
+        "enhance",
+        "--model",
+        f"VAE={tiny['VAE']}",
+        "--official-cache",
+        str(tmp_path / "cache"),
+        "--manifest",
+        str(manifest),
+        "-o",
+        str(tmp_path / "out"),
+        "--limit",
+        "2",
+        "--workers",
+        "1",
+        "--no-progress",
+        "--iterations",
+        "2",
+    ]
+    args = build_parser().parse_args(argv)
+    assert args.func(args) == 0
     markdown = (tmp_path / "out" / MARKDOWN_NAME).read_text()
     assert "--limit 2 --iterations 2`" in markdown and "2 of 4 mixtures" in markdown
     assert re.search(r"\| VAE \| 2 \|", capsys.readouterr().out)
-    for bad in (dict(lr=0.0), dict(model=["VAE"]), dict(model=[f"{NOISY_LABEL}={tiny['VAE']}"]), dict(limit=0)):
-        with pytest.raises(UserError):
-            enhancement.run(argparse.Namespace(**{**vars(args), **bad}))
+    for bad in (["--lr", "0"], ["--model", "VAE"], ["--model", f"{NOISY_LABEL}={tiny['VAE']}"], ["--limit", "0"]):
+        args = build_parser().parse_args([*argv, *bad])
+        with pytest.raises(SpeechDVAEError):
+            args.func(args)

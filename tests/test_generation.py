@@ -1,4 +1,5 @@
 """Generation evaluation: Griffin-Lim clips, the Fréchet distance, DNSMOS embeddings, speech crops and the CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -20,10 +21,23 @@ from speechdvae.checkpoints import load_model
 from speechdvae.cli import main
 from speechdvae.data.manifest import write_manifest
 from speechdvae.evaluate import dnsmos_features
-from speechdvae.evaluate.generation import (CACHE_NAME, CLIP_SAMPLES, DRAWS_NAME, MARKDOWN_NAME, SUMMARY_NAME,
-                                            TEST_EXACT, TEST_GRIFFIN_LIM, GaussianFit, GenerationError,
-                                            GenerationSettings, SpeechCrops, frechet_distance, generate_clips,
-                                            griffin_lim_waves, mean_ci)
+from speechdvae.evaluate.generation import (
+    CACHE_NAME,
+    CLIP_SAMPLES,
+    DRAWS_NAME,
+    MARKDOWN_NAME,
+    SUMMARY_NAME,
+    TEST_EXACT,
+    TEST_GRIFFIN_LIM,
+    GaussianFit,
+    GenerationError,
+    GenerationSettings,
+    SpeechCrops,
+    frechet_distance,
+    generate_clips,
+    griffin_lim_waves,
+    mean_ci,
+)
 from speechdvae.evaluate.resynthesis import prepare
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,7 +57,7 @@ def embed() -> dnsmos_features.DnsmosFeatures:
 
 
 def windows(x: np.ndarray, starts: list[int], length: int = CLIP_SAMPLES) -> np.ndarray:
-    return np.stack([x[s:s + length] for s in starts]).astype(np.float32)
+    return np.stack([x[s : s + length] for s in starts]).astype(np.float32)
 
 
 def spectral_convergence(waves: np.ndarray, magnitude: torch.Tensor) -> float:
@@ -55,11 +69,14 @@ def spectral_convergence(waves: np.ndarray, magnitude: torch.Tensor) -> float:
 # Griffin-Lim clips
 # ---------------------------------------------------------------------------------------------
 
+
 def test_griffin_lim_recovers_the_magnitude_of_speech(speech: np.ndarray) -> None:
     clips = windows(speech, [0, 20000])
     power = stft.power_spectrogram(torch.from_numpy(clips))
-    errors = {n: spectral_convergence(griffin_lim_waves(power, GenerationSettings(gl_iterations=n), seed=0),
-                                      power.sqrt()) for n in (2, 32)}
+    errors = {
+        n: spectral_convergence(griffin_lim_waves(power, GenerationSettings(gl_iterations=n), seed=0), power.sqrt())
+        for n in (2, 32)
+    }
     assert errors[32] < 0.6 * errors[2]
     assert errors[32] < 0.12
     waves = griffin_lim_waves(power, GenerationSettings(gl_iterations=2), seed=0)
@@ -67,6 +84,7 @@ def test_griffin_lim_recovers_the_magnitude_of_speech(speech: np.ndarray) -> Non
     assert np.array_equal(waves, griffin_lim_waves(power, GenerationSettings(gl_iterations=2), seed=0))
 
 
+@pytest.mark.slow
 def test_generated_clips_are_seeded_sized_and_leave_the_global_generator_alone(tiny: dict[str, Path]) -> None:
     model = load_model(tiny["SRNN"], "cpu")
     settings = GenerationSettings(gl_iterations=2)
@@ -87,6 +105,7 @@ def test_generated_clips_are_seeded_sized_and_leave_the_global_generator_alone(t
 # Fréchet distance and confidence intervals
 # ---------------------------------------------------------------------------------------------
 
+
 def test_frechet_distance_is_zero_between_identical_sets() -> None:
     features = np.random.default_rng(0).standard_normal((40, 6)) @ np.random.default_rng(1).standard_normal((6, 6))
     fit = GaussianFit.of(features)
@@ -98,18 +117,23 @@ def test_frechet_distance_matches_closed_forms() -> None:
     # Diagonal covariances: |mu_a - mu_b|^2 + sum (sigma_a - sigma_b)^2.
     sd_a, sd_b = np.array([1.0, 2.0, 0.5]), np.array([3.0, 1.0, 0.5])
     mean_a, mean_b = np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 2.0])
-    a, b = GaussianFit(mean_a, np.diag(sd_a ** 2), 10), GaussianFit(mean_b, np.diag(sd_b ** 2), 10)
+    a, b = GaussianFit(mean_a, np.diag(sd_a**2), 10), GaussianFit(mean_b, np.diag(sd_b**2), 10)
     assert frechet_distance(a, b) == pytest.approx(1 + 4 + 4 + 1, rel=1e-10)
     # A full covariance and its scaled copy: (1 - c)^2 tr(Sigma).
     root = rng.standard_normal((5, 5))
     cov = root @ root.T
-    assert frechet_distance(GaussianFit(np.zeros(5), cov, 10), GaussianFit(np.zeros(5), 4.0 * cov, 10)) \
-        == pytest.approx(np.trace(cov), rel=1e-9)
+    assert frechet_distance(
+        GaussianFit(np.zeros(5), cov, 10), GaussianFit(np.zeros(5), 4.0 * cov, 10)
+    ) == pytest.approx(np.trace(cov), rel=1e-9)
     # Non-commuting covariances, one singular: the textbook formula with scipy's matrix square root.
     singular = rng.standard_normal((5, 3))
     c, d = GaussianFit(rng.standard_normal(5), singular @ singular.T, 3), GaussianFit(rng.standard_normal(5), cov, 10)
-    textbook = (np.sum((c.mean - d.mean) ** 2) + np.trace(c.cov) + np.trace(d.cov)
-                - 2 * np.trace(linalg.sqrtm(c.cov @ d.cov).real))
+    textbook = (
+        np.sum((c.mean - d.mean) ** 2)
+        + np.trace(c.cov)
+        + np.trace(d.cov)
+        - 2 * np.trace(linalg.sqrtm(c.cov @ d.cov).real)
+    )
     assert frechet_distance(c, d) == pytest.approx(textbook, rel=1e-6)
     assert frechet_distance(d, c) == pytest.approx(textbook, rel=1e-6)
 
@@ -136,6 +160,7 @@ def test_mean_ci_is_the_t_interval() -> None:
 # DNSMOS embeddings
 # ---------------------------------------------------------------------------------------------
 
+
 def published_embedding(waves: np.ndarray) -> np.ndarray:
     """The embedding layer read from the unmodified published graph (fixed 9.01-s input)."""
     import onnx
@@ -147,23 +172,26 @@ def published_embedding(waves: np.ndarray) -> np.ndarray:
     return session.run([dnsmos_features.FEATURE_LAYER], {"input_1": waves.astype(np.float32)})[0]
 
 
+@pytest.mark.slow
 def test_embeddings_have_a_fixed_size_and_match_the_published_network(
-        speech: np.ndarray, embed: dnsmos_features.DnsmosFeatures) -> None:
+    speech: np.ndarray, embed: dnsmos_features.DnsmosFeatures
+) -> None:
     clips = windows(speech, [0, 15000])
     features = embed(clips)
     assert features.shape == (2, dnsmos_features.FEATURE_DIM) and np.isfinite(features).all()
     assert not np.allclose(features[0], features[1])
-    tiled = np.tile(clips, (1, 6))[:, :dnsmos_features.PUBLISHED_SAMPLES]
+    tiled = np.tile(clips, (1, 6))[:, : dnsmos_features.PUBLISHED_SAMPLES]
     published = published_embedding(tiled)
     np.testing.assert_allclose(embed(tiled), published, rtol=1e-5, atol=1e-6)
-    for own, whole in zip(features, published):       # a clip at its own length ~ the clip tiled to 9.01 s
+    for own, whole in zip(features, published):  # a clip at its own length ~ the clip tiled to 9.01 s
         assert np.corrcoef(own, whole)[0, 1] > 0.9
     with pytest.raises(ValueError, match="too short"):
         embed(clips[:, :1000])
 
 
 def test_embeddings_tell_speech_from_noise_more_than_speech_from_speech(
-        speech: np.ndarray, embed: dnsmos_features.DnsmosFeatures) -> None:
+    speech: np.ndarray, embed: dnsmos_features.DnsmosFeatures
+) -> None:
     rng = np.random.default_rng(4)
     first = embed(windows(speech, [0, 4000, 8000, 12000, 16000]))
     second = embed(0.5 * windows(speech, [2000, 6000, 10000, 14000, 18000, 24000]))
@@ -183,13 +211,19 @@ def test_a_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPat
 # Speech crops
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Reference and test manifests: two usable files each, plus silent, short and unreadable ones."""
     folder = tmp_path_factory.mktemp("speech")
     raw = read_audio(CLEAN)[0]
-    files = {"a": raw, "b": raw[::-1].copy(), "c": 0.7 * np.roll(raw, 9000), "silent": np.zeros(40000, np.float32),
-             "short": raw[:12000]}
+    files = {
+        "a": raw,
+        "b": raw[::-1].copy(),
+        "c": 0.7 * np.roll(raw, 9000),
+        "silent": np.zeros(40000, np.float32),
+        "short": raw[:12000],
+    }
     for name, x in files.items():
         write_audio(folder / f"{name}.flac", x)
     (folder / "broken.flac").write_bytes(b"not audio")
@@ -230,23 +264,48 @@ def test_a_manifest_without_usable_speech_is_an_error(tmp_path: Path) -> None:
 # Command line, report and cache
 # ---------------------------------------------------------------------------------------------
 
+
 def table(markdown: str) -> dict[str, list[str]]:
     """The FD table of a report: row label -> its other cells."""
     section = markdown.split("\n## ")[1]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()
-            if line.startswith("|") and "---" not in line]
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("|") and "---" not in line
+    ]
     return {row[0]: row[1:] for row in rows[1:]}
 
 
 def generate_argv(tiny: dict[str, Path], corpus: dict[str, Path], out: Path) -> list[str]:
-    return ["eval", "generate", "--model", f"VAE={tiny['VAE']}", "--model", f"SRNN={tiny['SRNN']}",
-            "--reference-manifest", str(corpus["reference"]), "--test-manifest", str(corpus["test"]),
-            "--samples", "3", "--draws", "2", "--reference-samples", "4", "--gl-iterations", "2", "-o", str(out),
-            "--no-progress"]
+    return [
+        "eval",
+        "generate",
+        "--model",
+        f"VAE={tiny['VAE']}",
+        "--model",
+        f"SRNN={tiny['SRNN']}",
+        "--reference-manifest",
+        str(corpus["reference"]),
+        "--test-manifest",
+        str(corpus["test"]),
+        "--samples",
+        "3",
+        "--draws",
+        "2",
+        "--reference-samples",
+        "4",
+        "--gl-iterations",
+        "2",
+        "-o",
+        str(out),
+        "--no-progress",
+    ]
 
 
-def test_cli_writes_the_report_and_resumes_from_its_cache(tiny: dict[str, Path], corpus: dict[str, Path],
-                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_cli_writes_the_report_and_resumes_from_its_cache(
+    tiny: dict[str, Path], corpus: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "full"
     assert main(generate_argv(tiny, corpus, out)) == 0
     report = (out / MARKDOWN_NAME).read_text()
@@ -267,6 +326,7 @@ def test_cli_writes_the_report_and_resumes_from_its_cache(tiny: dict[str, Path],
 
     def refuse(self: dnsmos_features.DnsmosFeatures, waves: np.ndarray) -> np.ndarray:
         raise AssertionError("a cached fit was recomputed")
+
     monkeypatch.setattr(dnsmos_features.DnsmosFeatures, "__call__", refuse)
     assert main(generate_argv(tiny, corpus, out)) == 0
     assert table((out / MARKDOWN_NAME).read_text()) == rows
@@ -278,10 +338,11 @@ def test_cli_writes_the_report_and_resumes_from_its_cache(tiny: dict[str, Path],
         if calls["n"] > 3:
             raise KeyboardInterrupt
         return real_call(self, waves)
+
     monkeypatch.setattr(dnsmos_features.DnsmosFeatures, "__call__", interrupted)
     resumed = tmp_path / "resumed"
     assert main(generate_argv(tiny, corpus, resumed)) == 130
-    assert len((resumed / CACHE_NAME).read_text().splitlines()) == 3     # reference + the two VAE draws
+    assert len((resumed / CACHE_NAME).read_text().splitlines()) == 3  # reference + the two VAE draws
     monkeypatch.setattr(dnsmos_features.DnsmosFeatures, "__call__", real_call)
     assert main(generate_argv(tiny, corpus, resumed)) == 0
     assert table((resumed / MARKDOWN_NAME).read_text()) == rows
@@ -296,20 +357,27 @@ def test_cache_keys_follow_the_settings(tiny: dict[str, Path], corpus: dict[str,
     again = evaluate_generation({"renamed": tiny["VAE"]}, corpus["reference"], None, tmp_path, small, progress=False)
     assert "computed 0 and reused 2 of the 2 fits" in (tmp_path / MARKDOWN_NAME).read_text()
     assert again[0]["model"] == "renamed" and again[0]["fd"] == first[0]["fd"]
-    reseeded = evaluate_generation({"VAE": tiny["VAE"]}, corpus["reference"], None, tmp_path,
-                                   replace(small, seed=1), progress=False)
+    reseeded = evaluate_generation(
+        {"VAE": tiny["VAE"]}, corpus["reference"], None, tmp_path, replace(small, seed=1), progress=False
+    )
     assert "computed 2 and reused 0 of the 2 fits" in (tmp_path / MARKDOWN_NAME).read_text()
     assert reseeded[0]["fd"] != first[0]["fd"]
 
 
-def test_command_line_errors_are_one_line_messages(tiny: dict[str, Path], corpus: dict[str, Path], tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_command_line_errors_are_one_line_messages(
+    tiny: dict[str, Path],
+    corpus: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     base = generate_argv(tiny, corpus, tmp_path / "out")
-    cases = {("--samples", "0"): "samples must be positive",
-             ("--model", f"{TEST_EXACT}={tiny['VAE']}"): "reserved",
-             ("--reference-manifest", str(tmp_path / "missing.jsonl")): "manifest not found",
-             ("--gl-momentum", "1.5"): "momentum"}
+    cases = {
+        ("--samples", "0"): "samples must be positive",
+        ("--model", f"{TEST_EXACT}={tiny['VAE']}"): "reserved",
+        ("--reference-manifest", str(tmp_path / "missing.jsonl")): "manifest not found",
+        ("--gl-momentum", "1.5"): "momentum",
+    }
     for extra, message in cases.items():
         assert main([*base, *extra]) == 2
         assert message in capsys.readouterr().err

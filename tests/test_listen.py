@@ -1,4 +1,5 @@
 """The listening page: its files, its HTML, and every audio element and picture loading in headless Chromium."""
+
 from __future__ import annotations
 
 import html
@@ -8,17 +9,33 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_enhancement_eval import write_mixtures
 
 from speechdvae.cli import build_parser, main
 from speechdvae.evaluate.listen import ListenError, build_listening_page, slug
-from test_enhancement_eval import write_mixtures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def listen_argv(tiny: dict[str, Path], manifest: Path, out: Path, *extra: str) -> list[str]:
-    return ["eval", "listen", "--model", f"VAE={tiny['VAE']}", "--model", f"SRNN={tiny['SRNN']}",
-            "--manifest", str(manifest), "--count", "2", "--iterations", "2", "-o", str(out), "--no-progress", *extra]
+    return [
+        "eval",
+        "listen",
+        "--model",
+        f"VAE={tiny['VAE']}",
+        "--model",
+        f"SRNN={tiny['SRNN']}",
+        "--manifest",
+        str(manifest),
+        "--count",
+        "2",
+        "--iterations",
+        "2",
+        "-o",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +68,9 @@ def test_the_page_names_the_command_that_rebuilds_it(page: Path, tiny: dict[str,
     assert (args.count, args.samples, args.iterations, args.out) == (2, 2, 2, str(page.parent))
 
 
-def test_bad_requests_are_refused_before_any_file_is_written(tiny: dict[str, Path], tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]):
+def test_bad_requests_are_refused_before_any_file_is_written(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     manifest = write_mixtures(tmp_path)
     out = tmp_path / "out"
     with pytest.raises(ListenError, match="labels"):
@@ -82,17 +100,21 @@ def broken_media(page: Path) -> list[str]:
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
         driver.get(page.as_uri())
-        settled = ("return [...document.querySelectorAll('audio')].every(a => a.readyState >= 1 || a.error) && "
-                   "[...document.images].every(i => i.complete)")
+        settled = (
+            "return [...document.querySelectorAll('audio')].every(a => a.readyState >= 1 || a.error) && "
+            "[...document.images].every(i => i.complete)"
+        )
         WebDriverWait(driver, 30).until(lambda d: d.execute_script(settled))
         return driver.execute_script(
             "return [...document.querySelectorAll('audio')].filter(a => a.error || !(a.duration > 0))"
             ".map(a => a.getAttribute('src')).concat([...document.images].filter(i => !i.naturalWidth)"
-            ".map(i => i.getAttribute('src')))")
+            ".map(i => i.getAttribute('src')))"
+        )
     finally:
         driver.quit()
 
 
+@pytest.mark.browser
 def test_every_audio_element_and_picture_loads_in_chromium(page: Path, tmp_path: Path):
     assert broken_media(page) == []
     # the check itself catches a missing file and a corrupt one

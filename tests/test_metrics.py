@@ -1,4 +1,5 @@
 """Metrics against known cases, the reference packages, and bad input that must give NaN, not a crash."""
+
 from __future__ import annotations
 
 import math
@@ -205,8 +206,10 @@ def test_median_ci_by_hand() -> None:
 
 def test_summary_counts_nan_and_table_names_each_pesq_variant() -> None:
     rows = [{"model": "A", "si_sdr": v, "pesq_nb_raw": 2.0, "pesq_nb": 2.5, "pesq_wb": 2.1} for v in range(1, 11)]
-    rows += [{"model": "A", "si_sdr": math.nan, "pesq_nb_raw": math.nan, "pesq_nb": math.nan, "pesq_wb": math.nan},
-             {"model": "B", "si_sdr": 4.0, "pesq_nb_raw": 3.0, "pesq_nb": 3.1, "pesq_wb": 3.2}]
+    rows += [
+        {"model": "A", "si_sdr": math.nan, "pesq_nb_raw": math.nan, "pesq_nb": math.nan, "pesq_wb": math.nan},
+        {"model": "B", "si_sdr": 4.0, "pesq_nb_raw": 3.0, "pesq_nb": 3.1, "pesq_wb": 3.2},
+    ]
     summary = M.summarize_metrics(rows, group_by="model")
     assert [row["model"] for row in summary] == ["A", "B"]
     a = summary[0]["si_sdr"]

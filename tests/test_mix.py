@@ -1,4 +1,5 @@
 """Noisy mixtures: loudness SNR, balanced seeded plan, resumable runs, fallbacks, official lists."""
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,20 @@ from scipy.signal import lfilter
 
 from speechdvae.audio import SAMPLE_RATE, AudioError, read_audio, write_audio
 from speechdvae.data.manifest import read_manifest, sha256_file, write_manifest
-from speechdvae.data.mix import (MANIFEST_NAME, build_mixtures, mix_at_snr, mix_from_official, plan_mixtures,
-                                 read_official_list)
+from speechdvae.data.mix import (
+    MANIFEST_NAME,
+    build_mixtures,
+    mix_at_snr,
+    mix_from_official,
+    plan_mixtures,
+    read_official_list,
+)
 
 LSB = 1 / 32768
 
 
 # ------------------------------------------------------------------------------------- helpers
+
 
 def speech_like(seconds: float, seed: int, level: float = 0.3) -> np.ndarray:
     """A harmonic, vibrato, syllable-modulated signal with pauses: loudness behaves as for speech."""
@@ -40,14 +48,25 @@ def noise_like(seconds: float, seed: int, level: float = 0.1) -> np.ndarray:
     return level * x / np.max(np.abs(x))
 
 
-def write_corpus(root: Path, speech: dict[str, np.ndarray], noise: dict[str, tuple[str, np.ndarray]]
-                 ) -> tuple[Path, Path]:
+def write_corpus(
+    root: Path, speech: dict[str, np.ndarray], noise: dict[str, tuple[str, np.ndarray]]
+) -> tuple[Path, Path]:
     """FLAC files + speech/noise manifests in the corpus format; noise maps id -> (type, signal)."""
+
     def record(kind: str, key: str, x: np.ndarray, **extra) -> dict:
         path = root / kind / f"{key}.flac"
         write_audio(path, x)
-        return {"id": key, "path": str(path), "duration": len(x) / SAMPLE_RATE, "speaker": key[:2],
-                "language": "fr", "split": "test", "sha256": sha256_file(path), **extra}
+        return {
+            "id": key,
+            "path": str(path),
+            "duration": len(x) / SAMPLE_RATE,
+            "speaker": key[:2],
+            "language": "fr",
+            "split": "test",
+            "sha256": sha256_file(path),
+            **extra,
+        }
+
     speech_manifest, noise_manifest = root / "speech_test.jsonl", root / "noise_test.jsonl"
     write_manifest(speech_manifest, [record("speech", k, x) for k, x in speech.items()])
     write_manifest(noise_manifest, [record("noise", k, x, noise_type=t) for k, (t, x) in noise.items()])
@@ -82,12 +101,16 @@ def expected_noise(record: dict) -> np.ndarray:
 @pytest.fixture
 def corpus(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
     speech = {f"s{i % 3}_{i:02d}": speech_like(1.0 + 0.1 * i, seed=i) for i in range(6)}
-    noise = {"machinery_a": ("machinery", noise_like(3.0, 1)), "machinery_b": ("machinery", noise_like(2.5, 2)),
-             "water_a": ("water", noise_like(3.0, 3))}
+    noise = {
+        "machinery_a": ("machinery", noise_like(3.0, 1)),
+        "machinery_b": ("machinery", noise_like(2.5, 2)),
+        "water_a": ("water", noise_like(3.0, 3)),
+    }
     return (*write_corpus(tmp_path / "corpus", speech, noise), speech)
 
 
 # ------------------------------------------------------------------------------------- mixing
+
 
 def test_written_loudness_difference_is_the_target_snr(corpus, tmp_path):
     speech_manifest, noise_manifest, speech = corpus
@@ -97,7 +120,7 @@ def test_written_loudness_difference_is_the_target_snr(corpus, tmp_path):
         clean, added = written_pair(r)
         assert r["snr_method"] == "bs1770" and r["scale"] == 1.0 and not r["noise_looped"]
         assert loudness(clean) - loudness(added) == pytest.approx(r["snr"], abs=0.1)
-        assert r["snr_power"] == pytest.approx(10 * np.log10(np.sum(clean ** 2) / np.sum(added ** 2)), abs=1e-6)
+        assert r["snr_power"] == pytest.approx(10 * np.log10(np.sum(clean**2) / np.sum(added**2)), abs=1e-6)
         np.testing.assert_array_equal(clean, source(r))  # the untrimmed clean file, unchanged
         assert np.max(np.abs(added - expected_noise(r))) <= LSB + 1e-9
         assert r["sha256"] == sha256_file(r["path"]) and r["duration"] == len(speech[r["id"]]) / SAMPLE_RATE
@@ -127,11 +150,13 @@ def test_too_short_utterance_uses_power_snr(tmp_path):
     [r] = read_manifest(build_mixtures(*manifests, tmp_path / "mix", snrs=(0.0,)))
     clean, added = written_pair(r)
     assert r["snr_method"] == "power" and len(clean) == int(0.2 * SAMPLE_RATE)
-    assert 10 * np.log10(np.mean(clean ** 2) / np.mean(added ** 2)) == pytest.approx(0.0, abs=0.05)
+    assert 10 * np.log10(np.mean(clean**2) / np.mean(added**2)) == pytest.approx(0.0, abs=0.05)
 
 
 def test_clipping_rescales_clean_and_noisy_together(tmp_path):
-    manifests = write_corpus(tmp_path / "c", {"loud": speech_like(1.2, 7, level=0.95)}, {"n": ("fire", noise_like(2.0, 8, level=0.5))})
+    manifests = write_corpus(
+        tmp_path / "c", {"loud": speech_like(1.2, 7, level=0.95)}, {"n": ("fire", noise_like(2.0, 8, level=0.5))}
+    )
     [r] = read_manifest(build_mixtures(*manifests, tmp_path / "mix", snrs=(-5.0,)))
     clean, added = written_pair(r)
     noisy = clean + added
@@ -155,12 +180,17 @@ def test_short_noise_recording_is_looped(tmp_path):
 
 # ------------------------------------------------------------------------------------- planning
 
+
 def fake_records(n_speech: int, noise_counts: dict[str, int]) -> tuple[list[dict], list[dict]]:
     rng = np.random.default_rng(123)
-    speech = [{"id": f"utt{i:03d}", "path": f"/s/{i}.flac", "duration": float(rng.uniform(0.5, 4.0))}
-              for i in range(n_speech)]
-    noise = [{"id": f"{t}{j}", "path": f"/n/{t}{j}.flac", "noise_type": t, "duration": float(rng.uniform(2.0, 9.0))}
-             for t, count in noise_counts.items() for j in range(count)]
+    speech = [
+        {"id": f"utt{i:03d}", "path": f"/s/{i}.flac", "duration": float(rng.uniform(0.5, 4.0))} for i in range(n_speech)
+    ]
+    noise = [
+        {"id": f"{t}{j}", "path": f"/n/{t}{j}.flac", "noise_type": t, "duration": float(rng.uniform(2.0, 9.0))}
+        for t, count in noise_counts.items()
+        for j in range(count)
+    ]
     return speech, noise
 
 
@@ -180,11 +210,13 @@ def test_plan_is_balanced_seeded_and_order_free():
         assert 0 <= p["noise_start"] <= (length - n if length >= n else length - 1)  # else looped
     assert plan_mixtures(speech[::-1], noise[::-1], snrs=(-5, 0, 5), seed=0) == plan
     other = plan_mixtures(speech, noise, snrs=(-5, 0, 5), seed=1)
-    assert [(p["noise_id"], p["snr"], p["noise_start"]) for p in other] != \
-           [(p["noise_id"], p["snr"], p["noise_start"]) for p in plan]
+    assert [(p["noise_id"], p["snr"], p["noise_start"]) for p in other] != [
+        (p["noise_id"], p["snr"], p["noise_start"]) for p in plan
+    ]
 
 
 # ------------------------------------------------------------------------------------- resuming
+
 
 def test_rerun_keeps_files_and_resume_gives_the_same_manifest(corpus, tmp_path):
     speech_manifest, noise_manifest, _ = corpus
@@ -220,12 +252,22 @@ def test_unreadable_speech_file_is_skipped_and_reported(corpus, tmp_path, caplog
 
 # ------------------------------------------------------------------------------------- official lists
 
+
 def test_read_official_lists(official_dir):
     wsj = read_official_list(official_dir / "wsj_test.json", "/n", "/c")
     assert len(wsj) == 651
-    assert wsj[0] == {"id": "440c0201", "path": "/n/440c0201_CAFE-CAFE-2_0.wav", "clean_path": "/c/440/440c0201.wav",
-                      "duration": 5.725, "speaker": "440", "language": "en", "split": "test",
-                      "noise_type": "CAFE-CAFE-2", "snr": 0.0, "noise_start": 2295104}
+    assert wsj[0] == {
+        "id": "440c0201",
+        "path": "/n/440c0201_CAFE-CAFE-2_0.wav",
+        "clean_path": "/c/440/440c0201.wav",
+        "duration": 5.725,
+        "speaker": "440",
+        "language": "en",
+        "split": "test",
+        "noise_type": "CAFE-CAFE-2",
+        "snr": 0.0,
+        "noise_start": 2295104,
+    }
     assert {r["snr"] for r in wsj} == {-5.0, 0.0, 5.0}
     vb = read_official_list(official_dir / "vb_test.json", "/n", "/c")
     assert len(vb) == 824 and vb[0]["path"] == "/n/p257_001_16k.wav" and vb[0]["snr"] == 17.5
@@ -255,8 +297,9 @@ def test_mix_from_official_regenerates_the_listed_mixtures(official_excerpt, tmp
     out = tmp_path / "out"
     records = read_manifest(mix_from_official(json_path, clean_root, noise_root, out))
     listed = read_official_list(json_path, out / "noisy", out / "clean")
-    assert [(r["id"], r["path"], r["clean_path"]) for r in records] == \
-           [(r["id"], str(Path(r["path"])), str(Path(r["clean_path"]))) for r in listed]
+    assert [(r["id"], r["path"], r["clean_path"]) for r in records] == [
+        (r["id"], str(Path(r["path"])), str(Path(r["clean_path"]))) for r in listed
+    ]
     assert Path(records[0]["path"]).name == "440c0201_CAFE-CAFE-2_0.wav"
     for r in records:
         entry = entries[r["id"]]

@@ -1,4 +1,5 @@
 """The RNN speech priors (VAE, DKF, RVAE, SRNN), their shared layers, presets and checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -8,23 +9,52 @@ import pytest
 import torch
 from torch import nn
 
-from speechdvae.checkpoints import (CheckpointError, from_pretrained, load_model, read_checkpoint_config,
-                                    save_model)
+from speechdvae.checkpoints import CheckpointError, from_pretrained, load_model, read_checkpoint_config, save_model
 from speechdvae.models import DVAE, Posterior, available_presets, build_model, load_preset
-from speechdvae.models.layers import GaussianHead, HeadSteps, LogVarianceHead, LSTMSteps, MLP, previous
+from speechdvae.models.layers import MLP, GaussianHead, HeadSteps, LogVarianceHead, LSTMSteps, previous
 from speechdvae.models.losses import elbo_loss
 
 X, Z = 12, 3
 TINY = {
     "vae": {"name": "vae", "x_dim": X, "z_dim": Z, "dense_x_z": [8]},
-    "dkf": {"name": "dkf", "x_dim": X, "z_dim": Z, "dense_x_gx": [8], "dim_rnn_gx": 6, "dense_ztm1_g": [4],
-            "dense_g_z": [5], "dense_z_x": [4, 8]},
+    "dkf": {
+        "name": "dkf",
+        "x_dim": X,
+        "z_dim": Z,
+        "dense_x_gx": [8],
+        "dim_rnn_gx": 6,
+        "dense_ztm1_g": [4],
+        "dense_g_z": [5],
+        "dense_z_x": [4, 8],
+    },
     "rvae": {"name": "rvae", "x_dim": X, "z_dim": Z, "dim_rnn_g_x": 5, "dim_rnn_g_z": 4, "dim_rnn_h": 6},
-    "rvae-causal": {"name": "rvae", "x_dim": X, "z_dim": Z, "dense_x_gx": [7], "dim_rnn_g_x": 5,
-                    "bidir_g_x": False, "dense_z_gz": [4], "dim_rnn_g_z": 4, "dense_g_z": [5],
-                    "dense_z_h": [4], "dim_rnn_h": 6, "bidir_h": False, "dense_h_x": [8]},
-    "srnn": {"name": "srnn", "x_dim": X, "z_dim": Z, "dense_x_h": [8], "dim_rnn_h": 6, "dense_hx_g": [8],
-             "dim_rnn_g": 5, "dense_gz_z": [6, 4], "dense_hz_x": [8], "dense_hz_z": [6, 4]},
+    "rvae-causal": {
+        "name": "rvae",
+        "x_dim": X,
+        "z_dim": Z,
+        "dense_x_gx": [7],
+        "dim_rnn_g_x": 5,
+        "bidir_g_x": False,
+        "dense_z_gz": [4],
+        "dim_rnn_g_z": 4,
+        "dense_g_z": [5],
+        "dense_z_h": [4],
+        "dim_rnn_h": 6,
+        "bidir_h": False,
+        "dense_h_x": [8],
+    },
+    "srnn": {
+        "name": "srnn",
+        "x_dim": X,
+        "z_dim": Z,
+        "dense_x_h": [8],
+        "dim_rnn_h": 6,
+        "dense_hx_g": [8],
+        "dim_rnn_g": 5,
+        "dense_gz_z": [6, 4],
+        "dense_hz_x": [8],
+        "dense_hz_z": [6, 4],
+    },
 }
 PAPER_PARAMS = {"vae": 138_273, "dkf": 516_641, "rvae": 1_026_849, "srnn-tf": 884_993, "srnn-ss": 884_993}
 
@@ -54,6 +84,7 @@ def assert_all_close(a: list[torch.Tensor], b: list[torch.Tensor], atol: float =
 
 
 # -- shared layers ------------------------------------------------------------------------------
+
 
 def test_mlp_is_tanh_layers_and_empty_is_identity() -> None:
     torch.manual_seed(0)
@@ -95,6 +126,7 @@ def test_previous_shifts_in_a_zero_frame() -> None:
 
 # -- the interface ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", list(TINY))
 def test_shapes_and_deterministic_path(kind: str) -> None:
     model, s = tiny(kind), powers()
@@ -135,6 +167,7 @@ def test_non_autoregressive_models_ignore_s_and_feedback() -> None:
 
 
 # -- causality ----------------------------------------------------------------------------------
+
 
 def changed_frames(a: torch.Tensor, b: torch.Tensor) -> list[int]:
     return [t for t in range(a.shape[1]) if not torch.allclose(a[:, t], b[:, t], atol=0, rtol=0)]
@@ -199,6 +232,7 @@ def test_srnn_decode_needs_s_unless_generating() -> None:
 
 # -- SRNN decoding modes against naive references -----------------------------------------------
 
+
 def naive_srnn_decode(model: DVAE, z: torch.Tensor, s: torch.Tensor, fed_back: torch.Tensor) -> tuple:
     """Step-by-step SRNN decoding with plain module calls; fed_back (B, T) says where the past
     frame is the previous prediction."""
@@ -208,7 +242,7 @@ def naive_srnn_decode(model: DVAE, z: torch.Tensor, s: torch.Tensor, fed_back: t
     hs, ys = [], []
     for t in range(frames):
         x_true = s[:, t - 1] if t > 0 else torch.zeros(batch, model.x_dim)
-        x_prev = torch.where(fed_back[:, t:t + 1], x_pred, x_true)
+        x_prev = torch.where(fed_back[:, t : t + 1], x_pred, x_true)
         out, state = model.past_rnn(model.past_mlp(x_prev)[:, None], state)
         h = out[:, 0]
         y = model.decoder(torch.cat([h, z[:, t]], dim=-1))
@@ -258,6 +292,7 @@ def test_scheduled_sampling_mixes_per_step_and_sequence() -> None:
 
 # -- generation, E-step and training ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", list(TINY))
 def test_sample_prior(kind: str) -> None:
     model = tiny(kind)
@@ -303,6 +338,7 @@ def test_elbo_decreases_with_adam(kind: str) -> None:
 
 
 # -- presets and checkpoints --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("preset", ["vae", "dkf", "rvae", "rvae-causal", "srnn-tf", "srnn-ss"])
 @pytest.mark.parametrize("size", ["paper", "small"])

@@ -1,5 +1,6 @@
 """Import of the official DVAE-SE checkpoints, checked against the authors' reference outputs
 (../shared/official-dvae-se/README.md describes the arrays and the tolerances used here)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,7 @@ SHA256 = {  # from the README of the official checkpoints
     "wsj_vae": "c1e9a91893d90284e3f1038a6ce33c8b2f16496088c5bce619b4911d9486ff8c",
     "vb_vae": "7fb5338981cbdf1da8d6548cfa99a350d70b29c36731b77759dac386bdabfbc4",
 }
-PARAMS = {"vae": (138_273, 69_920), "dkf": (516_641, 339_168), "rvae": (1_026_849, 745_504),
-          "srnn": (884_993, 374_400)}
+PARAMS = {"vae": (138_273, 69_920), "dkf": (516_641, 339_168), "rvae": (1_026_849, 745_504), "srnn": (884_993, 374_400)}
 ATOL, RTOL, LOSS_RTOL = 2e-4, 1e-4, 1e-4
 
 
@@ -36,9 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    if not OFFICIAL.is_dir():
-        pytest.skip("../shared/official-dvae-se is not available")
+def imported(tmp_path_factory: pytest.TempPathFactory, official_dir: Path) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("official")
     paths = import_official(OFFICIAL, out)
     return {p.name.removeprefix("official-").replace("-", "_"): p for p in paths}
@@ -56,8 +54,9 @@ def reference(tag: str) -> dict[str, np.ndarray]:
 
 def check(ours: torch.Tensor, expected: np.ndarray, atol: float = ATOL, rtol: float = RTOL) -> None:
     """Compare a (1, T, D) model output with a (T, D) reference array."""
-    torch.testing.assert_close(ours[0].to(torch.float64), torch.from_numpy(expected).to(torch.float64),
-                               atol=atol, rtol=rtol)
+    torch.testing.assert_close(
+        ours[0].to(torch.float64), torch.from_numpy(expected).to(torch.float64), atol=atol, rtol=rtol
+    )
 
 
 def losses(s: torch.Tensor, post: Posterior, y_logvar: torch.Tensor, prior: tuple) -> tuple[float, float]:

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from conftest import tone_burst
 from G722 import G722
 
 from speechdvae.data import open_corpus as oc
 from speechdvae.data.manifest import read_manifest
-from conftest import tone_burst
 
 
 def _write_g722(path: Path, x: np.ndarray) -> None:
@@ -32,9 +32,9 @@ def _fake_tree(root: Path) -> None:
     burst44 = tone_burst(sr=44100)
     for lang in ("fr", "ro", "el", "ru"):
         _write_ogg(stamps / f"cat_desc_{lang}.ogg", burst44)
-    _write_ogg(stamps / "cat.ogg", burst44)                                  # a sound effect, not speech
+    _write_ogg(stamps / "cat.ogg", burst44)  # a sound effect, not speech
     _write_ogg(stamps / "dog_desc_fr.ogg", tone_burst(sr=44100, floor=0.05))  # audible background noise
-    (stamps / "bird_desc_fr.ogg").write_bytes(b"OggS but not really")         # undecodable
+    (stamps / "bird_desc_fr.ogg").write_bytes(b"OggS but not really")  # undecodable
 
 
 PACKAGES = tuple(p for p in oc.PACKAGES if p.name in ("asterisk-core-sounds-en-g722", "tuxpaint-stamps-default"))
@@ -44,15 +44,17 @@ def test_build_splits_rejects_and_is_idempotent(tmp_path):
     _fake_tree(tmp_path)
     stats = oc.build(tmp_path, workers=1, packages=PACKAGES)
     manifests = tmp_path / "manifests"
-    speech = {split: read_manifest(manifests / f"speech_{split}.jsonl")
-              for split in ("train", "valid", "valid_unseen", "test")}
+    speech = {
+        split: read_manifest(manifests / f"speech_{split}.jsonl")
+        for split in ("train", "valid", "valid_unseen", "test")
+    }
     ids = {split: sorted(r["id"] for r in recs) for split, recs in speech.items()}
     # tuxpaint ro is test, el is the unseen-speaker validation set, ru and sound effects are unused
     assert ids["test"] == ["tuxpaint/animals/cat_desc_ro"]
     assert ids["valid_unseen"] == ["tuxpaint/animals/cat_desc_el"]
     seen = ids["train"] + ids["valid"]
     assert "tuxpaint/animals/cat_desc_fr" in seen and not any("ru" in i.rsplit("_", 1)[-1] for i in seen)
-    assert len([i for i in seen if i.startswith("asterisk")]) == 7           # silence/ excluded
+    assert len([i for i in seen if i.startswith("asterisk")]) == 7  # silence/ excluded
     rejected = {r["id"]: r for r in read_manifest(manifests / "rejected.jsonl", required=("id",))}
     assert rejected["tuxpaint/animals/dog_desc_fr"]["status"] == "rejected"
     assert rejected["tuxpaint/animals/bird_desc_fr"]["status"] == "failed"
@@ -84,22 +86,27 @@ def test_resumes_after_an_interruption(tmp_path):
     log.write_text("\n".join(lines[:-2]) + "\n" + lines[-2][:10])
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "speech").rglob("*.flac")}
     oc.build(tmp_path, workers=1, packages=PACKAGES[:1])
-    redone = {str(p.relative_to(tmp_path / "speech").with_suffix("")) for p, t in mtimes.items()
-              if p.stat().st_mtime_ns != t}
+    redone = {
+        str(p.relative_to(tmp_path / "speech").with_suffix("")) for p, t in mtimes.items() if p.stat().st_mtime_ns != t
+    }
     assert redone == lost
     assert len(read_manifest(tmp_path / "manifests/speech_train.jsonl")) + len(
-        read_manifest(tmp_path / "manifests/speech_valid.jsonl")) == len(lines)
+        read_manifest(tmp_path / "manifests/speech_valid.jsonl")
+    ) == len(lines)
 
 
 def test_noise_split_is_by_recording():
-    sources = [oc.Source(f"n/{g}_{i}", "x", "soundfile", "noise", f"n/{g}", "none", "", t)
-               for t, groups in (("fire", ["fa", "fb", "fc", "fd"]), ("wind", ["wa", "wb"]))
-               for g in groups for i in range(3)]
+    sources = [
+        oc.Source(f"n/{g}_{i}", "x", "soundfile", "noise", f"n/{g}", "none", "", t)
+        for t, groups in (("fire", ["fa", "fb", "fc", "fd"]), ("wind", ["wa", "wb"]))
+        for g in groups
+        for i in range(3)
+    ]
     out, notes = oc.split_noise_by_recording(sources)
     assert {s.noise_type for s in out} == {"fire"} and "wind" in notes[0]
     split_of_group = {}
     for s in out:
-        assert split_of_group.setdefault(s.speaker, s.split) == s.split   # a recording never straddles splits
+        assert split_of_group.setdefault(s.speaker, s.split) == s.split  # a recording never straddles splits
     assert sorted(split_of_group.values()) == ["test", "train", "train", "valid"]
 
 
@@ -119,5 +126,5 @@ def test_g722_decoding_matches_the_reference_decoder(official_dir, tmp_path):
     assert rate == 16000 and len(x) == len(ref)
     # one encode/decode round trip of G.722: the same signal after the codec's short QMF delay
     lags = range(0, 64)
-    corr = [np.corrcoef(x[lag:], ref[:len(ref) - lag])[0, 1] for lag in lags]
+    corr = [np.corrcoef(x[lag:], ref[: len(ref) - lag])[0, 1] for lag in lags]
     assert max(corr) > 0.98 and int(np.argmax(corr)) < 40

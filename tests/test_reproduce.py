@@ -1,5 +1,6 @@
 """`make bench` (recipes/reproduce.py): every committed report names a command the CLI accepts, and the plan
 lists them all."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,7 +19,7 @@ SCRIPT = ROOT / "recipes" / "reproduce.py"
 def load_script():
     spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module         # dataclasses look their module up there
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -46,8 +47,9 @@ def test_a_report_without_a_command_is_reported(tmp_path: Path):
 
 
 def test_the_dry_run_plans_every_step_with_a_time_estimate():
-    done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], cwd=ROOT, capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert "min on a 2-core CPU" in done.stdout
     optional = {step.name for step in reproduce.STEPS if step.needs and not (ROOT / step.needs).exists()}
     for step in reproduce.STEPS:
@@ -55,11 +57,30 @@ def test_the_dry_run_plans_every_step_with_a_time_estimate():
 
 
 def test_without_the_official_release_its_models_leave_the_commands():
-    command = ["speechdvae", "eval", "enhance", "--model", "A=checkpoints/open-small/vae/model", "--model",
-               "official WSJ0 RVAE=checkpoints/official/official-wsj-rvae", "--manifest", "m.jsonl", "-o", "out"]
+    command = [
+        "speechdvae",
+        "eval",
+        "enhance",
+        "--model",
+        "A=checkpoints/open-small/vae/model",
+        "--model",
+        "official WSJ0 RVAE=checkpoints/official/official-wsj-rvae",
+        "--manifest",
+        "m.jsonl",
+        "-o",
+        "out",
+    ]
     assert reproduce.without_official_models(command) == [
-        "speechdvae", "eval", "enhance", "--model", "A=checkpoints/open-small/vae/model", "--manifest", "m.jsonl",
-        "-o", "out"]
+        "speechdvae",
+        "eval",
+        "enhance",
+        "--model",
+        "A=checkpoints/open-small/vae/model",
+        "--manifest",
+        "m.jsonl",
+        "-o",
+        "out",
+    ]
     listen = reproduce.report_command(ROOT / "docs/listen/index.html")
     assert any("checkpoints/official/" in arg for arg in listen)
     assert not any("checkpoints/official/" in arg for arg in reproduce.without_official_models(listen))

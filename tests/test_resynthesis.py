@@ -1,4 +1,5 @@
 """Analysis-resynthesis evaluation: the pipeline (oracle), decoding modes, the report files and the CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -13,13 +14,23 @@ import torch
 
 from speechdvae.audio import read_audio, write_audio
 from speechdvae.checkpoints import load_model
-from speechdvae.cli import UserError, build_parser
+from speechdvae.cli import build_parser
+from speechdvae.cli.options import parse_model_specs
 from speechdvae.data.manifest import write_manifest
 from speechdvae.data.sequences import preprocess
+from speechdvae.errors import SpeechDVAEError
 from speechdvae.evaluate import resynthesis
+from speechdvae.evaluate.common import EvaluationError, evenly_spaced
 from speechdvae.evaluate.metrics import si_sdr
-from speechdvae.evaluate.resynthesis import (ORACLE_LABEL, ResynthesisError, analyse, evaluate_resynthesis,
-                                             evenly_spaced, official_models, prepare, resynthesize)
+from speechdvae.evaluate.resynthesis import (
+    ORACLE_LABEL,
+    ResynthesisError,
+    analyse,
+    evaluate_resynthesis,
+    official_models,
+    prepare,
+    resynthesize,
+)
 from speechdvae.official import convert_official
 
 OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "official-dvae-se"
@@ -53,17 +64,18 @@ def manifest(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clip() -> np.ndarray:
-    if not CLIP.is_file():
-        pytest.skip("../shared/official-dvae-se is not available")
+def clip(official_dir: Path) -> np.ndarray:
     return prepare(read_audio(CLIP)[0])
 
 
 def table_rows(markdown: str, heading: str) -> list[list[str]]:
     """Cells of the Markdown table in the section whose heading starts with `heading` (escaped pipes kept)."""
     section = next(part for part in markdown.split("\n## ") if part.startswith(heading))
-    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
-            for line in section.splitlines() if line.startswith("|") and "---" not in line]
+    return [
+        [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+        for line in section.splitlines()
+        if line.startswith("|") and "---" not in line
+    ]
 
 
 def test_analysis_matches_the_training_preprocessing() -> None:
@@ -86,8 +98,9 @@ def test_oracle_row_is_near_perfect_on_a_real_clip(clip: np.ndarray, tmp_path: P
 def test_feedback_matters_for_srnn_only_and_lengths_are_kept(tiny: dict[str, Path]) -> None:
     x = prepare(voiced(0.77, 150.0, 4))  # not a whole number of hops
     vae, srnn = load_model(tiny["VAE"], "cpu"), load_model(tiny["SRNN"], "cpu")
-    outputs = {(name, fb): resynthesize(model, x, fb) for name, model in (("vae", vae), ("srnn", srnn))
-               for fb in (0.0, 1.0)}
+    outputs = {
+        (name, fb): resynthesize(model, x, fb) for name, model in (("vae", vae), ("srnn", srnn)) for fb in (0.0, 1.0)
+    }
     assert all(len(y) == len(x) and np.all(np.isfinite(y)) for y in outputs.values())
     np.testing.assert_array_equal(outputs["vae", 0.0], outputs["vae", 1.0])
     assert np.max(np.abs(outputs["srnn", 0.0] - outputs["srnn", 1.0])) > 1e-4
@@ -102,7 +115,11 @@ def test_evaluation_rows_files_and_a_silent_utterance(tiny: dict[str, Path], man
     with pytest.warns(UserWarning, match="silent"):
         summary = evaluate_resynthesis(tiny, manifest, out, workers=1, progress=False)
     assert [(row["model"], row["mode"]) for row in summary] == [
-        (ORACLE_LABEL, "-"), ("VAE", "-"), ("SRNN", "GT"), ("SRNN", "GEN")]
+        (ORACLE_LABEL, "-"),
+        ("VAE", "-"),
+        ("SRNN", "GT"),
+        ("SRNN", "GEN"),
+    ]
     for row in summary:
         assert row["n"] == 3 and row["si_sdr"].n_nan == 1 and row["si_sdr"].n_valid == 2
         assert row["seconds_per_utterance"] > 0
@@ -132,12 +149,12 @@ def test_evaluation_rows_files_and_a_silent_utterance(tiny: dict[str, Path], man
     assert "(1 NaN)" in table_rows(text, "Mean")[2][4]
 
 
-def test_modes_select_the_rows_of_autoregressive_models(tiny: dict[str, Path], manifest: Path,
-                                                         tmp_path: Path) -> None:
+def test_modes_select_the_rows_of_autoregressive_models(tiny: dict[str, Path], manifest: Path, tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        summary = evaluate_resynthesis(tiny, manifest, tmp_path, limit=1, modes=["GEN"], oracle=False,
-                                       workers=1, progress=False)
+        summary = evaluate_resynthesis(
+            tiny, manifest, tmp_path, limit=1, modes=["GEN"], oracle=False, workers=1, progress=False
+        )
     assert [(row["model"], row["mode"], row["n"]) for row in summary] == [("VAE", "-", 1), ("SRNN", "GEN", 1)]
     with pytest.raises(ResynthesisError, match="modes"):
         evaluate_resynthesis(tiny, manifest, tmp_path, modes=["TF"], progress=False)
@@ -148,7 +165,7 @@ def test_limit_takes_an_evenly_spaced_subset_by_id() -> None:
     assert [r["id"] for r in evenly_spaced(records, 3)] == ["u00", "u03", "u06"]
     assert [r["id"] for r in evenly_spaced(records, 4)] == ["u00", "u02", "u05", "u07"]
     assert [r["id"] for r in evenly_spaced(records, 50)] == [f"u{i:02d}" for i in range(10)]
-    with pytest.raises(ResynthesisError):
+    with pytest.raises(EvaluationError):
         evenly_spaced(records, 0)
 
 
@@ -158,12 +175,11 @@ def test_official_vae_resynthesises_a_real_clip(clip: np.ndarray, tmp_path: Path
     assert 0.0 < value < 30.0
 
 
-def test_official_models_are_labelled_and_imported_once(tmp_path: Path) -> None:
-    if not OFFICIAL.is_dir():
-        pytest.skip("../shared/official-dvae-se is not available")
+def test_official_models_are_labelled_and_imported_once(tmp_path: Path, official_dir: Path) -> None:
     labels = list(official_models(OFFICIAL, tmp_path / "official"))
-    assert labels == [f"official {corpus} {model}" for corpus in ("WSJ0", "VoiceBank")
-                      for model in ("VAE", "DKF", "RVAE", "SRNN-SS")]
+    assert labels == [
+        f"official {corpus} {model}" for corpus in ("WSJ0", "VoiceBank") for model in ("VAE", "DKF", "RVAE", "SRNN-SS")
+    ]
     stamp = (tmp_path / "official" / "official-wsj-vae" / "model.safetensors").stat().st_mtime_ns
     assert list(official_models(tmp_path / "missing", tmp_path / "official")) == labels  # reused, not imported
     assert (tmp_path / "official" / "official-wsj-vae" / "model.safetensors").stat().st_mtime_ns == stamp
@@ -171,12 +187,14 @@ def test_official_models_are_labelled_and_imported_once(tmp_path: Path) -> None:
 
 def test_command_line_errors_are_user_errors(tiny: dict[str, Path], manifest: Path, tmp_path: Path) -> None:
     parser = build_parser()
-    cases = {("--model", f"x={tmp_path / 'nowhere'}"): "nowhere",
-             ("--model", f"a={tiny['VAE']}", "--model", f"a={tiny['SRNN']}"): "two models",
-             (): "at least one"}
+    cases = {
+        ("--model", f"x={tmp_path / 'nowhere'}"): "nowhere",
+        ("--model", f"a={tiny['VAE']}", "--model", f"a={tiny['SRNN']}"): "two models",
+        (): "at least one",
+    }
     for extra, message in cases.items():
         args = parser.parse_args(["eval", "resynth", *extra, "--manifest", str(manifest), "-o", str(tmp_path / "out")])
-        with pytest.raises(UserError, match=message):
+        with pytest.raises(SpeechDVAEError, match=message):
             args.func(args)
     assert not (tmp_path / "out").exists()
-    assert resynthesis.parse_model_specs([str(tiny["VAE"])]) == {"VAE": str(tiny["VAE"])}
+    assert parse_model_specs([str(tiny["VAE"])]) == {"VAE": str(tiny["VAE"])}

@@ -12,7 +12,7 @@ def test_window_definition_and_cola():
     n = torch.arange(1024, dtype=torch.float64)
     assert torch.allclose(w, torch.sin(math.pi * (n + 0.5) / 1024))
     # squared windows overlap-add to a constant (2) at hop 256: exact inversion
-    ola = sum(torch.roll(w ** 2, k * 256) for k in range(4))
+    ola = sum(torch.roll(w**2, k * 256) for k in range(4))
     assert torch.allclose(ola, torch.full_like(ola, 2.0))
 
 
@@ -29,7 +29,7 @@ def test_matches_a_direct_dft_of_one_frame():
     x = torch.randn(8000, dtype=torch.float64)
     spec = stft.stft(x)
     t = 10  # a frame away from the padded edges: samples [t*256 - 512, t*256 + 512)
-    frame = x[t * 256 - 512:t * 256 + 512] * stft.sine_window(dtype=torch.float64)
+    frame = x[t * 256 - 512 : t * 256 + 512] * stft.sine_window(dtype=torch.float64)
     assert torch.allclose(spec[t], torch.fft.rfft(frame), atol=1e-9)
 
 
@@ -61,7 +61,9 @@ def test_fast_griffin_lim_converges_faster():
     mag = stft.stft(x).abs()
 
     def spectral_error(momentum):
-        y = stft.griffin_lim(mag, n_iter=30, momentum=momentum, length=len(x), generator=torch.Generator().manual_seed(1))
+        y = stft.griffin_lim(
+            mag, n_iter=30, momentum=momentum, length=len(x), generator=torch.Generator().manual_seed(1)
+        )
         return float(torch.linalg.norm(stft.stft(y).abs() - mag) / torch.linalg.norm(mag))
 
     assert spectral_error(0.99) < spectral_error(0.0)

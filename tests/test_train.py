@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,11 +105,10 @@ def test_training_lowers_the_loss_and_exports_the_best_copy(corpus, tmp_path):
     exported = checkpoints.load_model(model_dir, device="cpu")
     meta = json.loads((model_dir / "config.json").read_text())
     assert meta["metadata"]["training"]["best_epoch"] == trainer.best_epoch
-    # provenance: the manifests by name and content hash, no path of this machine anywhere in the checkpoint
-    assert meta["training_data"]["train"] == {
-        "manifest": "train.jsonl", "sha256": hashlib.sha256((corpus / "train.jsonl").read_bytes()).hexdigest()}
-    assert meta["training_data"]["valid"]["manifest"] == "valid.jsonl"
-    assert str(corpus) not in (model_dir / "config.json").read_text()
+    # provenance: the manifests with their content hashes, no absolute path anywhere in the checkpoint
+    assert meta["training_data"]["sha256"]["train"] == hashlib.sha256((corpus / "train.jsonl").read_bytes()).hexdigest()
+    assert Path(meta["training_data"]["valid"]).name == "valid.jsonl"
+    assert '"/' not in (model_dir / "config.json").read_text()
     for k, v in exported.state_dict().items():
         assert torch.equal(v, trainer.best_state[k])     # the best weights, not the live ones
     if trainer.best_epoch < 5:

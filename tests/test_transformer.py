@@ -1,4 +1,5 @@
 """HiT-DVAE / LigHT-DVAE and their Inv-s / Inv-s-NR ablations."""
+
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from speechdvae.models import MODELS, Posterior, load_preset
+from speechdvae.models import Posterior, load_preset
 from speechdvae.models.losses import elbo_loss
 from speechdvae.models.transformer import TransformerDVAE, TransformerStack, sinusoidal_positions
 from speechdvae.train import TrainConfig
@@ -29,8 +30,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny(variant: str = "hit", seed: int = 0, **overrides) -> TransformerDVAE:
     torch.manual_seed(seed)
-    kwargs = {"x_dim": X, "z_dim": Z, "w_dim": W, "d_model": D, "num_layers": 2, "dim_feedforward": FF,
-              "dim_rnn_w": 6, **VARIANTS[variant], **overrides}
+    kwargs = {
+        "x_dim": X,
+        "z_dim": Z,
+        "w_dim": W,
+        "d_model": D,
+        "num_layers": 2,
+        "dim_feedforward": FF,
+        "dim_rnn_w": 6,
+        **VARIANTS[variant],
+        **overrides,
+    }
     return TransformerDVAE(**kwargs).eval()
 
 
@@ -68,7 +78,7 @@ def naive_generation(model: TransformerDVAE, post: Posterior) -> list[torch.Tens
     frames, ys, means, logvars = z.shape[1], [], [], []
     for t in range(frames):
         past = torch.stack([y.exp() for y in ys] + [z.new_zeros(z.shape[0], X)], dim=1)  # last frame unread
-        prefix = Posterior(z[:, :t + 1], z[:, :t + 1], z[:, :t + 1], w, w, w)
+        prefix = Posterior(z[:, : t + 1], z[:, : t + 1], z[:, : t + 1], w, w, w)
         dec = model.decode(prefix, past, feedback=0.0)
         ys.append(dec.y_logvar[:, t])
         means.append(dec.prior_mean[:, t])
@@ -77,6 +87,7 @@ def naive_generation(model: TransformerDVAE, post: Posterior) -> list[torch.Tens
 
 
 # -- building blocks ----------------------------------------------------------------------------
+
 
 def test_positional_encoding_follows_the_sinusoid_formula() -> None:
     pe = sinusoidal_positions(3, 4, 6, torch.zeros(1))
@@ -90,14 +101,24 @@ def test_positional_encoding_follows_the_sinusoid_formula() -> None:
 
 def test_parameter_count_is_that_of_single_head_post_norm_layers() -> None:
     model, lz_lw = tiny("hit"), Z + W
-    attention = 4 * D * D + 4 * D                     # query, key, value and output maps
+    attention = 4 * D * D + 4 * D  # query, key, value and output maps
     feed_forward = 2 * D * FF + FF + D
     encoder_layer = attention + feed_forward + 2 * 2 * D
     decoder_layer = 2 * attention + feed_forward + 3 * 2 * D
     decoder = (lz_lw * D + D) + (X * D + D) + 2 * decoder_layer
     lstm = 4 * 6 * (X + 6 + 2)
-    expected = (lstm + 2 * (6 * W + W) + (X + W) * D + D + 2 * encoder_layer + 2 * (D * Z + Z)
-                + 2 * decoder + 2 * (D * Z + Z) + D * X + X)
+    expected = (
+        lstm
+        + 2 * (6 * W + W)
+        + (X + W) * D
+        + D
+        + 2 * encoder_layer
+        + 2 * (D * Z + Z)
+        + 2 * decoder
+        + 2 * (D * Z + Z)
+        + D * X
+        + X
+    )
     assert count(model) == expected
 
 
@@ -149,6 +170,7 @@ def test_no_residual_switch_acts_on_the_speech_decoder_only() -> None:
 
 # -- interface ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", ["hit", "light-inv-s-nr"])
 def test_shapes_and_the_sequence_latent(variant: str) -> None:
     model, s = tiny(variant), powers()
@@ -193,6 +215,7 @@ def test_config_rebuilds_the_model_and_bad_options_raise() -> None:
 
 # -- teacher forcing, generation and their equivalence ------------------------------------------
 
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_incremental_decoding_with_the_true_past_equals_teacher_forcing(variant: str) -> None:
     model, s = tiny(variant), powers()
@@ -223,7 +246,7 @@ def test_teacher_forcing_reads_only_the_past(variant: str) -> None:
         assert first_changed(a.prior_mean, b.prior_mean) == t + 1
         post.z = perturbed(post.z, t)
         c = model.decode(post, s)
-        assert first_changed(a.y_logvar, c.y_logvar) == t        # s_t from z_{1:t}
+        assert first_changed(a.y_logvar, c.y_logvar) == t  # s_t from z_{1:t}
         assert first_changed(a.prior_mean, c.prior_mean) == t + 1  # z_t from z_{1:t-1}
 
 
@@ -275,13 +298,15 @@ def test_sample_prior_is_finite_positive_and_seeded(variant: str) -> None:
 
 # -- training and the E-step -------------------------------------------------------------------
 
+
 def test_gradients_reach_every_encoder_parameter_and_nothing_else_when_the_rest_is_frozen() -> None:
     model, s = tiny("light"), powers()
     encoder_ids = {id(p) for p in model.encoder_parameters()}
     encoder_names = {n for n, p in model.named_parameters() if id(p) in encoder_ids}
     assert encoder_names and all(n.split(".")[0] in ("w_rnn", "w_head", "z_encoder", "z_head") for n in encoder_names)
-    assert len(encoder_ids) == sum(1 for n, _ in model.named_parameters() if n.split(".")[0] in
-                                   ("w_rnn", "w_head", "z_encoder", "z_head"))
+    assert len(encoder_ids) == sum(
+        1 for n, _ in model.named_parameters() if n.split(".")[0] in ("w_rnn", "w_head", "z_encoder", "z_head")
+    )
     for p in model.parameters():
         p.requires_grad_(id(p) in encoder_ids)
     post, dec = model(s, sample=True, feedback=1.0)
@@ -310,8 +335,6 @@ def test_elbo_decreases_with_a_few_adamw_steps() -> None:
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
-    if "transformer" not in MODELS:
-        pytest.skip("TransformerDVAE is not registered in speechdvae.models.MODELS yet")
     from speechdvae.checkpoints import load_model, save_model
 
     s = powers()
@@ -326,6 +349,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
 # -- presets ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("preset", list(VARIANTS))
 def test_presets_select_the_variant_and_valid_training_settings(preset: str) -> None:
     for size in ("paper", "small"):
@@ -334,13 +358,23 @@ def test_presets_select_the_variant_and_valid_training_settings(preset: str) -> 
         assert model_config.pop("name") == "transformer"
         assert {k: model_config[k] for k in VARIANTS[preset]} == VARIANTS[preset]
         train = TrainConfig.from_dict(section["train"])
-        assert (train.optimizer, train.lr_schedule, train.beta_z, train.beta_w) == ("adamw", "warmup_cosine", 0.01, 0.01)
+        assert (train.optimizer, train.lr_schedule, train.beta_z, train.beta_w) == (
+            "adamw",
+            "warmup_cosine",
+            0.01,
+            0.01,
+        )
         assert train.max_steps == train.warmup_steps + train.cosine_steps
         if size == "small":
             assert TransformerDVAE(**model_config).config["num_layers"] == model_config["num_layers"]
     paper = load_preset(preset, "paper")
-    assert (paper["model"]["d_model"], paper["model"]["num_layers"], paper["model"]["dim_feedforward"],
-            paper["model"]["z_dim"], paper["model"]["w_dim"]) == (256, 4, 1024, 16, 32)
+    assert (
+        paper["model"]["d_model"],
+        paper["model"]["num_layers"],
+        paper["model"]["dim_feedforward"],
+        paper["model"]["z_dim"],
+        paper["model"]["w_dim"],
+    ) == (256, 4, 1024, 16, 32)
     train = TrainConfig.from_dict(paper["train"])
     assert (train.lr, train.betas, train.eps, train.weight_decay) == (5e-5, (0.9, 0.99), 1e-9, 1e-5)
     assert (train.warmup_steps, train.cosine_steps, train.lr_min) == (5000, 20000, 1e-8)

@@ -1,5 +1,6 @@
 """The supervised baseline: mask shapes and range, batching, lengths, checkpoints, training (loss, resume, budget,
 command line) and its use by `eval enhance` (next to a prior, cached without VEM settings) and `enhance`."""
+
 from __future__ import annotations
 
 import csv
@@ -14,17 +15,31 @@ import torch
 
 from speechdvae import stft
 from speechdvae.audio import write_audio
+from speechdvae.baselines.mask_estimator import MaskEstimator, holds_mask_estimator, load_mask_estimator, masks
+from speechdvae.baselines.train import (
+    AudioBank,
+    BaselineConfig,
+    BaselineError,
+    BaselineTrainer,
+    crop_or_pad,
+    draw_pair,
+    validation_loss,
+)
 from speechdvae.checkpoints import CheckpointError, load_model, save_model
 from speechdvae.cli import main
 from speechdvae.data.manifest import write_manifest
-from speechdvae.enhance.files import enhance_files
-from speechdvae.enhance.umx import MaskEstimator, enhance_waves, holds_mask_estimator, load_mask_estimator, masks
-from speechdvae.enhance.vem import VEMConfig
-from speechdvae.evaluate.enhancement import (CACHE_NAME, MARKDOWN_NAME, NOISY_LABEL, UTTERANCES_NAME,
-                                             evaluate_enhancement, read_mixtures, read_pair)
+from speechdvae.enhancement.enhancer import MaskEnhancer, enhance_waves
+from speechdvae.enhancement.files import enhance_files
+from speechdvae.enhancement.vem import VEMConfig
+from speechdvae.evaluate.enhancement import (
+    CACHE_NAME,
+    MARKDOWN_NAME,
+    NOISY_LABEL,
+    UTTERANCES_NAME,
+    evaluate_enhancement,
+)
 from speechdvae.evaluate.metrics import si_sdr
-from speechdvae.train_umx import (AudioBank, BaselineConfig, BaselineError, BaselineTrainer, crop_or_pad, draw_pair,
-                                  validation_loss)
+from speechdvae.evaluate.mixtures import read_mixtures, read_pair
 
 SR = 16000
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +62,7 @@ def constant_mask(value: float) -> MaskEstimator:
 def harmonic(seconds: float, f0: float) -> np.ndarray:
     """Harmonics of f0 under a 3 Hz syllable envelope: speech-like enough for a mask to learn."""
     t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(np.pi * 3 * t) ** 2 * sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 12)))
+    return 0.3 * np.sin(np.pi * 3 * t) ** 2 * sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 12))
 
 
 def hiss(seconds: float, seed: int) -> np.ndarray:
@@ -57,6 +72,7 @@ def hiss(seconds: float, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
+
 
 def test_mask_has_the_input_shape_and_lies_in_the_unit_interval() -> None:
     model = tiny_estimator(lstm_layers=3)
@@ -82,8 +98,9 @@ def test_a_padded_batch_gives_the_masks_of_one_at_a_time() -> None:
 
 def test_estimates_keep_the_input_length_and_apply_the_mask_to_the_noisy_stft() -> None:
     waves = [hiss(seconds, i).astype(np.float32) for i, seconds in enumerate((0.05, 0.5, 1.0001))]
-    passed = enhance_waves(constant_mask(30.0), waves)
-    muted = enhance_waves(constant_mask(-30.0), waves)
+    keys = [str(i) for i in range(len(waves))]
+    passed = enhance_waves(MaskEnhancer(constant_mask(30.0)), waves, keys)[0]
+    muted = enhance_waves(MaskEnhancer(constant_mask(-30.0)), waves, keys)[0]
     for x, y, z in zip(waves, passed, muted):
         assert len(y) == len(x) == len(z) and y.dtype == np.float32
         np.testing.assert_allclose(y, x, atol=1e-5)
@@ -123,6 +140,7 @@ def test_checkpoint_round_trip_and_its_kind(tmp_path: Path, tiny: dict[str, Path
 # Training
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The open-corpus layout in miniature: harmonic 'speech', hiss and hum noise, four validation mixtures."""
@@ -139,11 +157,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i, (f0, snr) in enumerate([(130.0, -5.0), (180.0, 0.0), (120.0, 5.0), (200.0, 0.0)]):
         clean = harmonic(0.7 + 0.1 * i, f0)
         added = hiss(len(clean) / SR, 10 + i)
-        added *= np.sqrt(np.mean(clean ** 2) / np.mean(added ** 2) / 10 ** (snr / 10))
+        added *= np.sqrt(np.mean(clean**2) / np.mean(added**2) / 10 ** (snr / 10))
         write_audio(root / f"clean{i}.flac", clean)
         write_audio(root / f"noisy{i}.flac", clean + added)
-        mixtures.append({"id": f"m{i}", "path": str(root / f"noisy{i}.flac"), "clean_path": str(root / f"clean{i}.flac"),
-                         "noise_type": "hiss", "snr": snr, "duration": len(clean) / SR})
+        mixtures.append(
+            {
+                "id": f"m{i}",
+                "path": str(root / f"noisy{i}.flac"),
+                "clean_path": str(root / f"clean{i}.flac"),
+                "noise_type": "hiss",
+                "snr": snr,
+                "duration": len(clean) / SR,
+            }
+        )
     write_manifest(root / "manifests" / "speech_train.jsonl", speech)
     write_manifest(root / "manifests" / "noise_train.jsonl", noise)
     write_manifest(root / "mixtures" / "valid" / "manifest.jsonl", mixtures)
@@ -151,11 +177,23 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_config(corpus: Path, **options) -> BaselineConfig:
-    return replace(BaselineConfig(str(corpus / "manifests" / "speech_train.jsonl"),
-                                  str(corpus / "manifests" / "noise_train.jsonl"),
-                                  str(corpus / "mixtures" / "valid" / "manifest.jsonl"),
-                                  hidden_size=8, lstm_layers=1, batch_size=4, crop_seconds=0.5, lr=1e-2, steps=30,
-                                  valid_every=10, checkpoint_every=4, stats_batches=2), **options)
+    return replace(
+        BaselineConfig(
+            str(corpus / "manifests" / "speech_train.jsonl"),
+            str(corpus / "manifests" / "noise_train.jsonl"),
+            str(corpus / "mixtures" / "valid" / "manifest.jsonl"),
+            hidden_size=8,
+            lstm_layers=1,
+            batch_size=4,
+            crop_seconds=0.5,
+            lr=1e-2,
+            steps=30,
+            valid_every=10,
+            checkpoint_every=4,
+            stats_batches=2,
+        ),
+        **options,
+    )
 
 
 def test_training_pairs_are_crops_scaled_to_the_drawn_gain(corpus: Path) -> None:
@@ -192,14 +230,15 @@ class Crash(Exception):
     pass
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(corpus: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_a_kill_equals_an_uninterrupted_run(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tiny_config(corpus, steps=20)
     BaselineTrainer(config, tmp_path / "straight", progress=False, device="cpu").train()
     original = BaselineTrainer._train_step
 
     def crashing(self, *args):
-        if self.step == 14:          # two steps after the state saved at step 12 (every 4 steps)
+        if self.step == 14:  # two steps after the state saved at step 12 (every 4 steps)
             raise Crash()
         return original(self, *args)
 
@@ -215,16 +254,16 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(corpus: Path, tmp_path:
     a, b = (torch.load(tmp_path / run / "state.pt", weights_only=False) for run in ("straight", "killed"))
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
-    assert [{k: v for k, v in row.items() if k != "seconds"} for row in a["history"]] == \
-           [{k: v for k, v in row.items() if k != "seconds"} for row in b["history"]]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in a["history"]] == [
+        {k: v for k, v in row.items() if k != "seconds"} for row in b["history"]
+    ]
 
 
 def test_resume_accepts_a_new_budget_only(corpus: Path, tmp_path: Path) -> None:
     BaselineTrainer(tiny_config(corpus, steps=10), tmp_path / "run", progress=False, device="cpu").train()
     with pytest.raises(BaselineError, match="different configuration"):
         BaselineTrainer(tiny_config(corpus, steps=10, lr=0.5), tmp_path / "run", resume=True, device="cpu")
-    longer = BaselineTrainer(tiny_config(corpus, steps=20), tmp_path / "run", resume=True, progress=False,
-                             device="cpu")
+    longer = BaselineTrainer(tiny_config(corpus, steps=20), tmp_path / "run", resume=True, progress=False, device="cpu")
     longer.train()
     assert [row["step"] for row in longer.history] == [10, 20]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 20
@@ -233,8 +272,21 @@ def test_resume_accepts_a_new_budget_only(corpus: Path, tmp_path: Path) -> None:
 
 
 def test_the_command_trains_and_exports(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = ["baseline", "train", "-o", str(tmp_path / "run"), "--data-root", str(corpus), "--steps", "3",
-            "--batch-size", "2", "--hidden-size", "8", "--no-progress"]
+    argv = [
+        "baseline",
+        "train",
+        "-o",
+        str(tmp_path / "run"),
+        "--data-root",
+        str(corpus),
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--hidden-size",
+        "8",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert "best model (step 3" in capsys.readouterr().out
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -249,18 +301,22 @@ def test_the_command_trains_and_exports(corpus: Path, tmp_path: Path, capsys: py
 # Use by the evaluation and by `enhance`
 # ---------------------------------------------------------------------------------------------
 
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
-def test_eval_enhance_scores_a_mask_estimator_next_to_a_prior(corpus: Path, tiny: dict[str, Path],
-                                                              tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_eval_enhance_scores_a_mask_estimator_next_to_a_prior(
+    corpus: Path, tiny: dict[str, Path], tmp_path: Path
+) -> None:
     umx = save_model(tiny_estimator(seed=5), tmp_path / "umx")
     manifest = corpus / "mixtures" / "valid" / "manifest.jsonl"
     out = tmp_path / "report"
-    summary = evaluate_enhancement({"VAE": tiny["VAE"], "UMX": umx}, manifest, out, config=VEMConfig(niter=2),
-                                   workers=1, progress=False)
+    summary = evaluate_enhancement(
+        {"VAE": tiny["VAE"], "UMX": umx}, manifest, out, config=VEMConfig(niter=2), workers=1, progress=False
+    )
     assert [row["model"] for row in summary] == [NOISY_LABEL, "VAE", "UMX"]
     rows = {(row["model"], row["id"]): row for row in read_rows(out / UTTERANCES_NAME)}
     mixtures = read_mixtures(manifest)
@@ -268,14 +324,31 @@ def test_eval_enhance_scores_a_mask_estimator_next_to_a_prior(corpus: Path, tiny
     for record in mixtures:
         noisy, clean = read_pair(record)
         row = rows["UMX", record["id"]]
-        assert float(row["si_sdr"]) == pytest.approx(si_sdr(clean, enhance_waves(model, [noisy])[0]), abs=1e-4)
+        assert float(row["si_sdr"]) == pytest.approx(
+            si_sdr(clean, enhance_waves(model.enhancer(), [noisy], [record["id"]])[0][0]), abs=1e-4
+        )
         assert row["iterations"] == "" and float(rows["VAE", record["id"]]["iterations"]) == 2
     timing = (out / MARKDOWN_NAME).read_text().split("## Model time", 1)[1]
     assert "| UMX |" in timing and timing.split("| UMX |", 1)[1].split("|")[2].strip() == "–"
 
     # Other VEM settings: the prior is enhanced again, the mask estimator's results are reused.
-    argv = ["eval", "enhance", "--model", f"VAE={tiny['VAE']}", "--model", f"UMX={umx}", "--manifest", str(manifest),
-            "-o", str(out), "--iterations", "3", "--workers", "1", "--no-progress"]
+    argv = [
+        "eval",
+        "enhance",
+        "--model",
+        f"VAE={tiny['VAE']}",
+        "--model",
+        f"UMX={umx}",
+        "--manifest",
+        str(manifest),
+        "-o",
+        str(out),
+        "--iterations",
+        "3",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     entries = [json.loads(line) for line in (out / CACHE_NAME).read_text().splitlines()]
     assert sum(e["model"] == "UMX" for e in entries) == len(mixtures)
@@ -289,8 +362,9 @@ def test_enhance_files_accepts_a_mask_estimator_checkpoint(tmp_path: Path) -> No
     sf.write(tmp_path / "in.wav", x, SR, subtype="FLOAT")
     for name, value in (("pass", 30.0), ("mute", -30.0)):
         checkpoint = save_model(constant_mask(value), tmp_path / name)
-        report = enhance_files([tmp_path / "in.wav"], tmp_path / f"out-{name}", checkpoint, device="cpu",
-                               progress=False)
+        report = enhance_files(
+            [tmp_path / "in.wav"], tmp_path / f"out-{name}", checkpoint, device="cpu", progress=False
+        )
         assert not report.failed
         y, rate = sf.read(tmp_path / f"out-{name}" / "in.wav", dtype="float32", always_2d=True)
         assert rate == SR and y.shape == x.shape

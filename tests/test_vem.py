@@ -1,6 +1,7 @@
 """VEM speech enhancement: the NMF M-step, the Wiener filter and the full loop, checked against the
 official reference iterations (../shared/official-dvae-se/README.md, "VEM reference") and, on tiny
 random models, for batching, isolation of the caller's model and the settings."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -11,9 +12,16 @@ import pytest
 import torch
 
 from speechdvae.checkpoints import load_model
-from speechdvae.enhance.nmf import (INIT_FLOOR, NMFNoise, m_step, mixture_loss, normalize_columns, update_W,
-                                    wiener_gain)
-from speechdvae.enhance.vem import DEFAULT_ITERATIONS, VEMConfig, encoder_copy, enhance_spectrogram, generated_past
+from speechdvae.enhancement.nmf import (
+    INIT_FLOOR,
+    NMFNoise,
+    m_step,
+    mixture_loss,
+    normalize_columns,
+    update_W,
+    wiener_gain,
+)
+from speechdvae.enhancement.vem import DEFAULT_ITERATIONS, VEMConfig, encoder_copy, enhance_spectrogram, generated_past
 from speechdvae.models import DVAE, build_model
 from speechdvae.models.transformer import TransformerDVAE
 from speechdvae.official import import_official
@@ -26,11 +34,27 @@ ITERATIONS = range(1, 6)
 F = 513
 TINY = {
     "vae": {"name": "vae", "z_dim": 4, "dense_x_z": [16]},
-    "dkf": {"name": "dkf", "z_dim": 4, "dense_x_gx": [16], "dim_rnn_gx": 8, "dense_ztm1_g": [8],
-            "dense_g_z": [8], "dense_z_x": [16]},
+    "dkf": {
+        "name": "dkf",
+        "z_dim": 4,
+        "dense_x_gx": [16],
+        "dim_rnn_gx": 8,
+        "dense_ztm1_g": [8],
+        "dense_g_z": [8],
+        "dense_z_x": [16],
+    },
     "rvae": {"name": "rvae", "z_dim": 4, "dim_rnn_g_x": 8, "dim_rnn_g_z": 8, "dim_rnn_h": 8},
-    "srnn": {"name": "srnn", "z_dim": 4, "dense_x_h": [16], "dim_rnn_h": 8, "dense_hx_g": [16], "dim_rnn_g": 8,
-             "dense_gz_z": [8], "dense_hz_x": [16], "dense_hz_z": [8]},
+    "srnn": {
+        "name": "srnn",
+        "z_dim": 4,
+        "dense_x_h": [16],
+        "dim_rnn_h": 8,
+        "dense_hx_g": [16],
+        "dim_rnn_g": 8,
+        "dense_gz_z": [8],
+        "dense_hz_x": [16],
+        "dense_hz_z": [8],
+    },
 }
 
 
@@ -39,17 +63,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # -- official reference ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def official_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DVAE]:
-    if not OFFICIAL.is_dir():
-        pytest.skip("../shared/official-dvae-se is not available")
+def official_models(tmp_path_factory: pytest.TempPathFactory, official_dir: Path) -> dict[str, DVAE]:
     paths = import_official(OFFICIAL, tmp_path_factory.mktemp("official"))
     return {p.name.removeprefix("official-").replace("-", "_"): load_model(p, device="cpu") for p in paths}
 
 
 @pytest.fixture(scope="module")
-def vem_inputs() -> dict[str, np.ndarray]:
-    if not OFFICIAL.is_dir():
-        pytest.skip("../shared/official-dvae-se is not available")
+def vem_inputs(official_dir: Path) -> dict[str, np.ndarray]:
     with np.load(REFERENCE / "vem_inputs.npz") as data:
         return dict(data)
 
@@ -64,13 +84,16 @@ def time_major(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.T))[None]
 
 
-def reference_state(ref: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
-                    iteration: int) -> tuple[NMFNoise, torch.Tensor]:
+def reference_state(
+    ref: dict[str, np.ndarray], inputs: dict[str, np.ndarray], iteration: int
+) -> tuple[NMFNoise, torch.Tensor]:
     """W, H and g after `iteration` (0: the initialisation), batched."""
     if iteration == 0:
         return NMFNoise.from_arrays(inputs["W_init"], inputs["H_init"]), torch.ones(1, inputs["g_init"].size)
-    return (NMFNoise.from_arrays(ref[f"iter{iteration}_W"], ref[f"iter{iteration}_H"]),
-            torch.from_numpy(ref[f"iter{iteration}_g"])[None])
+    return (
+        NMFNoise.from_arrays(ref[f"iter{iteration}_W"], ref[f"iter{iteration}_H"]),
+        torch.from_numpy(ref[f"iter{iteration}_g"])[None],
+    )
 
 
 @pytest.mark.parametrize("tag", TAGS)
@@ -112,6 +135,7 @@ def official_runs(official_models: dict[str, DVAE], vem_inputs: dict[str, np.nda
         if tag not in cache:
             cache[tag] = enhance_spectrogram(official_models[tag], X, config, init=init).utterance(0)
         return cache[tag]
+
     return run
 
 
@@ -142,8 +166,9 @@ def test_srnn_vem_follows_official_trend(tag: str, official_runs, official_model
     """The autoregressive decoder amplifies rounding: only the first E-step and the loss trend reproduce."""
     ref, run = vem_reference(tag), official_runs(tag)
     np.testing.assert_allclose(run.estep_recon[0, 0], ref["iter1_estep_loss_recon"], rtol=1e-5)
-    np.testing.assert_allclose(run.estep_kl[0, 0] + run.lengths.item() * official_models[tag].z_dim / 2,
-                               ref["iter1_estep_loss_kld"], rtol=1e-5)
+    np.testing.assert_allclose(
+        run.estep_kl[0, 0] + run.lengths.item() * official_models[tag].z_dim / 2, ref["iter1_estep_loss_kld"], rtol=1e-5
+    )
     np.testing.assert_allclose(run.losses[0], ref["loss"], rtol=1e-2)
     assert bool((run.losses[0].diff() < 0).all()) and bool((np.diff(ref["loss"]) < 0).all())
 
@@ -200,9 +225,18 @@ def noisy_batch(lengths: list[int], seed: int = 0) -> torch.Tensor:
     return X
 
 
-@pytest.mark.parametrize("kind, past", [("vae", "generated"), ("dkf", "generated"), ("rvae", "generated"),
-                                        ("srnn", "generated"), ("transformer", "generated"), ("srnn", "estimate"),
-                                        ("transformer", "estimate")])
+@pytest.mark.parametrize(
+    "kind, past",
+    [
+        ("vae", "generated"),
+        ("dkf", "generated"),
+        ("rvae", "generated"),
+        ("srnn", "generated"),
+        ("transformer", "generated"),
+        ("srnn", "estimate"),
+        ("transformer", "estimate"),
+    ],
+)
 def test_batch_equals_one_at_a_time(kind: str, past: str) -> None:
     lengths = [14, 8, 11]
     X = noisy_batch(lengths)
@@ -213,8 +247,13 @@ def test_batch_equals_one_at_a_time(kind: str, past: str) -> None:
         alone = enhance_spectrogram(model, X[b, :T], config, keys=[b])
         together = batch.utterance(b)
         for name in ("speech", "speech_var", "noise_var", "wiener_gain", "gain", "losses", "estep_recon", "estep_kl"):
-            torch.testing.assert_close(getattr(together, name), getattr(alone, name), rtol=1e-5, atol=1e-7,
-                                       msg=lambda m: f"{kind} utterance {b} {name}: {m}")
+            torch.testing.assert_close(
+                getattr(together, name),
+                getattr(alone, name),
+                rtol=1e-5,
+                atol=1e-7,
+                msg=lambda m: f"{kind} utterance {b} {name}: {m}",
+            )
         torch.testing.assert_close(together.nmf.W, alone.nmf.W, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(together.nmf.H, alone.nmf.H, rtol=1e-5, atol=1e-7)
     assert bool((batch.speech[1, 8:] == 0).all())
@@ -292,13 +331,14 @@ def test_rank_samples_and_iterations_are_honoured() -> None:
     result = enhance_spectrogram(model, noisy_batch(lengths), config, lengths=lengths)
     assert result.nmf.W.shape == (2, F, 5) and result.nmf.H.shape == (2, 5, 12)
     assert result.losses.shape == (2, 4) and result.iterations.tolist() == [4, 4]
-    per_iteration = [1, 1, 1, 1, 2, 2]        # two E-step epochs x two utterances, then two M-step draws
+    per_iteration = [1, 1, 1, 1, 2, 2]  # two E-step epochs x two utterances, then two M-step draws
     assert calls == per_iteration * 4 + [3, 3]
 
 
 @pytest.mark.parametrize("kind", ["srnn", "transformer"])
-def test_autoregressive_priors_read_the_generated_or_the_estimated_past(kind: str,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_autoregressive_priors_read_the_generated_or_the_estimated_past(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """past="generated" decodes in generation mode (eq. 31), then every frame at once from the generated
     outputs; past="estimate" teacher-forces the noisy power in the first E-step, then the posterior clean-power
     estimate E[|s|^2 | x] of the last M-step."""
@@ -315,13 +355,13 @@ def test_autoregressive_priors_read_the_generated_or_the_estimated_past(kind: st
 
     monkeypatch.setattr(type(model), "decode", recording)
     enhance_spectrogram(model, X, VEMConfig(niter=2, nmf_rank=2, tol=0.0, past="generated"))
-    assert [feedback for _, feedback, _ in calls] == [1.0, 0.0] * 5      # 2 x (E-step, M-step draw), Wiener filter
+    assert [feedback for _, feedback, _ in calls] == [1.0, 0.0] * 5  # 2 x (E-step, M-step draw), Wiener filter
     for (_, _, generated), (past, _, _) in zip(calls[::2], calls[1::2]):
         torch.testing.assert_close(past, generated)
     calls.clear()
     config = VEMConfig(niter=2, nmf_rank=2, tol=0.0, past="estimate", deterministic=True)
     result = enhance_spectrogram(model, X, config)
-    assert [feedback for _, feedback, _ in calls] == [0.0] * 5           # 2 x (E-step, M-step draw), Wiener filter
+    assert [feedback for _, feedback, _ in calls] == [0.0] * 5  # 2 x (E-step, M-step draw), Wiener filter
     torch.testing.assert_close(calls[0][0], power)
     # after iteration 1, the past is (|G X|^2 + G W H) / g, G = g v_s / (g v_s + W H) from its M-step
     calls.clear()
@@ -363,7 +403,7 @@ def expected_stop(losses: list[float], tol: float, window: int) -> int:
     """Iterations run under the rule: stop once the mean loss of the last `window` iterations
     differs from that of the `window` before by less than tol, relatively."""
     for n in range(2 * window, len(losses) + 1):
-        before, after = np.mean(losses[n - 2 * window:n - window]), np.mean(losses[n - window:n])
+        before, after = np.mean(losses[n - 2 * window : n - window]), np.mean(losses[n - window : n])
         if abs(before - after) < tol * abs(before):
             return n
     return len(losses)
@@ -375,11 +415,10 @@ def test_convergence_stop_is_per_utterance() -> None:
     model = tiny_model("vae")
     never = enhance_spectrogram(model, X, VEMConfig(niter=8, nmf_rank=2, lr=1e-2, tol=0.0), lengths=lengths)
     assert never.iterations.tolist() == [8, 8, 8]
-    windows = never.losses.unfold(1, 2, 1).mean(-1)                    # (3, 7) means over 2 iterations
+    windows = never.losses.unfold(1, 2, 1).mean(-1)  # (3, 7) means over 2 iterations
     changes = (windows[:, 2:] - windows[:, :-2]).abs() / windows[:, :-2].abs()
     tol = float(changes.flatten().median())
-    stopped = enhance_spectrogram(model, X, VEMConfig(niter=8, nmf_rank=2, lr=1e-2, tol=tol, window=2),
-                                  lengths=lengths)
+    stopped = enhance_spectrogram(model, X, VEMConfig(niter=8, nmf_rank=2, lr=1e-2, tol=tol, window=2), lengths=lengths)
     expected = [expected_stop(never.losses[b].tolist(), tol, 2) for b in range(3)]
     assert stopped.iterations.tolist() == expected and len(set(expected)) > 1
     for b, n in enumerate(expected):
@@ -402,8 +441,15 @@ def test_unset_iterations_follow_the_prior() -> None:
 
 def test_official_preset_and_validation() -> None:
     official = VEMConfig.official()
-    assert (official.niter, official.nmf_rank, official.lr, official.wf_samples, official.estep_epochs,
-            official.kl_weight, official.tol) == (300, 8, 1e-3, 1, 1, 1.0, 0.0)
+    assert (
+        official.niter,
+        official.nmf_rank,
+        official.lr,
+        official.wf_samples,
+        official.estep_epochs,
+        official.kl_weight,
+        official.tol,
+    ) == (300, 8, 1e-3, 1, 1, 1.0, 0.0)
     assert VEMConfig.official(niter=5).niter == 5 and official.past == "generated"
     with pytest.raises(ValueError, match="past must be one of"):
         VEMConfig(past="clean")

@@ -1,2 +1,31 @@
 """speechdvae: dynamical variational autoencoders for speech modelling and unsupervised enhancement."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "enhance"]
+
+
+def enhance(
+    wave: np.ndarray,
+    sample_rate: int,
+    model: str | os.PathLike | Any = "default",
+    device: str | torch.device | None = None,
+    **settings: Any,
+) -> np.ndarray:
+    """Enhance a noisy waveform (frames,) or (frames, channels) at any sample rate: returns float32 speech of the
+    same shape. `model` is a shipped name, a checkpoint folder or a network (a DVAE prior or a mask estimator);
+    `settings` are VEM settings (`enhancement.vem.VEMConfig` fields, e.g. niter=100, seed=1)."""
+    from .enhancement.enhancer import load_enhancer
+    from .enhancement.files import enhance_wave
+    from .enhancement.vem import VEMConfig
+
+    return enhance_wave(wave, sample_rate, load_enhancer(model, VEMConfig(**settings), device))

@@ -1,4 +1,5 @@
 """`python -m speechdvae` runs the command line (also under `torchrun ... -m speechdvae train`)."""
+
 import sys
 
 from .cli import main

@@ -1,4 +1,5 @@
 """Audio in and out: any file soundfile reads -> mono float32 at 16 kHz; VAD trim; peak normalisation."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .io import atomic_path
+from .atomic import atomic_path
+from .errors import SpeechDVAEError
 
 SAMPLE_RATE = 16000
 # Defaults of librosa.effects.trim, which the papers' preprocessing used.
@@ -17,7 +19,7 @@ TRIM_FRAME_LENGTH = 2048
 TRIM_HOP_LENGTH = 512
 
 
-class AudioError(ValueError):
+class AudioError(SpeechDVAEError, ValueError):
     """A file that cannot be used as audio input (unreadable, empty, silent, non-finite)."""
 
 
@@ -54,8 +56,9 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = SAMPLE_RATE) -
     return np.ascontiguousarray(x, dtype=np.float32), sr
 
 
-def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int = SAMPLE_RATE,
-                subtype: str | None = None) -> None:
+def write_audio(
+    path: str | os.PathLike, x: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str | None = None
+) -> None:
     """Write a mono signal atomically; the signal is scaled down (never clipped) if it exceeds ±1.
 
     Integer formats (the default for wav is PCM_16) cannot hold values beyond full scale, so a
@@ -78,8 +81,9 @@ def frame_rms(x: np.ndarray, frame_length: int = TRIM_FRAME_LENGTH, hop_length: 
     return np.sqrt(np.mean(xp[idx] ** 2, axis=1))
 
 
-def trim_bounds(x: np.ndarray, top_db: float = TRIM_TOP_DB, frame_length: int = TRIM_FRAME_LENGTH,
-                hop_length: int = TRIM_HOP_LENGTH) -> tuple[int, int]:
+def trim_bounds(
+    x: np.ndarray, top_db: float = TRIM_TOP_DB, frame_length: int = TRIM_FRAME_LENGTH, hop_length: int = TRIM_HOP_LENGTH
+) -> tuple[int, int]:
     """[start, end) keeping every frame within `top_db` dB of the loudest frame.
 
     Same rule as librosa.effects.trim: frame energies in dB relative to the maximum

@@ -6,6 +6,7 @@ validation mixtures, used when no --iterations is given).
 Checkpoints are written atomically: the new folder is built next to the destination and renamed
 into place, so an existing checkpoint is replaced only once the new one is complete.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -13,9 +14,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,8 +25,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .atomic import umask
 from .audio import SAMPLE_RATE
-from .io import umask
+from .data.manifest import sha256_file
+from .errors import SpeechDVAEError
 from .models import DVAE, build_model
 from .stft import HOP_LENGTH, N_FFT
 
@@ -32,11 +36,17 @@ FORMAT = "speechdvae-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-STFT_CONFIG = {"n_fft": N_FFT, "hop_length": HOP_LENGTH, "win_length": N_FFT, "window": "sine",
-               "center": True, "pad_mode": "reflect"}
+STFT_CONFIG = {
+    "n_fft": N_FFT,
+    "hop_length": HOP_LENGTH,
+    "win_length": N_FFT,
+    "window": "sine",
+    "center": True,
+    "pad_mode": "reflect",
+}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SpeechDVAEError, ValueError):
     """A path that is not a usable speechdvae checkpoint."""
 
 
@@ -69,26 +79,72 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{config_path}: not a speechdvae checkpoint config")
     if config.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{config_path}: checkpoint format {config['format_version']} is newer than "
-                              f"this speechdvae ({__version__}) supports ({FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{config_path}: checkpoint format {config['format_version']} is newer than "
+            f"this speechdvae ({__version__}) supports ({FORMAT_VERSION})"
+        )
     return config
+
+
+def check_signal_settings(config: dict[str, Any], where: Path) -> None:
+    """CheckpointError unless the checkpoint's sample rate and STFT (when recorded) are this package's: a model
+    trained on other spectra would silently give wrong results."""
+    recorded = {"sample_rate": config.get("sample_rate", SAMPLE_RATE), "stft": config.get("stft", STFT_CONFIG)}
+    expected = {"sample_rate": SAMPLE_RATE, "stft": STFT_CONFIG}
+    for name, value in recorded.items():
+        if value != expected[name]:
+            raise CheckpointError(
+                f"{where}: the model was trained with {name} {value}, but speechdvae {__version__} "
+                f"uses {expected[name]}; it cannot be used with this version"
+            )
+
+
+def portable_paths(value: Any, root: str | os.PathLike | None = None) -> Any:
+    """`value` with every absolute path string made relative to `root` (default: the working directory), so
+    that a checkpoint names its data without the paths of the machine it was made on."""
+    if isinstance(value, dict):
+        return {key: portable_paths(item, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(item, root) for item in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(os.path.relpath(value, root or os.getcwd())).as_posix()
+    return value
+
+
+def manifest_provenance(manifests: dict[str, str | os.PathLike]) -> dict[str, Any]:
+    """How a checkpoint names the manifests it was trained on (role -> path): each path relative to the working
+    directory, and under "sha256" the checksum of each, which identifies the data wherever the corpus lies."""
+    names = {role: portable_paths(os.path.abspath(path)) for role, path in manifests.items()}
+    return {**names, "sha256": {role: sha256_file(path) for role, path in manifests.items()}}
 
 
 def checkpoint_config(model: nn.Module, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config.json content describing `model` (a DVAE or another model with a `config` dict and an
-    `input_description`); `metadata["training_data"]` becomes a top-level field."""
-    metadata = dict(metadata or {})
+    `input_description`); `metadata["training_data"]` becomes a top-level field. Absolute paths in the
+    metadata are written relative to the working directory (`portable_paths`)."""
+    metadata = portable_paths(dict(metadata or {}))
     vem_iterations = getattr(model, "vem_iterations", None)
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "speechdvae_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": model.config, "sample_rate": SAMPLE_RATE, "stft": STFT_CONFIG,
-            "input": model.input_description,
-            **({"vem": {"iterations": vem_iterations}} if vem_iterations is not None else {}),
-            "training_data": metadata.pop("training_data", None), "metadata": metadata}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "speechdvae_version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": model.config,
+        "sample_rate": SAMPLE_RATE,
+        "stft": STFT_CONFIG,
+        "input": model.input_description,
+        **({"vem": {"iterations": vem_iterations}} if vem_iterations is not None else {}),
+        "training_data": metadata.pop("training_data", None),
+        "metadata": metadata,
+    }
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None,
-               extra_files: dict[str, str | os.PathLike] | None = None) -> Path:
+def save_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    metadata: dict[str, Any] | None = None,
+    extra_files: dict[str, str | os.PathLike] | None = None,
+) -> Path:
     """Write `model` as the checkpoint folder `path`; `extra_files` maps names to files copied in
     (e.g. a licence). Refuses to replace a folder that is not a speechdvae checkpoint."""
     path = Path(path)
@@ -96,7 +152,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, An
         raise CheckpointError(f"{path} exists and is not a speechdvae checkpoint; not replacing it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-"))
-    os.chmod(tmp, 0o777 & ~umask())   # mkdtemp creates 0700; a checkpoint gets the usual permissions
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp creates 0700; a checkpoint gets the usual permissions
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -129,7 +185,7 @@ def _swap_in(new: Path, path: Path) -> None:
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> DVAE:
     """The model stored in checkpoint folder `path`, in eval mode, on `device` (default: CUDA if available),
     with the VEM iteration count its checkpoint chose, if any."""
-    model: DVAE = load_weights(path, build_model, device)     # type: ignore[assignment]
+    model: DVAE = load_weights(path, build_model, device)  # type: ignore[assignment]
     model.vem_iterations = vem_iterations(read_checkpoint_config(path), Path(path) / CONFIG_FILE)
     return model
 
@@ -145,12 +201,14 @@ def vem_iterations(config: dict[str, Any], where: Path) -> int | None:
     return iterations
 
 
-def load_weights(path: str | os.PathLike, build: Callable[[dict[str, Any]], nn.Module],
-                 device: str | torch.device | None = None) -> nn.Module:
+def load_weights(
+    path: str | os.PathLike, build: Callable[[dict[str, Any]], nn.Module], device: str | torch.device | None = None
+) -> nn.Module:
     """The model that `build` makes from the config of checkpoint folder `path`, holding the stored weights,
     in eval mode, on `device` (default: CUDA if available)."""
     path = Path(path)
     config = read_checkpoint_config(path)
+    check_signal_settings(config, path / CONFIG_FILE)
     try:
         model = build(config["model"])
     except (KeyError, TypeError, ValueError) as err:
@@ -176,13 +234,20 @@ def available_pretrained() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file()) if root.is_dir() else []
 
 
-def from_pretrained(name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> DVAE:
-    """Load a checkpoint folder given by path, or a shipped checkpoint given by name."""
+def checkpoint_path(name_or_path: str | os.PathLike) -> Path:
+    """The folder of a checkpoint given by path, or of a shipped checkpoint given by name."""
     candidate = Path(name_or_path)
     if candidate.exists() or any(sep in str(name_or_path) for sep in {"/", os.sep}):
-        return load_model(candidate, device)
+        return candidate
     if str(name_or_path) not in available_pretrained():
         shipped = ", ".join(available_pretrained()) or "none are shipped with this version"
-        raise CheckpointError(f"unknown pretrained model {str(name_or_path)!r} (available: {shipped}); "
-                              "or give the path of a checkpoint folder")
-    return load_model(_pretrained_dir() / str(name_or_path), device)
+        raise CheckpointError(
+            f"unknown pretrained model {str(name_or_path)!r} (available: {shipped}); "
+            "or give the path of a checkpoint folder"
+        )
+    return _pretrained_dir() / str(name_or_path)
+
+
+def from_pretrained(name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> DVAE:
+    """Load a checkpoint folder given by path, or a shipped checkpoint given by name."""
+    return load_model(checkpoint_path(name_or_path), device)

@@ -4,6 +4,7 @@ Each `trained_models/<tag>/<NAME>_final_epochNNN.pt` (a legacy-pickle state_dict
 `config.ini` next to it, renamed key by key onto our modules (shapes checked strictly) and saved
 as `<out_dir>/official-<tag>`. The weights stay under the GPL-3.0 licence of their source.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -16,19 +17,22 @@ import torch
 
 from .checkpoints import save_model
 from .data.manifest import sha256_file
+from .errors import SpeechDVAEError
 from .models import DVAE, build_model
 
 SOURCE = "https://github.com/XiaoyuBIE1994/DVAE_SE"
-LICENCE_NOTICE = ("These weights come from the DVAE_SE repository (Bie, Leglaive, Alameda-Pineda, Girin, "
-                  "'Unsupervised speech enhancement using dynamical variational autoencoders', IEEE/ACM "
-                  "TASLP 2022) and are distributed under the GNU General Public License v3.0.")
+LICENCE_NOTICE = (
+    "These weights come from the DVAE_SE repository (Bie, Leglaive, Alameda-Pineda, Girin, "
+    "'Unsupervised speech enhancement using dynamical variational autoencoders', IEEE/ACM "
+    "TASLP 2022) and are distributed under the GNU General Public License v3.0."
+)
 OFFICIAL_NAMES = {"VAE": "vae", "DKF": "dkf", "RVAE": "rvae", "SRNN": "srnn"}
 CHECKPOINT_PATTERN = re.compile(r"^.+_final_epoch(\d+)\.pt$")
 IGNORED_OPTIONS = {"name", "tag", "dropout_p"}  # dropout is inactive at inference; we never train with it
 REQUIRED_VALUES = {"activation": "tanh", "bidir_gx": "False"}  # and num_rnn_* = 1: what our models implement
 
 
-class OfficialImportError(ValueError):
+class OfficialImportError(SpeechDVAEError, ValueError):
     """An official checkpoint or config that cannot be mapped onto our models."""
 
 
@@ -41,16 +45,19 @@ def import_official(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> l
     if not tag_dirs:
         raise OfficialImportError(f"{src_dir}: no trained_models/<tag>/*_final_epochNNN.pt checkpoints found")
     licence = next((p for p in (src_dir / "LICENSE.txt", root.parent / "LICENSE.txt") if p.is_file()), None)
-    return [convert_official(tag_dir, out_dir / f"official-{tag_dir.name.replace('_', '-')}", licence)
-            for tag_dir in tag_dirs]
+    return [
+        convert_official(tag_dir, out_dir / f"official-{tag_dir.name.replace('_', '-')}", licence)
+        for tag_dir in tag_dirs
+    ]
 
 
 def _checkpoint_files(tag_dir: Path) -> list[Path]:
     return sorted(p for p in tag_dir.iterdir() if CHECKPOINT_PATTERN.match(p.name))
 
 
-def convert_official(tag_dir: str | os.PathLike, out_path: str | os.PathLike,
-                     licence_file: str | os.PathLike | None = None) -> Path:
+def convert_official(
+    tag_dir: str | os.PathLike, out_path: str | os.PathLike, licence_file: str | os.PathLike | None = None
+) -> Path:
     """Convert the checkpoint in one `trained_models/<tag>/` folder into our checkpoint `out_path`."""
     tag_dir = Path(tag_dir)
     files = _checkpoint_files(tag_dir)
@@ -92,8 +99,9 @@ def model_config_from_official(ini: configparser.ConfigParser, ini_path: Path) -
     network = ini["Network"]
     name = OFFICIAL_NAMES.get(network.get("name", ""))
     if name is None:
-        raise OfficialImportError(f"{ini_path}: unsupported model {network.get('name')!r} "
-                                  f"(supported: {', '.join(OFFICIAL_NAMES)})")
+        raise OfficialImportError(
+            f"{ini_path}: unsupported model {network.get('name')!r} (supported: {', '.join(OFFICIAL_NAMES)})"
+        )
     config: dict[str, Any] = {"name": name}
     for key, value in network.items():  # configparser lower-cases the keys
         value = value.strip()
@@ -102,6 +110,8 @@ def model_config_from_official(ini: configparser.ConfigParser, ini_path: Path) -
             raise OfficialImportError(f"{ini_path}: unsupported option {key} = {value} (only {required})")
         if required is None and key not in IGNORED_OPTIONS:
             config[key] = _parse_option(key, value, ini_path)
+    if name == "vae" and "dense_x_z" in config:  # the official VAE decodes through dense_x_z reversed
+        config.setdefault("dense_z_x", config["dense_x_z"][::-1])
     return config
 
 
@@ -129,31 +139,52 @@ def official_prefixes(config: dict[str, Any]) -> dict[str, str]:
     c = config
     heads = {"inf_mean": "posterior.mean", "inf_logvar": "posterior.logvar", "gen_logvar": "decoder.logvar"}
     if c["name"] == "vae":
-        return {**_mlp("mlp_x_z", "posterior.mlp", c["dense_x_z"]), **heads,
-                **_mlp("mlp_z_x", "decoder.mlp", c["dense_z_x"])}
+        return {
+            **_mlp("mlp_x_z", "posterior.mlp", c["dense_x_z"]),
+            **heads,
+            **_mlp("mlp_z_x", "decoder.mlp", c["dense_z_x"]),
+        }
     if c["name"] == "dkf":
-        return {**_mlp("mlp_x_gx", "x_mlp", c["dense_x_gx"]), "rnn_gx": "x_rnn",
-                **_mlp("mlp_ztm1_g", "combiner_mlp", [*c["dense_ztm1_g"], c["dim_rnn_gx"]], last_named=True),
-                **_mlp("mlp_g_z", "posterior.mlp", c["dense_g_z"]), **heads,
-                "mlp_gate.linear1": "transition.gate_hidden", "mlp_gate.linear2": "transition.gate_out",
-                "mlp_z_prop.linear1": "transition.proposal_hidden",
-                "mlp_z_prop.linear2": "transition.proposal_out",
-                "prior_mean": "transition.linear_mean", "prior_logvar.1": "transition.variance",
-                **_mlp("mlp_z_x", "decoder.mlp", c["dense_z_x"])}
+        return {
+            **_mlp("mlp_x_gx", "x_mlp", c["dense_x_gx"]),
+            "rnn_gx": "x_rnn",
+            **_mlp("mlp_ztm1_g", "combiner_mlp", [*c["dense_ztm1_g"], c["dim_rnn_gx"]], last_named=True),
+            **_mlp("mlp_g_z", "posterior.mlp", c["dense_g_z"]),
+            **heads,
+            "mlp_gate.linear1": "transition.gate_hidden",
+            "mlp_gate.linear2": "transition.gate_out",
+            "mlp_z_prop.linear1": "transition.proposal_hidden",
+            "mlp_z_prop.linear2": "transition.proposal_out",
+            "prior_mean": "transition.linear_mean",
+            "prior_logvar.1": "transition.variance",
+            **_mlp("mlp_z_x", "decoder.mlp", c["dense_z_x"]),
+        }
     if c["name"] == "rvae":
-        return {**_mlp("mlp_x_gx", "x_mlp", c["dense_x_gx"]), "rnn_g_x": "x_rnn",
-                **_mlp("mlp_z_gz", "zprev_mlp", c["dense_z_gz"]), "rnn_g_z": "zprev_rnn",
-                **_mlp("mlp_g_z", "posterior.mlp", c["dense_g_z"]), **heads,
-                **_mlp("mlp_z_h", "z_mlp", c["dense_z_h"]), "rnn_h": "z_rnn",
-                **_mlp("mlp_h_x", "decoder.mlp", c["dense_h_x"])}
+        return {
+            **_mlp("mlp_x_gx", "x_mlp", c["dense_x_gx"]),
+            "rnn_g_x": "x_rnn",
+            **_mlp("mlp_z_gz", "zprev_mlp", c["dense_z_gz"]),
+            "rnn_g_z": "zprev_rnn",
+            **_mlp("mlp_g_z", "posterior.mlp", c["dense_g_z"]),
+            **heads,
+            **_mlp("mlp_z_h", "z_mlp", c["dense_z_h"]),
+            "rnn_h": "z_rnn",
+            **_mlp("mlp_h_x", "decoder.mlp", c["dense_h_x"]),
+        }
     if c["name"] != "srnn":
         raise OfficialImportError(f"no official counterpart for model {c['name']!r}")
-    return {**_mlp("mlp_x_h", "past_mlp", c["dense_x_h"]), "rnn_h": "past_rnn",
-            **_mlp("mlp_hx_g", "enc_mlp", c["dense_hx_g"]), "rnn_g": "enc_rnn",
-            **_mlp("mlp_gz_z", "posterior.mlp", c["dense_gz_z"]), **heads,
-            **_mlp("mlp_hz_z", "prior.mlp", c["dense_hz_z"]),
-            "prior_mean": "prior.mean", "prior_logvar": "prior.logvar",
-            **_mlp("mlp_hz_x", "decoder.mlp", c["dense_hz_x"])}
+    return {
+        **_mlp("mlp_x_h", "past_mlp", c["dense_x_h"]),
+        "rnn_h": "past_rnn",
+        **_mlp("mlp_hx_g", "enc_mlp", c["dense_hx_g"]),
+        "rnn_g": "enc_rnn",
+        **_mlp("mlp_gz_z", "posterior.mlp", c["dense_gz_z"]),
+        **heads,
+        **_mlp("mlp_hz_z", "prior.mlp", c["dense_hz_z"]),
+        "prior_mean": "prior.mean",
+        "prior_logvar": "prior.logvar",
+        **_mlp("mlp_hz_x", "decoder.mlp", c["dense_hz_x"]),
+    }
 
 
 def official_key(key: str, prefixes: dict[str, str], swapped: set[str]) -> str | None:
@@ -166,12 +197,11 @@ def official_key(key: str, prefixes: dict[str, str], swapped: set[str]) -> str |
     if prefix not in prefixes:
         return None
     if prefix in swapped:
-        param = param[:-len("_reverse")] if param.endswith("_reverse") else param + "_reverse"
+        param = param[: -len("_reverse")] if param.endswith("_reverse") else param + "_reverse"
     return f"{prefixes[prefix]}.{param}"
 
 
-def rename_official_state(state: dict[str, torch.Tensor], model: DVAE,
-                          source: Path) -> dict[str, torch.Tensor]:
+def rename_official_state(state: dict[str, torch.Tensor], model: DVAE, source: Path) -> dict[str, torch.Tensor]:
     """The official state_dict under our names; every key and shape must match one-to-one."""
     config = model.config
     swapped = {"rnn_g_x"} if config["name"] == "rvae" and config["bidir_g_x"] else set()
@@ -183,8 +213,9 @@ def rename_official_state(state: dict[str, torch.Tensor], model: DVAE,
         if name is None or name not in ours:
             raise OfficialImportError(f"{source}: unexpected parameter {key!r} for a {config['name']} model")
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(ours[name].shape):
-            raise OfficialImportError(f"{source}: {key} has shape {tuple(getattr(value, 'shape', ()))}, "
-                                      f"expected {tuple(ours[name].shape)}")
+            raise OfficialImportError(
+                f"{source}: {key} has shape {tuple(getattr(value, 'shape', ()))}, expected {tuple(ours[name].shape)}"
+            )
         renamed[name] = value
     missing = sorted(set(ours) - set(renamed))
     if missing:
@@ -195,9 +226,14 @@ def rename_official_state(state: dict[str, torch.Tensor], model: DVAE,
 def _metadata(tag: str, pt_path: Path, ini: configparser.ConfigParser) -> dict[str, Any]:
     corpus = ini.get("DataFrame", "dataset_name", fallback="unknown")
     train_dir = Path(ini.get("User", "train_data_dir", fallback="")).name
-    return {"training_data": f"{corpus} ({train_dir})" if train_dir else corpus,
-            "training_corpus": corpus,
-            "source": SOURCE, "source_file": f"trained_models/{tag}/{pt_path.name}",
-            "source_sha256": sha256_file(pt_path), "licence": "GPL-3.0", "licence_notice": LICENCE_NOTICE,
-            "best_epoch": int(CHECKPOINT_PATTERN.match(pt_path.name).group(1)),
-            "official_config": {section: dict(ini[section]) for section in ini.sections() if section != "User"}}
+    return {
+        "training_data": f"{corpus} ({train_dir})" if train_dir else corpus,
+        "training_corpus": corpus,
+        "source": SOURCE,
+        "source_file": f"trained_models/{tag}/{pt_path.name}",
+        "source_sha256": sha256_file(pt_path),
+        "licence": "GPL-3.0",
+        "licence_notice": LICENCE_NOTICE,
+        "best_epoch": int(CHECKPOINT_PATTERN.match(pt_path.name).group(1)),
+        "official_config": {section: dict(ini[section]) for section in ini.sections() if section != "User"},
+    }

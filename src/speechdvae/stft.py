@@ -3,6 +3,7 @@
 Spectrograms are time-major, shape (..., T, F), to match the batch-first (B, T, F) layout of
 the models. Padding is `reflect`, as in the papers' code (librosa < 0.10 and their torch.stft).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,18 @@ def stft(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] < min_samples():
         raise ValueError(f"signal too short for the STFT: {x.shape[-1]} samples, need at least {min_samples()}")
     lead = x.shape[:-1]
-    spec = torch.stft(x.reshape(-1, x.shape[-1]), n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT,
-                      window=sine_window(x.device, x.dtype), center=True, pad_mode="reflect",
-                      normalized=False, onesided=True, return_complex=True)
+    spec = torch.stft(
+        x.reshape(-1, x.shape[-1]),
+        n_fft=N_FFT,
+        hop_length=HOP_LENGTH,
+        win_length=N_FFT,
+        window=sine_window(x.device, x.dtype),
+        center=True,
+        pad_mode="reflect",
+        normalized=False,
+        onesided=True,
+        return_complex=True,
+    )
     return spec.transpose(-1, -2).reshape(*lead, spec.shape[-1], N_FREQ)
 
 
@@ -41,9 +51,17 @@ def istft(spec: torch.Tensor, length: int | None = None) -> torch.Tensor:
     lead = spec.shape[:-2]
     flat = spec.reshape(-1, *spec.shape[-2:]).transpose(-1, -2)
     real_dtype = flat.real.dtype
-    x = torch.istft(flat, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT,
-                    window=sine_window(spec.device, real_dtype), center=True, normalized=False,
-                    onesided=True, length=length)
+    x = torch.istft(
+        flat,
+        n_fft=N_FFT,
+        hop_length=HOP_LENGTH,
+        win_length=N_FFT,
+        window=sine_window(spec.device, real_dtype),
+        center=True,
+        normalized=False,
+        onesided=True,
+        length=length,
+    )
     return x.reshape(*lead, x.shape[-1])
 
 
@@ -52,8 +70,13 @@ def power_spectrogram(x: torch.Tensor) -> torch.Tensor:
     return stft(x).abs().square()
 
 
-def griffin_lim(magnitude: torch.Tensor, n_iter: int = 100, momentum: float = 0.99,
-                length: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def griffin_lim(
+    magnitude: torch.Tensor,
+    n_iter: int = 100,
+    momentum: float = 0.99,
+    length: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Waveform whose STFT magnitude approaches `magnitude` (..., T, F).
 
     Fast Griffin-Lim (Perraudin et al., 2013): projections alternate between consistent
@@ -63,8 +86,9 @@ def griffin_lim(magnitude: torch.Tensor, n_iter: int = 100, momentum: float = 0.
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
     n_samples = length if length is not None else (magnitude.shape[-2] - 1) * HOP_LENGTH
-    phase = torch.rand(magnitude.shape, generator=generator, dtype=magnitude.dtype,
-                       device="cpu").to(magnitude.device) * (2 * math.pi)
+    phase = torch.rand(magnitude.shape, generator=generator, dtype=magnitude.dtype, device="cpu").to(
+        magnitude.device
+    ) * (2 * math.pi)
     estimate = magnitude * torch.exp(1j * phase)
     previous = torch.zeros_like(estimate)
     for _ in range(n_iter):

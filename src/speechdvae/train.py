@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import hashlib
 import io
 import json
 import math
@@ -31,7 +30,8 @@ from torch import nn
 
 from . import checkpoints
 from .data.sequences import SequenceDataset, SpectrogramCache
-from .io import atomic_path, write_json_atomic, write_text_atomic
+from .atomic import atomic_path, write_json_atomic, write_text_atomic
+from .errors import SpeechDVAEError
 from .models import DVAE, build_model, load_preset
 from .models.losses import elbo_loss
 
@@ -64,7 +64,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-class ConfigError(ValueError):
+class ConfigError(SpeechDVAEError, ValueError):
     """An invalid training configuration or missing data, reported before any work starts."""
 
 
@@ -297,10 +297,6 @@ class Dist:
             torch.distributed.barrier()
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 # -- the training criterion on held-out data ----------------------------------------------
 
 @torch.no_grad()
@@ -519,14 +515,14 @@ class Trainer:
             raise RuntimeError(f"DDP replicas diverged (parameter checksums {sums})")
 
     def _export(self) -> Path:
-        """Write the best model (or the last one if none was selectable) as a checkpoint. Its provenance names
-        the manifests by file name and content hash, never by a path of this machine."""
+        """Write the best model (or the last one if none was selectable) as a checkpoint; it names its manifests
+        relative to the working directory, with their content hashes."""
         out = self.run_dir / "model"
         if self.dist.main:
             model = build_model(self.config.model)
             model.load_state_dict(self.best_state if self.best_state is not None else self.model.state_dict())
-            data = {split: {"manifest": Path(path).name, "sha256": _sha256(path)}
-                    for split, path in (("train", self.config.train_manifest), ("valid", self.config.valid_manifest))}
+            data = checkpoints.manifest_provenance({"train": self.config.train_manifest,
+                                                    "valid": self.config.valid_manifest})
             meta = {"training_data": data,
                     "training": {"preset": self.config.preset, "best_epoch": self.best_epoch,
                                  "best_valid_loss": self.best_loss, "steps": self.step, "epochs": self.epoch,

@@ -5,27 +5,47 @@ manifest records (see `speechdvae.data.manifest`, paths absolute, plus `corpus` 
 and the files it had to skip, with the reason. Files are only listed, never converted: readers
 resample to 16 kHz on the fly, and `materialize` writes a converted 16 kHz copy when one is wanted.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import soundfile as sf
 from tqdm import tqdm
 
+from ..atomic import write_text_atomic
 from ..audio import SAMPLE_RATE, AudioError, read_audio, write_audio
-from ..io import write_text_atomic
 from .manifest import ManifestError, sha256_file, write_manifest
 
 # Extensions of the formats soundfile reads, plus the NIST SPHERE names used by LDC corpora.
-AUDIO_EXTENSIONS = frozenset({
-    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd",
-    ".caf", ".w64", ".rf64", ".sph", ".nist", ".wv1", ".wv2",
-})
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".au",
+        ".snd",
+        ".caf",
+        ".w64",
+        ".rf64",
+        ".sph",
+        ".nist",
+        ".wv1",
+        ".wv2",
+    }
+)
 SPHERE_MAGIC = b"NIST_1A"
 # SPHERE sample codings that libsndfile cannot decode.
 COMPRESSED_SPHERE_CODINGS = ("shorten", "wavpack", "shortpack")
@@ -38,12 +58,14 @@ class CorpusError(ManifestError):
 
 class Skipped(NamedTuple):
     """A file left out of a scan, and why."""
+
     path: str
     reason: str
 
 
 class ScanResult(NamedTuple):
     """Manifest records of a scan and the files it skipped."""
+
     records: list[dict]
     skipped: list[Skipped]
 
@@ -51,6 +73,7 @@ class ScanResult(NamedTuple):
 # --------------------------------------------------------------------------------------------
 # Shared helpers: walking, probing, record building
 # --------------------------------------------------------------------------------------------
+
 
 def sphere_coding(path: str | os.PathLike) -> str | None:
     """The `sample_coding` of a NIST SPHERE file ("pcm" when absent), or None if not SPHERE."""
@@ -75,7 +98,8 @@ def probe(path: str | os.PathLike) -> sf._SoundFileInfo:
             raise AudioError(
                 f"{path}: NIST SPHERE compressed with '{coding}', which soundfile cannot decode; "
                 f"convert the corpus with sph2pipe (e.g. `sph2pipe -f wav IN.wv1 OUT.wav`, keeping "
-                f"the folder layout) and scan the converted files")
+                f"the folder layout) and scan the converted files"
+            )
         info = sf.info(str(path))
     except AudioError:
         raise
@@ -89,8 +113,13 @@ def probe(path: str | os.PathLike) -> sf._SoundFileInfo:
 def describe(path: Path, **fields: object) -> dict:
     """A manifest record for one audio file: probed duration and rate, sha256, and `fields`."""
     info = probe(path)
-    return {**fields, "path": str(path), "duration": info.frames / info.samplerate,
-            "sample_rate": int(info.samplerate), "sha256": sha256_file(path)}
+    return {
+        **fields,
+        "path": str(path),
+        "duration": info.frames / info.samplerate,
+        "sample_rate": int(info.samplerate),
+        "sha256": sha256_file(path),
+    }
 
 
 def _require_dir(root: str | os.PathLike, corpus: str) -> Path:
@@ -124,12 +153,14 @@ def audio_files(folder: Path, recursive: bool = True) -> list[Path]:
         candidates = (Path(d) / name for d in walk_dirs(folder) for name in os.listdir(d))
     else:
         candidates = folder.iterdir()
-    return sorted(p for p in candidates
-                  if p.suffix.lower() in AUDIO_EXTENSIONS and not _is_hidden(p.name) and p.is_file())
+    return sorted(
+        p for p in candidates if p.suffix.lower() in AUDIO_EXTENSIONS and not _is_hidden(p.name) and p.is_file()
+    )
 
 
-def _collect(corpus: str, root: Path, candidates: Sequence[tuple[Path, dict]],
-             skipped: Iterable[Skipped] = ()) -> ScanResult:
+def _collect(
+    corpus: str, root: Path, candidates: Sequence[tuple[Path, dict]], skipped: Iterable[Skipped] = ()
+) -> ScanResult:
     """Probe and hash every candidate, skipping unreadable files with a warning.
 
     Raises CorpusError when nothing at all could be listed, since an empty manifest is never
@@ -187,16 +218,20 @@ def scan_wsj0(root: str | os.PathLike) -> ScanResult:
     root = _require_dir(root, "WSJ0")
     split_dirs = [(d, WSJ0_SPLITS[d.name.lower()]) for d in walk_dirs(root) if d.name.lower() in WSJ0_SPLITS]
     if not split_dirs:
-        raise CorpusError(f"{root}: no WSJ0 subset folder found; expected "
-                          f"<root>/wsj0/{{si_tr_s,si_dt_05,si_et_05}}/<speaker>/<utterance>.wv1")
+        raise CorpusError(
+            f"{root}: no WSJ0 subset folder found; expected "
+            f"<root>/wsj0/{{si_tr_s,si_dt_05,si_et_05}}/<speaker>/<utterance>.wv1"
+        )
     best: dict[str, tuple[int, Path, str, int]] = {}
     for folder, split in split_dirs:
         for path in audio_files(folder):
             utt, channel, rank = _wsj0_variant(path)
             if utt not in best or rank < best[utt][0]:
                 best[utt] = (rank, path, split, channel)
-    candidates = [(path, {"id": utt, "speaker": utt[:3], "language": "en", "split": split, "channel": channel})
-                  for utt, (_, path, split, channel) in sorted(best.items())]
+    candidates = [
+        (path, {"id": utt, "speaker": utt[:3], "language": "en", "split": split, "channel": channel})
+        for utt, (_, path, split, channel) in sorted(best.items())
+    ]
     return _collect("wsj0", root, candidates)
 
 
@@ -219,8 +254,10 @@ def _voicebank_folders(root: Path) -> dict[tuple[str, str], Path]:
             continue
         key = (match.group(1).lower(), match.group(2).lower())
         if key in found:
-            raise CorpusError(f"{root}: two VoiceBank-DEMAND folders for {folder.name}: "
-                              f"{found[key]} and {folder}; point the root at one copy")
+            raise CorpusError(
+                f"{root}: two VoiceBank-DEMAND folders for {folder.name}: "
+                f"{found[key]} and {folder}; point the root at one copy"
+            )
         found[key] = folder
     return found
 
@@ -242,26 +279,38 @@ def scan_voicebank(root: str | os.PathLike, train_set: str | None = None) -> Sca
     root = _require_dir(root, "VoiceBank-DEMAND")
     folders = _voicebank_folders(root)
     if not folders:
-        raise CorpusError(f"{root}: no VoiceBank-DEMAND folder found; expected "
-                          f"<root>/clean_trainset_28spk_wav, noisy_trainset_28spk_wav, "
-                          f"clean_testset_wav, noisy_testset_wav (or the _56spk_wav training sets)")
+        raise CorpusError(
+            f"{root}: no VoiceBank-DEMAND folder found; expected "
+            f"<root>/clean_trainset_28spk_wav, noisy_trainset_28spk_wav, "
+            f"clean_testset_wav, noisy_testset_wav (or the _56spk_wav training sets)"
+        )
     keep = {"testset", _voicebank_train_set(root, folders, train_set)}
     candidates: list[tuple[Path, dict]] = []
     skipped: list[Skipped] = []
     for (condition, subset), folder in sorted(folders.items()):
         if subset not in keep:
             continue
-        clean_files = {p.stem: p for p in audio_files(folders[("clean", subset)], recursive=False)} \
-            if ("clean", subset) in folders else {}
+        clean_files = (
+            {p.stem: p for p in audio_files(folders[("clean", subset)], recursive=False)}
+            if ("clean", subset) in folders
+            else {}
+        )
         for path in audio_files(folder, recursive=False):
             utt = path.stem
             speaker = utt.split("_", 1)[0]
-            fields = {"id": utt, "speaker": speaker, "language": "en",
-                      "split": _voicebank_split(subset, speaker), "subset": subset, "condition": condition}
+            fields = {
+                "id": utt,
+                "speaker": speaker,
+                "language": "en",
+                "split": _voicebank_split(subset, speaker),
+                "subset": subset,
+                "condition": condition,
+            }
             if condition == "noisy":
                 if utt not in clean_files:
-                    skipped.append(Skipped(str(path), f"{path}: no matching clean file {utt}{path.suffix} "
-                                                      f"in clean_{subset}_wav"))
+                    skipped.append(
+                        Skipped(str(path), f"{path}: no matching clean file {utt}{path.suffix} in clean_{subset}_wav")
+                    )
                     continue
                 fields.update(id=f"{utt}_noisy", clean_path=str(clean_files[utt]))
             candidates.append((path, fields))
@@ -298,9 +347,11 @@ def _librispeech_subsets(root: Path) -> list[Path]:
         subsets = sorted(d for d in base.iterdir() if d.is_dir() and LIBRISPEECH_SUBSET.fullmatch(d.name))
         if subsets:
             return subsets
-    raise CorpusError(f"{root}: no LibriSpeech subset folder found; expected "
-                      f"<root>/LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac "
-                      f"with subsets such as train-clean-100, dev-clean, test-clean")
+    raise CorpusError(
+        f"{root}: no LibriSpeech subset folder found; expected "
+        f"<root>/LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac "
+        f"with subsets such as train-clean-100, dev-clean, test-clean"
+    )
 
 
 def scan_librispeech(root: str | os.PathLike, subsets: Sequence[str] | None = None) -> ScanResult:
@@ -327,14 +378,26 @@ def scan_librispeech(root: str | os.PathLike, subsets: Sequence[str] | None = No
             if len(parts) != 3:
                 skipped.append(Skipped(str(path), f"{path}: not in a <speaker>/<chapter>/ folder of {folder}"))
                 continue
-            candidates.append((path, {"id": path.stem, "speaker": parts[0], "chapter": parts[1],
-                                      "language": "en", "split": split, "subset": subset}))
+            candidates.append(
+                (
+                    path,
+                    {
+                        "id": path.stem,
+                        "speaker": parts[0],
+                        "chapter": parts[1],
+                        "language": "en",
+                        "split": split,
+                        "subset": subset,
+                    },
+                )
+            )
     return _collect("librispeech", root, candidates, skipped)
 
 
 # --------------------------------------------------------------------------------------------
 # Any folder
 # --------------------------------------------------------------------------------------------
+
 
 def scan_folder(root: str | os.PathLike, split: str = "test", language: str = "und") -> ScanResult:
     """Every audio file under `root`: id = relative path without extension, speaker = parent folder."""
@@ -379,8 +442,9 @@ def manifest_name(record: dict) -> str:
     return f"{record['split']}_noisy" if record.get("clean_path") else record["split"]
 
 
-def write_manifests(records: Iterable[dict], out_dir: str | os.PathLike,
-                    skipped: Sequence[Skipped] = ()) -> dict[str, Path]:
+def write_manifests(
+    records: Iterable[dict], out_dir: str | os.PathLike, skipped: Sequence[Skipped] = ()
+) -> dict[str, Path]:
     """Write `<out_dir>/<manifest_name>.jsonl` per group of records, and `skipped.tsv` if any file was skipped.
 
     Returns manifest name -> path written.
@@ -394,8 +458,7 @@ def write_manifests(records: Iterable[dict], out_dir: str | os.PathLike,
         written[name] = out_dir / f"{name}.jsonl"
         write_manifest(written[name], group)
     if skipped:
-        write_text_atomic(out_dir / "skipped.tsv",
-                          "".join(f"{s.path}\t{s.reason}\n" for s in skipped))
+        write_text_atomic(out_dir / "skipped.tsv", "".join(f"{s.path}\t{s.reason}\n" for s in skipped))
     return written
 
 
@@ -405,8 +468,7 @@ def materialized_path(source: str | os.PathLike, out_dir: Path) -> Path:
     return out_dir / source.parent.name / f"{source.stem}.flac"
 
 
-def materialize(records: Iterable[dict], out_dir: str | os.PathLike,
-                sample_rate: int = SAMPLE_RATE) -> list[dict]:
+def materialize(records: Iterable[dict], out_dir: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> list[dict]:
     """Write mono FLAC copies at `sample_rate` of every record's `path` and `clean_path`.
 
     Copies are written atomically, and a copy already present is kept, so an interrupted run

@@ -4,22 +4,24 @@ Every record has at least `id`, `path`, `duration` (seconds), `speaker`, `langua
 and `sha256`; corpora add their own fields (noise type, SNR, ...). Paths are stored relative to
 the manifest's folder, so a corpus folder can be moved, and are returned absolute on reading.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from ..io import atomic_path
+from ..atomic import atomic_path
+from ..errors import SpeechDVAEError
 
 REQUIRED_FIELDS = ("id", "path", "duration", "speaker", "language", "split", "sha256")
 PATH_FIELDS = ("path", "clean_path", "noise_path")
 
 
-class ManifestError(ValueError):
+class ManifestError(SpeechDVAEError, ValueError):
     """A manifest that is missing, malformed, or lacks required fields."""
 
 
@@ -80,8 +82,10 @@ def summarize(records: Iterable[dict]) -> dict[str, dict[str, float]]:
         s["hours"] += float(r.get("duration", 0.0)) / 3600.0
         s["utterances"] += 1
         s["speakers"].add(r.get("speaker", "?"))
-    return {k: {"hours": v["hours"], "utterances": v["utterances"], "speakers": len(v["speakers"])}
-            for k, v in sorted(stats.items())}
+    return {
+        k: {"hours": v["hours"], "utterances": v["utterances"], "speakers": len(v["speakers"])}
+        for k, v in sorted(stats.items())
+    }
 
 
 def format_summary(stats: dict[str, dict[str, float]], title: str = "") -> str:

@@ -29,24 +29,25 @@ records for evaluation; `mix_from_official` regenerates the WSJ0-QUT mixtures fr
 The list's `noise_start` is read as a sample index at 16 kHz in the QUT file resampled to 16 kHz
 (the list does not say; the largest start then falls 48 minutes into a file).
 """
+
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from itertools import product
 from pathlib import Path
-from typing import Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
-import pyloudnorm
 from tqdm import tqdm
 
 from ..audio import SAMPLE_RATE, AudioError, read_audio, write_audio
+from ..errors import SpeechDVAEError, needs_extra
 from .manifest import REQUIRED_FIELDS, ManifestError, read_manifest, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
@@ -60,17 +61,17 @@ PCM16_STEPS = 32768
 PCM16_MAX_PEAK = 32766
 CHECKPOINT_EVERY = 25
 # A mixture on disk is reused only if all of these are unchanged.
-IDENTITY_FIELDS = ("path", "clean_path", "noise_id", "noise_start", "snr", "seed", "speech_sha256",
-                   "noise_sha256")
+IDENTITY_FIELDS = ("path", "clean_path", "noise_id", "noise_start", "snr", "seed", "speech_sha256", "noise_sha256")
 
 T = TypeVar("T")
 
 
-class MixError(ValueError):
+class MixError(SpeechDVAEError, ValueError):
     """Input that cannot make a mixture set (no noise, duplicate ids, malformed official list)."""
 
 
 # ----------------------------------------------------------------------------------------- levels
+
 
 def _peak(x: np.ndarray, what: str) -> float:
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
@@ -86,6 +87,8 @@ def loudness_db(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     """
     x = np.asarray(x, dtype=np.float64)
     peak = _peak(x, "signal")
+    with needs_extra("data", "Mixing at a BS.1770 loudness SNR"):
+        import pyloudnorm
     return float(pyloudnorm.Meter(sample_rate).integrated_loudness(x / peak)) + 20 * math.log10(peak)
 
 
@@ -93,11 +96,10 @@ def power_db(x: np.ndarray) -> float:
     """Mean-square power in dB (full scale = 0 dB for a unit-amplitude square wave)."""
     x = np.asarray(x, dtype=np.float64)
     _peak(x, "signal")
-    return 10 * math.log10(float(np.mean(x ** 2)))
+    return 10 * math.log10(float(np.mean(x**2)))
 
 
-def signal_levels(speech: np.ndarray, noise: np.ndarray, sample_rate: int = SAMPLE_RATE
-                  ) -> tuple[float, float, str]:
+def signal_levels(speech: np.ndarray, noise: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[float, float, str]:
     """Levels (dB) of speech and noise measured the same way, and the method: "bs1770" or "power"."""
     _peak(speech, "speech")
     _peak(noise, "noise segment")
@@ -108,8 +110,9 @@ def signal_levels(speech: np.ndarray, noise: np.ndarray, sample_rate: int = SAMP
     return power_db(speech), power_db(noise), "power"
 
 
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, sample_rate: int = SAMPLE_RATE
-               ) -> tuple[np.ndarray, np.ndarray, dict]:
+def mix_at_snr(
+    speech: np.ndarray, noise: np.ndarray, snr_db: float, sample_rate: int = SAMPLE_RATE
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Scale `noise` so that level(speech) - level(noise) = snr_db; return (mixture, scaled noise, info).
 
     info holds `snr_method`, `noise_gain` and the measured `speech_level` / `noise_level` (dB).
@@ -141,8 +144,11 @@ def fit_pcm16(clean: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndar
     """
     peak = max(float(np.max(np.abs(clean + noise))), float(np.max(np.abs(clean))))
     factor = min(1.0, PCM16_MAX_PEAK / (PCM16_STEPS * peak))
-    return (np.rint(clean * factor * PCM16_STEPS) / PCM16_STEPS,
-            np.rint(noise * factor * PCM16_STEPS) / PCM16_STEPS, factor)
+    return (
+        np.rint(clean * factor * PCM16_STEPS) / PCM16_STEPS,
+        np.rint(noise * factor * PCM16_STEPS) / PCM16_STEPS,
+        factor,
+    )
 
 
 def noise_segment(noise: np.ndarray, start: int, length: int) -> tuple[np.ndarray, bool]:
@@ -151,6 +157,7 @@ def noise_segment(noise: np.ndarray, start: int, length: int) -> tuple[np.ndarra
 
 
 # ------------------------------------------------------------------------------------------- plan
+
 
 def balanced_sequence(items: Sequence[T], n: int, rng: np.random.Generator) -> list[T]:
     """n draws in random order in which every item occurs floor(n/k) or ceil(n/k) times."""
@@ -179,8 +186,9 @@ def _draw_start(rng: np.random.Generator, noise_length: int, length: int) -> int
     return int(rng.integers(0, high))
 
 
-def plan_mixtures(speech_records: Iterable[dict], noise_records: Iterable[dict],
-                  snrs: Sequence[float] = DEFAULT_SNRS, seed: int = 0) -> list[dict]:
+def plan_mixtures(
+    speech_records: Iterable[dict], noise_records: Iterable[dict], snrs: Sequence[float] = DEFAULT_SNRS, seed: int = 0
+) -> list[dict]:
     """Assign a noise recording, start (16 kHz samples) and SNR to every utterance, balanced and seeded.
 
     Uses only the records' ids, durations and noise types, so the plan is known before any audio is read.
@@ -199,13 +207,23 @@ def plan_mixtures(speech_records: Iterable[dict], noise_records: Iterable[dict],
     plan = []
     for utterance, (noise_type, snr) in zip(speech, assigned):
         noise = next(dealt[noise_type])
-        plan.append({
-            "id": utterance["id"], "speech_path": utterance["path"], "speech_sha256": utterance.get("sha256"),
-            "noise_id": noise["id"], "noise_path": noise["path"], "noise_sha256": noise.get("sha256"),
-            "noise_type": noise_type, "noise_start": _draw_start(rng, _samples(noise), _samples(utterance)),
-            "snr": snr, "seed": seed, "speaker": utterance.get("speaker"),
-            "language": utterance.get("language"), "split": utterance.get("split"),
-        })
+        plan.append(
+            {
+                "id": utterance["id"],
+                "speech_path": utterance["path"],
+                "speech_sha256": utterance.get("sha256"),
+                "noise_id": noise["id"],
+                "noise_path": noise["path"],
+                "noise_sha256": noise.get("sha256"),
+                "noise_type": noise_type,
+                "noise_start": _draw_start(rng, _samples(noise), _samples(utterance)),
+                "snr": snr,
+                "seed": seed,
+                "speaker": utterance.get("speaker"),
+                "language": utterance.get("language"),
+                "split": utterance.get("split"),
+            }
+        )
     return plan
 
 
@@ -264,8 +282,10 @@ def _mix_job(job: dict, noise: np.ndarray, allow_loop: bool) -> dict:
     speech = read_audio(job["speech_path"])[0]
     segment, looped = noise_segment(noise, job["noise_start"], len(speech))
     if looped and not allow_loop:
-        raise AudioError(f"{job['noise_path']}: the segment at sample {job['noise_start']} (16 kHz) of "
-                         f"length {len(speech)} runs past the end of the noise ({len(noise)} samples)")
+        raise AudioError(
+            f"{job['noise_path']}: the segment at sample {job['noise_start']} (16 kHz) of "
+            f"length {len(speech)} runs past the end of the noise ({len(noise)} samples)"
+        )
     try:
         _, scaled, info = mix_at_snr(speech, segment, job["snr"])
     except AudioError as err:
@@ -273,9 +293,17 @@ def _mix_job(job: dict, noise: np.ndarray, allow_loop: bool) -> dict:
     clean, added, factor = fit_pcm16(speech, scaled)
     write_audio(job["clean_path"], clean)
     write_audio(job["path"], clean + added)
-    return {**job, "noise_looped": looped, "snr_method": info["snr_method"], "noise_gain": info["noise_gain"],
-            "scale": factor, "snr_power": power_snr_db(clean, added), "duration": len(speech) / SAMPLE_RATE,
-            "sha256": sha256_file(job["path"]), "clean_sha256": sha256_file(job["clean_path"])}
+    return {
+        **job,
+        "noise_looped": looped,
+        "snr_method": info["snr_method"],
+        "noise_gain": info["noise_gain"],
+        "scale": factor,
+        "snr_power": power_snr_db(clean, added),
+        "duration": len(speech) / SAMPLE_RATE,
+        "sha256": sha256_file(job["path"]),
+        "clean_sha256": sha256_file(job["clean_path"]),
+    }
 
 
 def output_jobs(plan: Sequence[dict], out_dir: Path) -> list[dict]:
@@ -312,9 +340,14 @@ def run_jobs(jobs: Sequence[dict], manifest_path: Path, allow_loop: bool = True)
     return manifest_path
 
 
-def build_mixtures(speech_manifest: str | os.PathLike, noise_manifest: str | os.PathLike,
-                   out_dir: str | os.PathLike, snrs: Sequence[float] = DEFAULT_SNRS, seed: int = 0,
-                   limit: int | None = None) -> Path:
+def build_mixtures(
+    speech_manifest: str | os.PathLike,
+    noise_manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    snrs: Sequence[float] = DEFAULT_SNRS,
+    seed: int = 0,
+    limit: int | None = None,
+) -> Path:
     """Mix every utterance of a speech manifest with noise of a noise manifest; return the mixture manifest.
 
     Writes `out_dir/noisy/<id>.flac`, `out_dir/clean/<id>.flac` and `out_dir/manifest.jsonl`.
@@ -329,23 +362,31 @@ def build_mixtures(speech_manifest: str | os.PathLike, noise_manifest: str | os.
 
 # ---------------------------------------------------------------------------------- official lists
 
+
 def _fill(template: str, name: str, root: str | os.PathLike) -> str:
     return template.replace("{" + name + "}", str(root))
 
 
-def _official_record(key: str, entry: dict, noisy_root: str | os.PathLike,
-                     clean_root: str | os.PathLike) -> dict:
-    record = {"id": key, "path": _fill(entry["noisy_wav"], "noisy_root", noisy_root),
-              "clean_path": _fill(entry["clean_wav"], "clean_root", clean_root),
-              "duration": float(entry["length"]), "speaker": str(entry["p_id"]), "language": "en",
-              "split": "test", "noise_type": str(entry["noise_type"]), "snr": float(entry["snr"])}
+def _official_record(key: str, entry: dict, noisy_root: str | os.PathLike, clean_root: str | os.PathLike) -> dict:
+    record = {
+        "id": key,
+        "path": _fill(entry["noisy_wav"], "noisy_root", noisy_root),
+        "clean_path": _fill(entry["clean_wav"], "clean_root", clean_root),
+        "duration": float(entry["length"]),
+        "speaker": str(entry["p_id"]),
+        "language": "en",
+        "split": "test",
+        "noise_type": str(entry["noise_type"]),
+        "snr": float(entry["snr"]),
+    }
     if "noise_start" in entry:
         record["noise_start"] = int(entry["noise_start"])
     return record
 
 
-def read_official_list(json_path: str | os.PathLike, noisy_root: str | os.PathLike,
-                       clean_root: str | os.PathLike) -> list[dict]:
+def read_official_list(
+    json_path: str | os.PathLike, noisy_root: str | os.PathLike, clean_root: str | os.PathLike
+) -> list[dict]:
     """Records in mixture-manifest form from an official test list (wsj_test.json, vb_test.json).
 
     `{noisy_root}` / `{clean_root}` are filled in, `snr` becomes a float, `speaker` is the list's p_id.
@@ -365,8 +406,12 @@ def read_official_list(json_path: str | os.PathLike, noisy_root: str | os.PathLi
     return records
 
 
-def mix_from_official(json_path: str | os.PathLike, clean_root: str | os.PathLike,
-                      noise_root: str | os.PathLike, out_root: str | os.PathLike) -> Path:
+def mix_from_official(
+    json_path: str | os.PathLike,
+    clean_root: str | os.PathLike,
+    noise_root: str | os.PathLike,
+    out_root: str | os.PathLike,
+) -> Path:
     """Regenerate the WSJ0-QUT test mixtures of an official list from WSJ0 and QUT-NOISE.
 
     Noise is `<noise_root>/<noise_type>.wav` (QUT-NOISE names, any rate and channel count); outputs follow
@@ -378,45 +423,20 @@ def mix_from_official(json_path: str | os.PathLike, clean_root: str | os.PathLik
     sources = read_official_list(json_path, out_root / "noisy", Path(clean_root))
     missing = [t["id"] for t in targets if "noise_start" not in t]
     if missing:
-        raise MixError(f"{json_path}: entries without noise_start (e.g. {missing[0]}); only lists with "
-                       "noise segments, such as wsj_test.json, can be regenerated")
-    jobs = [{**target, "speech_path": source["clean_path"], "speech_sha256": None,
-             "noise_id": target["noise_type"], "noise_sha256": None, "seed": None,
-             "noise_path": str(Path(noise_root) / f"{target['noise_type']}.wav")}
-            for target, source in zip(targets, sources)]
+        raise MixError(
+            f"{json_path}: entries without noise_start (e.g. {missing[0]}); only lists with "
+            "noise segments, such as wsj_test.json, can be regenerated"
+        )
+    jobs = [
+        {
+            **target,
+            "speech_path": source["clean_path"],
+            "speech_sha256": None,
+            "noise_id": target["noise_type"],
+            "noise_sha256": None,
+            "seed": None,
+            "noise_path": str(Path(noise_root) / f"{target['noise_type']}.wav"),
+        }
+        for target, source in zip(targets, sources)
+    ]
     return run_jobs(jobs, out_root / MANIFEST_NAME, allow_loop=False)
-
-
-# -------------------------------------------------------------------------------------- command line
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `speechdvae data mix`."""
-    parser.add_argument("--speech", metavar="MANIFEST", help="speech manifest (JSONL)")
-    parser.add_argument("--noise", metavar="MANIFEST", help="noise manifest (JSONL, with noise_type)")
-    parser.add_argument("--snrs", type=float, nargs="+", default=list(DEFAULT_SNRS), metavar="DB",
-                        help="target SNRs in dB, BS.1770 loudness difference (default: -5 0 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the mixing plan (default: 0)")
-    parser.add_argument("--limit", type=int, metavar="N", help="mix only the first N utterances by id")
-    parser.add_argument("--official", metavar="JSON", help="official list to regenerate (wsj_test.json)")
-    parser.add_argument("--clean-root", metavar="DIR", help="with --official: WSJ0 clean wav root")
-    parser.add_argument("--noise-root", metavar="DIR", help="with --official: folder of QUT-NOISE wav files")
-    parser.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `speechdvae data mix`."""
-    from ..cli import UserError
-
-    official = args.official is not None
-    needed = ("clean_root", "noise_root") if official else ("speech", "noise")
-    absent = [f"--{name.replace('_', '-')}" for name in needed if getattr(args, name) is None]
-    if absent:
-        raise UserError(f"data mix{' --official' if official else ''} needs {' and '.join(absent)}")
-    try:
-        manifest = (mix_from_official(args.official, args.clean_root, args.noise_root, args.out) if official
-                    else build_mixtures(args.speech, args.noise, args.out, args.snrs, args.seed, args.limit))
-    except (MixError, ManifestError) as err:
-        raise UserError(str(err)) from err
-    print(f"{manifest}: {len(read_manifest(manifest))} mixtures")
-    return 0

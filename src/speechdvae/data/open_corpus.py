@@ -19,9 +19,9 @@ valid and test, within each noise type.
 The build is idempotent and resumable: finished conversions are logged in ROOT/cache and never
 redone; a second run only rewrites identical manifests.
 """
+
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import io
@@ -33,16 +33,17 @@ import subprocess
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
 from .. import audio
-from ..io import atomic_path
+from ..atomic import atomic_path
+from ..errors import SpeechDVAEError, needs_extra
 from .manifest import format_summary, summarize, write_manifest
 
 NOISE_FLOOR_MAX_DB = -45.0
@@ -52,14 +53,18 @@ TUXPAINT_TRAIN = ("fr", "ca", "bg", "es", "be", "da", "lt", "nl")
 KDE_EXCLUDED = ("ro", "el", "ru")
 
 
+class PackageToolError(SpeechDVAEError, RuntimeError):
+    """apt-get, dpkg-deb or tar missing or failing: the open corpus needs a Debian system."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     """One audio file inside an unpacked package, and where it belongs."""
 
     id: str
-    locator: str            # a file path, or "ZIP::MEMBER" for a member of a zip archive
-    codec: str              # "g722" or "soundfile"
-    kind: str               # "speech" or "noise"
+    locator: str  # a file path, or "ZIP::MEMBER" for a member of a zip archive
+    codec: str  # "g722" or "soundfile"
+    kind: str  # "speech" or "noise"
     speaker: str
     language: str
     split: str
@@ -70,10 +75,11 @@ class Source:
 class Package:
     name: str
     lister: Callable[[Path], Iterator[Source]]
-    members: tuple[str, ...] = ()    # extract only these paths (large packages)
+    members: tuple[str, ...] = ()  # extract only these paths (large packages)
 
 
 # -- splits --------------------------------------------------------------------------------
+
 
 def _held_out(key: str, fraction: float = VALID_FRACTION) -> bool:
     """Deterministic pseudo-random choice, stable across machines and runs."""
@@ -87,16 +93,18 @@ def _train_or_valid(key: str) -> str:
 
 # -- speech packages -----------------------------------------------------------------------
 
+
 def _asterisk(lang: str) -> Callable[[Path], Iterator[Source]]:
     def lister(root: Path) -> Iterator[Source]:
         for path in sorted(root.glob("usr/share/asterisk/sounds/*/**/*.g722")):
             rel = path.relative_to(root / "usr/share/asterisk/sounds")
-            if "silence" in rel.parts:   # digital silence used as padding by Asterisk
+            if "silence" in rel.parts:  # digital silence used as padding by Asterisk
                 continue
-            voice = "asterisk/" + rel.parts[0].rsplit("_", 1)[-1]   # es_MX_f_Allison is en's Allison
+            voice = "asterisk/" + rel.parts[0].rsplit("_", 1)[-1]  # es_MX_f_Allison is en's Allison
             sid = f"asterisk-{lang}/" + str(rel.with_suffix(""))
             split = "test" if lang == "fr" else _train_or_valid(sid)
             yield Source(sid, str(path), "g722", "speech", voice, lang, split)
+
     return lister
 
 
@@ -121,6 +129,7 @@ def _tuxpaint(root: Path) -> Iterator[Source]:
 
 def _kde_lister(package: str, base: str, lang_depth: int) -> Callable[[Path], Iterator[Source]]:
     """klettres (BASE/<lang>/<set>/x.ogg) and ktuberling (BASE/<lang>/x.ogg), minus excluded languages."""
+
     def lister(root: Path) -> Iterator[Source]:
         base_dir = root / base
         for path in sorted(base_dir.rglob("*")):
@@ -130,20 +139,37 @@ def _kde_lister(package: str, base: str, lang_depth: int) -> Callable[[Path], It
             if len(rel.parts) != lang_depth + 1:
                 continue
             lang = rel.parts[0]
-            if lang in KDE_EXCLUDED or "@" in lang:   # sr@latin etc. duplicate sr
+            if lang in KDE_EXCLUDED or "@" in lang:  # sr@latin etc. duplicate sr
                 continue
             sid = f"{package}/" + str(rel.with_suffix(""))
             yield Source(sid, str(path), "soundfile", "speech", f"{package}-{lang}", lang, _train_or_valid(sid))
+
     return lister
 
 
 # -- noise packages ------------------------------------------------------------------------
 
 UFOAI_TYPES = {
-    "machinery": ("alien-device", "alien-generator", "alien-ventilation", "alien_engine", "alienenergy",
-                  "alienmachinery", "alienpowermachinery", "droning_long", "droning_short", "engine_alien_big",
-                  "engine_alien_medium", "engine_alien_small", "hum", "lights_loop", "machine", "minepump",
-                  "steam", "wind_turbine"),
+    "machinery": (
+        "alien-device",
+        "alien-generator",
+        "alien-ventilation",
+        "alien_engine",
+        "alienenergy",
+        "alienmachinery",
+        "alienpowermachinery",
+        "droning_long",
+        "droning_short",
+        "engine_alien_big",
+        "engine_alien_medium",
+        "engine_alien_small",
+        "hum",
+        "lights_loop",
+        "machine",
+        "minepump",
+        "steam",
+        "wind_turbine",
+    ),
     "fire": ("fire", "firesoft", "smallfire"),
     "water": ("alienbase-bubbles", "water", "waterfontain"),
     "weather": ("arcticwind", "thunder"),
@@ -166,8 +192,7 @@ def _ufoai(root: Path) -> Iterator[Source]:
             ntype = next((t for t, groups in UFOAI_TYPES.items() if group in groups), None)
             if ntype is None:
                 continue
-            yield Source(f"ufoai/{stem}", f"{pk3}::{member}", "soundfile", "noise", f"ufoai/{group}", "none",
-                         "", ntype)
+            yield Source(f"ufoai/{stem}", f"{pk3}::{member}", "soundfile", "noise", f"ufoai/{group}", "none", "", ntype)
 
 
 def _0ad(root: Path) -> Iterator[Source]:
@@ -180,8 +205,9 @@ def _0ad(root: Path) -> Iterator[Source]:
             if ntype is None:
                 continue
             group = recording_group(stem)
-            yield Source(f"0ad/{folder}/{stem}", f"{archive}::{member}", "soundfile", "noise", f"0ad/{group}",
-                         "none", "", ntype)
+            yield Source(
+                f"0ad/{folder}/{stem}", f"{archive}::{member}", "soundfile", "noise", f"0ad/{group}", "none", "", ntype
+            )
 
 
 PACKAGES = (
@@ -222,6 +248,7 @@ def split_noise_by_recording(sources: list[Source]) -> tuple[list[Source], list[
 
 # -- fetching ------------------------------------------------------------------------------
 
+
 def fetch_package(pkg: Package, root: Path) -> Path:
     """Download (apt-get download) and unpack (dpkg-deb) a package once; returns the unpacked tree."""
     debs, unpacked = root / "debs", root / "unpacked" / pkg.name
@@ -242,7 +269,7 @@ def fetch_package(pkg: Package, root: Path) -> Path:
             tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
             _run(["tar", "-x", "-C", str(tmp_dir), *pkg.members], stdin=tar.stdout)
             if tar.wait() != 0:
-                raise RuntimeError(f"dpkg-deb failed on {deb}")
+                raise PackageToolError(f"dpkg-deb failed on {deb}")
         else:
             _run(["dpkg-deb", "-x", str(deb), str(tmp_dir)])
         os.replace(tmp_dir, unpacked)
@@ -256,18 +283,21 @@ def _run(cmd: list[str], **kw) -> None:
     try:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
     except FileNotFoundError as err:
-        raise RuntimeError(f"`{cmd[0]}` is not available: the open corpus needs a Debian system "
-                           "(apt-get, dpkg-deb, tar)") from err
+        raise PackageToolError(
+            f"`{cmd[0]}` is not available: the open corpus needs a Debian system (apt-get, dpkg-deb, tar)"
+        ) from err
     except subprocess.CalledProcessError as err:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed: {err.stderr.decode(errors='replace').strip()}") from err
+        raise PackageToolError(f"`{' '.join(cmd)}` failed: {err.stderr.decode(errors='replace').strip()}") from err
 
 
 # -- conversion ----------------------------------------------------------------------------
 
+
 def decode(source: Source) -> tuple[np.ndarray, int]:
     """Decode a source file to mono float32 at its own rate."""
     if source.codec == "g722":
-        from G722 import G722
+        with needs_extra("data", "Decoding G.722 prompts"):
+            from G722 import G722
         pcm = np.asarray(G722(16000, 64000).decode(Path(source.locator).read_bytes()), dtype=np.int16)
         if pcm.size == 0:
             raise audio.AudioError(f"{source.locator}: empty G.722 stream")
@@ -337,6 +367,7 @@ def audio_path(root: Path, source: Source) -> Path:
 
 # -- the build -----------------------------------------------------------------------------
 
+
 def build(root: str | os.PathLike, workers: int | None = None, packages: tuple[Package, ...] = PACKAGES) -> dict:
     """Fetch, convert and describe the whole open corpus under `root`; returns the statistics."""
     root = Path(root)
@@ -354,33 +385,55 @@ def build(root: str | os.PathLike, workers: int | None = None, packages: tuple[P
     noise_split = {s.id: s for s in noise_sources}
     speech, noise, rejected = [], [], []
     for pkg in packages:
-        sources = [noise_split[s.id] if s.kind == "noise" else s for s in listed[pkg.name]
-                   if s.kind == "speech" or s.id in noise_split]
+        sources = [
+            noise_split[s.id] if s.kind == "noise" else s
+            for s in listed[pkg.name]
+            if s.kind == "speech" or s.id in noise_split
+        ]
         entries = convert_package(pkg, sources, root, workers)
         for s in sources:
             e = entries[s.id]
             if e["status"] == "ok" and s.kind == "speech" and e["noise_floor_db"] > NOISE_FLOOR_MAX_DB:
-                e = dict(e, status="rejected", reason=f"noise floor {e['noise_floor_db']:.1f} dBFS > {NOISE_FLOOR_MAX_DB:.0f} dBFS")
+                e = dict(
+                    e,
+                    status="rejected",
+                    reason=f"noise floor {e['noise_floor_db']:.1f} dBFS > {NOISE_FLOOR_MAX_DB:.0f} dBFS",
+                )
             if e["status"] != "ok":
                 rejected.append({"id": s.id, "source": s.locator, "status": e["status"], "reason": e["reason"]})
                 continue
-            record = {"id": s.id, "path": str(audio_path(root, s)), "duration": round(e["duration"], 4),
-                      "speaker": s.speaker, "language": s.language, "split": s.split, "sha256": e["sha256"],
-                      "corpus": pkg.name, "noise_floor_db": e["noise_floor_db"]}
+            record = {
+                "id": s.id,
+                "path": str(audio_path(root, s)),
+                "duration": round(e["duration"], 4),
+                "speaker": s.speaker,
+                "language": s.language,
+                "split": s.split,
+                "sha256": e["sha256"],
+                "corpus": pkg.name,
+                "noise_floor_db": e["noise_floor_db"],
+            }
             if s.kind == "noise":
                 record["noise_type"] = s.noise_type
                 noise.append(record)
             else:
                 speech.append(record)
     manifests = root / "manifests"
-    for kind, records, splits in (("speech", speech, ("train", "valid", "valid_unseen", "test")),
-                                  ("noise", noise, ("train", "valid", "test"))):
+    for kind, records, splits in (
+        ("speech", speech, ("train", "valid", "valid_unseen", "test")),
+        ("noise", noise, ("train", "valid", "test")),
+    ):
         for split in splits:
             write_manifest(manifests / f"{kind}_{split}.jsonl", [r for r in records if r["split"] == split])
     write_manifest(manifests / "rejected.jsonl", rejected)
-    stats = {"speech": summarize(speech), "noise": summarize(noise),
-             "noise_types": _count_types(noise), "rejected": _count_reasons(rejected),
-             "notes": notes, "seconds": round(time.time() - start, 1)}
+    stats = {
+        "speech": summarize(speech),
+        "noise": summarize(noise),
+        "noise_types": _count_types(noise),
+        "rejected": _count_reasons(rejected),
+        "notes": notes,
+        "seconds": round(time.time() - start, 1),
+    }
     with atomic_path(manifests / "summary.json") as tmp:
         tmp.write_text(json.dumps(stats, indent=2) + "\n")
     return stats
@@ -402,26 +455,12 @@ def _count_reasons(rejected: list[dict]) -> dict[str, int]:
 
 
 def format_report(stats: dict) -> str:
-    lines = [format_summary(stats["speech"], "Speech"), format_summary(stats["noise"], "Noise (speakers = recordings)"),
-             "Noise files per type and split: " + json.dumps(stats["noise_types"]),
-             "Rejected files: " + (json.dumps(stats["rejected"]) or "none")]
+    lines = [
+        format_summary(stats["speech"], "Speech"),
+        format_summary(stats["noise"], "Noise (speakers = recordings)"),
+        "Noise files per type and split: " + json.dumps(stats["noise_types"]),
+        "Rejected files: " + (json.dumps(stats["rejected"]) or "none"),
+    ]
     lines += stats["notes"]
     lines.append(f"Build time: {stats['seconds']:.0f} s")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", required=True, type=Path, help="folder to build the corpus in")
-    parser.add_argument("--workers", type=int, default=None, help="conversion processes (default: all cores)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-    try:
-        stats = build(args.root, workers=args.workers)
-    except RuntimeError as err:   # apt-get / dpkg-deb missing or failing
-        raise UserError(str(err)) from err
-    print(format_report(stats))
-    print(f"Manifests: {args.root / 'manifests'}")
-    return 0

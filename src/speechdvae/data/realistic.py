@@ -22,7 +22,6 @@ utterances and mixtures already done are reused, so an interrupted build resumes
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from ..audio import SAMPLE_RATE, AudioError, noise_floor_db, read_audio, write_audio
 from .manifest import REQUIRED_FIELDS, ManifestError, read_manifest, sha256_file, write_manifest
 from .mix import DEFAULT_SNRS, MANIFEST_NAME, MixError, file_stems, output_jobs, plan_mixtures, run_jobs
-from .open_corpus import Package, Source, audio_path, convert_package, fetch_package
+from .open_corpus import Package, PackageToolError, Source, audio_path, convert_package, fetch_package
 
 VALID_SPLITS = ("valid", "valid_unseen")
 LENGTHS = ("short", "long")
@@ -80,7 +79,7 @@ def heldout_package(name: str, files: dict[str, str]) -> Package:
         for member, kind in sorted(files.items()):
             path = root / member
             if not path.is_file():
-                raise RuntimeError(f"{path} is missing: delete {root} to unpack {name} again")
+                raise PackageToolError(f"{path} is missing: delete {root} to unpack {name} again")
             sid = f"heldout/{name}/{Path(member).stem}"
             yield Source(sid, str(path), "soundfile", "noise", sid, "none", "heldout", kind)
     return Package(name, lister, members=tuple(f"./{member}" for member in sorted(files)))
@@ -98,7 +97,7 @@ def fetch_heldout_noise(root: Path, workers: int = 1, packages: Sequence[Package
         for s in sources:
             entry = entries[s.id]
             if entry["status"] != "ok":
-                raise RuntimeError(f"{s.locator}: cannot convert ({entry['reason']}); delete "
+                raise PackageToolError(f"{s.locator}: cannot convert ({entry['reason']}); delete "
                                    f"{root / 'cache' / (pkg.name + '.jsonl')} to try again")
             records.append({"id": s.id, "path": str(audio_path(root, s)), "duration": round(entry["duration"], 4),
                             "speaker": s.speaker, "language": s.language, "split": s.split,
@@ -283,36 +282,3 @@ def format_summary(records: Sequence[dict]) -> str:
                      + ", ".join(f"{s:g}: {c}" for s, c in sorted(snrs.items()))
                      + f" | {sum(r['duration'] for r in rs) / 60:.1f} | {splits['valid']} / {splits['valid_unseen']} |")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `speechdvae data realistic`."""
-    parser.add_argument("--root", required=True, type=Path,
-                        help="open corpus folder: held-out noise is added to it, speech manifests are read from it")
-    parser.add_argument("-o", "--out", type=Path, metavar="OUTDIR",
-                        help="output folder (default: ROOT/mixtures/valid_realistic)")
-    parser.add_argument("--speech", nargs="+", metavar="MANIFEST",
-                        help="validation speech manifests (default: ROOT/manifests/speech_valid.jsonl and "
-                             "speech_valid_unseen.jsonl)")
-    parser.add_argument("--per-cell", type=int, default=DEFAULT_PER_CELL, metavar="N",
-                        help=f"mixtures per (noise kind, SNR, length) cell (default: {DEFAULT_PER_CELL})")
-    parser.add_argument("--snrs", type=float, nargs="+", default=list(DEFAULT_SNRS), metavar="DB",
-                        help="target SNRs in dB, BS.1770 loudness difference (default: -5 0 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the utterances and mixing plan (default: 0)")
-    parser.add_argument("--workers", type=int, default=1, help="noise conversion processes (default: 1)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `speechdvae data realistic`."""
-    from ..cli import UserError
-
-    out = args.out or args.root / "mixtures" / "valid_realistic"
-    try:
-        manifest = build_benchmark(args.root, out, args.speech, args.per_cell, args.snrs, args.seed, args.workers)
-    except (MixError, ManifestError, AudioError, RuntimeError) as err:
-        raise UserError(str(err)) from err
-    records = read_manifest(manifest)
-    print(format_summary(records))
-    print(f"{manifest}: {len(records)} mixtures, {sum(r['duration'] for r in records) / 60:.1f} minutes")
-    return 0

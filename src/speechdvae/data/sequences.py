@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import audio, stft
-from ..io import atomic_path, write_json_atomic
+from ..atomic import atomic_path, write_json_atomic
 from .manifest import read_manifest
 
 CACHE_VERSION = 1

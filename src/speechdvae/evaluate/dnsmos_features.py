@@ -13,6 +13,7 @@ tiling costs 5.6 times more and adds seams that are not in the clip. On 9.01-s i
 the published graph's values exactly; on 1.6-s speech its embeddings correlate at about 0.98 with those of the
 tiled clip.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,20 +22,22 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MissingExtra
+
 FEATURE_LAYER = "mos_estimator_logpow/global_max_pooling2d/Max:0"
 FEATURE_DIM = 64
 MODEL_FILE = ("dnsmos_models", "sig_bak_ovr.onnx")
-FRAME_HOP = 160                        # samples between DNSMOS frames (the network's framing)
-MIN_FRAMES = 9                         # three 2x max-poolings in time need at least 8 frames after framing
-PUBLISHED_SAMPLES = 144_160            # the input length fixed in the published graph (9.01 s)
-BATCH_CLIPS = 16                       # clips per onnxruntime call
+FRAME_HOP = 160  # samples between DNSMOS frames (the network's framing)
+MIN_FRAMES = 9  # three 2x max-poolings in time need at least 8 frames after framing
+PUBLISHED_SAMPLES = 144_160  # the input length fixed in the published graph (9.01 s)
+BATCH_CLIPS = 16  # clips per onnxruntime call
 INSTALL_HINT = "pip install 'speechdvae[dnsmos]'"
 # The initializers that fix the input length: the end of the first framing slice and the two reshapes.
 _SLICE_END = "input_1:01_cropping_end"
 _RESHAPES = ("shape_tensor", "shape_tensor1")
 
 
-class DnsmosUnavailable(ImportError):
+class DnsmosUnavailable(MissingExtra):
     """The optional DNSMOS packages (speechmos, onnxruntime, onnx) are not installed."""
 
 
@@ -43,10 +46,12 @@ def _import_optional() -> tuple[Any, Any]:
     try:
         import onnx
         import onnxruntime
+
         resources.files("speechmos")
     except ImportError as err:
-        raise DnsmosUnavailable(f"FD-DNSMOS needs the DNSMOS network and its runtime ({err.name} is missing): "
-                                f"{INSTALL_HINT}") from err
+        raise DnsmosUnavailable(
+            f"FD-DNSMOS needs the DNSMOS network and its runtime ({err.name} is missing): {INSTALL_HINT}"
+        ) from err
     return onnx, onnxruntime
 
 
@@ -66,16 +71,19 @@ def feature_graph(published: bytes) -> Any:
 
     model = onnx.load_from_string(published)
     constants = {tensor.name: tensor for tensor in model.graph.initializer}
-    replacements = {_SLICE_END: [np.iinfo(np.int64).max, -FRAME_HOP],   # x[:, :-160] instead of x[:, :144000]
-                    **{name: [0, -1, FRAME_HOP] for name in _RESHAPES}}    # (batch, any frames, 160)
+    replacements = {
+        _SLICE_END: [np.iinfo(np.int64).max, -FRAME_HOP],  # x[:, :-160] instead of x[:, :144000]
+        **{name: [0, -1, FRAME_HOP] for name in _RESHAPES},
+    }  # (batch, any frames, 160)
     for name, value in replacements.items():
         constants[name].CopyFrom(numpy_helper.from_array(np.asarray(value, dtype=np.int64), name))
     length = model.graph.input[0].type.tensor_type.shape.dim[1]
     length.Clear()
     length.dim_param = "samples"
     del model.graph.output[:]
-    model.graph.output.append(onnx.helper.make_tensor_value_info(FEATURE_LAYER, onnx.TensorProto.FLOAT,
-                                                                 ["batch", FEATURE_DIM]))
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(FEATURE_LAYER, onnx.TensorProto.FLOAT, ["batch", FEATURE_DIM])
+    )
     return model
 
 
@@ -92,8 +100,7 @@ class DnsmosFeatures:
             options.inter_op_num_threads = 1
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = ort.InferenceSession(feature_graph(published).SerializeToString(), options,
-                                            providers=providers)
+        self.session = ort.InferenceSession(feature_graph(published).SerializeToString(), options, providers=providers)
 
     def __call__(self, waves: np.ndarray) -> np.ndarray:
         """(B, N) waveforms -> (B, 64) float64 embeddings; samples past the last multiple of 160 are ignored."""
@@ -103,7 +110,9 @@ class DnsmosFeatures:
         frames = waves.shape[1] // FRAME_HOP
         if frames < MIN_FRAMES:
             raise ValueError(f"clips too short for DNSMOS: {waves.shape[1]} samples, need {MIN_FRAMES * FRAME_HOP}")
-        waves = np.ascontiguousarray(waves[:, :frames * FRAME_HOP])
-        out = [self.session.run([FEATURE_LAYER], {"input_1": waves[i:i + BATCH_CLIPS]})[0]
-               for i in range(0, len(waves), BATCH_CLIPS)]
+        waves = np.ascontiguousarray(waves[:, : frames * FRAME_HOP])
+        out = [
+            self.session.run([FEATURE_LAYER], {"input_1": waves[i : i + BATCH_CLIPS]})[0]
+            for i in range(0, len(waves), BATCH_CLIPS)
+        ]
         return np.concatenate(out).astype(np.float64) if out else np.zeros((0, FEATURE_DIM))

@@ -3,13 +3,13 @@
 Each mixture of a mixture manifest (written by `speechdvae data mix`, or records of an official list read with
 `data.mix.read_official_list`) is divided by its peak absolute value, as in the official code (it is not
 trimmed), and its clean reference is scaled by the same factor. Every prior enhances it with the VEM
-(`enhance.vem`): mixtures are enhanced a batch at a time, sorted by length, each with its own encoder copy, NMF
-and gains and a random stream named by its id, so results do not depend on the batching. A supervised mask
-estimator (`enhance.umx`, the SE paper's UMX baseline) may take the place of a prior: its mask multiplies the
-noisy STFT, and no VEM setting applies to it. The estimate is inverted to the mixture's length and scored against
-the clean reference: SI-SDR, PESQ (NB raw P.862, NB MOS-LQO, WB MOS-LQO) and ESTOI. The noisy mixture itself
-is scored as the first row, and each prior's improvement over it (output minus input) is kept per mixture for
-the figures.
+(`enhancement.vem`): mixtures are enhanced a batch at a time, sorted by length, each with its own encoder copy,
+NMF and gains and a random stream named by its id, so results do not depend on the batching. A supervised mask
+estimator (`baselines.mask_estimator`, the SE paper's UMX baseline) may take the place of a prior: its mask
+multiplies the noisy STFT, and no VEM setting applies to it. The estimate is inverted to the mixture's length and
+scored against the clean reference: SI-SDR, PESQ (NB raw P.862, NB MOS-LQO, WB MOS-LQO) and ESTOI. The noisy
+mixture itself is scored as the first row, and each prior's improvement over it (output minus input) is kept per
+mixture for the figures.
 
 Enhancing is slow (seconds to minutes per mixture and prior on a CPU), so every result is appended
 to `enhancement_cache.jsonl` as soon as its batch is done and reused by a later run with the same key: model
@@ -23,265 +23,86 @@ with its SNR, noise type and improvements), `improvement_per_snr.png` (Fig. 4), 
 (Fig. 5) and, with `save_audio`, the estimates as `audio/<model>/<id>.wav` (relative to the peak-normalised
 mixture).
 """
+
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import multiprocessing
 import os
 import re
-import shlex
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from .. import audio, stft
-from ..checkpoints import CheckpointError
-from ..data.manifest import ManifestError, read_manifest, sha256_file
-from ..enhance.umx import Enhancer, MaskEstimator, holds_mask_estimator, load_mask_estimator, masks
-from ..enhance.vem import DEFAULT_ITERATIONS, OPTIONS, VEMConfig, config_from_args, enhance_spectrogram
-from ..io import write_text_atomic
-from ..models import DVAE
-from ..official import OfficialImportError
-from .metrics import METRICS, markdown_table, median_ci, summarize_metrics
+from .. import audio
+from ..commands import enhance_command
+from ..enhancement.enhancer import Enhancer, EnhancerSource, enhance_waves, load_enhancer
+from ..enhancement.vem import DEFAULT_ITERATIONS, VEMConfig
+from ..errors import needs_extra
+from .common import EvaluationError, Labelled, ResultCache, model_fingerprint, torch_threads
+from .metrics import METRICS, markdown_table, median_ci, metrics_with_reasons, summarize_metrics
+from .mixtures import Mixture, Mixtures, balanced_subset, condition, identify, read_mixtures, read_pair
 from .report import escape_cell, flatten_summary, save_figure, write_csv, write_markdown
-from .resynthesis import (ModelSource, ResynthesisError, evenly_spaced, load_source, metrics_with_reasons,
-                          model_arguments, models_from_args, torch_threads)
+
+with needs_extra("eval", "Drawing report figures (matplotlib)"):
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
 NOISY_LABEL = "noisy mixture"
 SCORES = ("si_sdr", "pesq_nb_raw", "pesq_nb", "pesq_wb", "estoi")
 IMPROVEMENTS = {name: f"{name}_improvement" for name in SCORES}
-FIGURE_METRICS = ("si_sdr", "pesq_nb_raw", "estoi")   # the panels of Figs. 4-5, PESQ on the papers' raw scale
-MARKERS = "osD^v<>ph*"                                # with 20 colours: series stay distinct in the figures
-MIXTURE_FIELDS = ("id", "path", "clean_path", "noise_type", "snr")
+FIGURE_METRICS = ("si_sdr", "pesq_nb_raw", "estoi")  # the panels of Figs. 4-5, PESQ on the papers' raw scale
+MARKERS = "osD^v<>ph*"  # with 20 colours: series stay distinct in the figures
 BATCH_SIZE = 8
 MARKDOWN_NAME, SUMMARY_NAME, UTTERANCES_NAME = "enhancement.md", "enhancement.csv", "enhancement_utterances.csv"
 SNR_FIGURE_NAME, NOISE_FIGURE_NAME = "improvement_per_snr.png", "improvement_per_noise.png"
 CACHE_NAME, AUDIO_DIR = "enhancement_cache.jsonl", "audio"
-UTTERANCE_COLUMNS = ("id", "model", "noise_type", "snr", "snr_power", "duration", "seconds", "iterations",
-                     *SCORES, *IMPROVEMENTS.values(), "error")
+UTTERANCE_COLUMNS = (
+    "id",
+    "model",
+    "noise_type",
+    "snr",
+    "snr_power",
+    "duration",
+    "seconds",
+    "iterations",
+    *SCORES,
+    *IMPROVEMENTS.values(),
+    "error",
+)
 
-Mixtures = str | os.PathLike | Sequence[dict]
 
-
-class EnhancementError(ValueError):
+class EnhancementError(EvaluationError):
     """Options or inputs that cannot make an evaluation (no model, reserved label, bad limit, duplicate ids)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Mixture set
-# ---------------------------------------------------------------------------------------------
-
-def read_mixtures(source: Mixtures) -> list[dict]:
-    """Mixture records from a manifest path or given as a list; each needs id, path, clean_path, noise_type, snr."""
-    if isinstance(source, (str, os.PathLike)):
-        return read_manifest(source, MIXTURE_FIELDS)
-    records = list(source)
-    for record in records:
-        missing = [name for name in MIXTURE_FIELDS if name not in record]
-        if missing:
-            raise EnhancementError(f"mixture {record.get('id', '?')!r} lacks {', '.join(missing)}")
-    return records
-
-
-def _condition(record: Mapping[str, object]) -> tuple[str, float]:
-    return str(record["noise_type"]), float(record["snr"])  # type: ignore[arg-type]
-
-
-def share_out(sizes: Sequence[int], n: int) -> list[int]:
-    """Shares of `n` items over groups of the given sizes: equal, capped by each size (the excess going to the
-    others), with the remainder one each to the first groups that still have room."""
-    quotas = [0] * len(sizes)
-    n = min(n, sum(sizes))
-    while n:
-        room = [g for g, size in enumerate(sizes) if quotas[g] < size]
-        share = n // len(room)
-        for g in room if share else room[:n]:
-            add = min(max(share, 1), sizes[g] - quotas[g])
-            quotas[g] += add
-            n -= add
-    return quotas
-
-
-def balanced_subset(records: Sequence[dict], limit: int | None = None) -> list[dict]:
-    """The records sorted by id, or `limit` of them balanced over the (noise type, SNR) conditions.
-
-    Conditions get equal shares (`share_out`); the remainder goes to conditions taken along a diagonal of the
-    type × SNR grid, so both margins stay balanced. Within a condition the mixtures are evenly spaced by id.
-    """
-    if limit is not None and limit < 1:
-        raise EnhancementError(f"--limit must be positive, got {limit}")
-    ordered = sorted(records, key=lambda r: r["id"])
-    if limit is None or limit >= len(ordered):
-        return ordered
-    groups: dict[tuple[str, float], list[dict]] = {}
-    for record in ordered:
-        groups.setdefault(_condition(record), []).append(record)
-    types = sorted({t for t, _ in groups})
-    snrs = sorted({s for _, s in groups})
-    diagonal = sorted(groups, key=lambda c: ((types.index(c[0]) + snrs.index(c[1])) % len(snrs),
-                                             types.index(c[0]), snrs.index(c[1])))
-    quotas = share_out([len(groups[c]) for c in diagonal], limit)
-    chosen = [r for c, quota in zip(diagonal, quotas) if quota for r in evenly_spaced(groups[c], quota)]
-    return sorted(chosen, key=lambda r: r["id"])
-
-
-@dataclass
-class Mixture:
-    """A mixture record, the checksum of its noisy and clean files, or why they cannot be read."""
-
-    record: dict
-    digest: str = ""
-    error: str = ""
-
-    @property
-    def id(self) -> str:
-        return str(self.record["id"])
-
-    @property
-    def duration(self) -> float:
-        return float(self.record.get("duration") or 0.0)
-
-
-def identify(record: dict) -> Mixture:
-    """The mixture with the sha256 of its two files (which key its cached results)."""
-    try:
-        digests = [sha256_file(record[name]) for name in ("path", "clean_path")]
-    except OSError as err:
-        return Mixture(record, error=f"{err.filename}: cannot read ({err.strerror})")
-    return Mixture(record, digest=hashlib.sha256("/".join(digests).encode()).hexdigest())
-
-
-def read_pair(record: Mapping[str, object]) -> tuple[np.ndarray, np.ndarray]:
-    """The noisy mixture divided by its peak and the clean reference scaled by the same factor (16 kHz)."""
-    noisy = audio.read_audio(record["path"])[0]
-    clean = audio.read_audio(record["clean_path"])[0]
-    peak = float(np.abs(noisy).max())
-    if peak == 0.0:
-        raise audio.AudioError(f"{record['path']}: the mixture is silent (all samples are zero)")
-    if len(noisy) < stft.min_samples():
-        raise audio.AudioError(f"{record['path']}: too short ({len(noisy)} samples, need {stft.min_samples()})")
-    return noisy / peak, clean / peak
 
 
 # ---------------------------------------------------------------------------------------------
 # Enhancement
 # ---------------------------------------------------------------------------------------------
 
-def enhance_waves(model: Enhancer, waves: Sequence[np.ndarray], keys: Sequence[str],
-                  config: VEMConfig) -> tuple[list[np.ndarray], list[int | None]]:
-    """Speech estimates (float32, each of its input's length) of waveforms enhanced as one batch, and the VEM
-    iterations each ran: Wiener estimates of a VEM run with a prior, or masked STFTs of a mask estimator
-    (no iterations)."""
-    spectra = [stft.stft(torch.from_numpy(np.asarray(x, dtype=np.float64))) for x in waves]
-    if isinstance(model, MaskEstimator):
-        speech = [s * mask for s, mask in zip(spectra, masks(model, [s.abs() for s in spectra]))]
-        iterations: list[int | None] = [None] * len(waves)
-    else:
-        speech, iterations = _vem_speech(model, spectra, keys, config)
-    estimates = [stft.istft(s, length=len(x)).to(torch.float32).numpy() for s, x in zip(speech, waves)]
-    return estimates, iterations
 
-
-def _vem_speech(model: DVAE, spectra: Sequence[torch.Tensor], keys: Sequence[str],
-                config: VEMConfig) -> tuple[list[torch.Tensor], list[int | None]]:
-    """Wiener estimates (T, F) of STFTs enhanced as one VEM batch, and the VEM iterations each ran."""
-    lengths = [s.shape[0] for s in spectra]
-    X = torch.zeros(len(spectra), max(lengths), stft.N_FREQ, dtype=spectra[0].dtype)
-    for b, s in enumerate(spectra):
-        X[b, :lengths[b]] = s
-    result = enhance_spectrogram(model, X, config, lengths=lengths, keys=list(keys))
-    speech = result.speech.cpu()
-    return [speech[b, :T] for b, T in enumerate(lengths)], result.iterations.tolist()
-
-
-def vem_settings(model: Enhancer, config: VEMConfig) -> VEMConfig | None:
-    """The VEM settings that shape a model's results: `config` for a prior (`VEMConfig.for_model`), None for a
-    mask estimator."""
-    return None if isinstance(model, MaskEstimator) else config.for_model(model)
-
-
-def load_enhancer(source: ModelSource | MaskEstimator) -> Enhancer:
-    """A prior (`load_source`) or a mask estimator, given in memory or as a checkpoint folder."""
-    if isinstance(source, MaskEstimator):
-        return source.eval()
-    if isinstance(source, (str, os.PathLike)) and holds_mask_estimator(source):
-        return load_mask_estimator(source)
-    return load_source(source)
-
-
-def model_fingerprint(model: Enhancer) -> str:
-    """sha256 of a model's configuration and weights: results of other weights are never reused."""
-    digest = hashlib.sha256(json.dumps(model.config, sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class Prior:
-    """A model to evaluate (a prior or a mask estimator), under its label, with the fingerprint of its weights."""
-
-    label: str
-    model: Enhancer
-    fingerprint: str
-
-
-def result_key(label: str, fingerprint: str, config: VEMConfig | None, mixture: Mixture) -> str:
-    """The cache key of one result: label, weights, VEM settings (None for the noisy row and mask estimators),
-    mixture id and files."""
-    identity = {"model": label, "weights": fingerprint, "vem": asdict(config) if config else None,
-                "id": mixture.id, "files": mixture.digest}
+def result_key(label: str, fingerprint: str, settings: Any, mixture: Mixture) -> str:
+    """The cache key of one result: label, weights, the enhancer's settings (a dataclass; None for the noisy row
+    and enhancers without settings), mixture id and files."""
+    identity = {
+        "model": label,
+        "weights": fingerprint,
+        "vem": asdict(settings) if settings else None,
+        "id": mixture.id,
+        "files": mixture.digest,
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-class ResultCache:
-    """Results appended to a JSONL file as they are computed and found again by key. Lines cut short by an
-    interruption are dropped from the file (atomically) and their results recomputed."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.entries: dict[str, dict] = {}
-        if not self.path.is_file():
-            return
-        bad = 0
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-                self.entries[entry["key"]] = entry
-            except (json.JSONDecodeError, KeyError, TypeError):
-                bad += 1
-        if bad:
-            warnings.warn(f"{self.path}: dropped {bad} incomplete line(s); those results are recomputed",
-                          stacklevel=2)
-            write_text_atomic(self.path, "".join(json.dumps(entry) + "\n" for entry in self.entries.values()))
-
-    def get(self, key: str) -> dict | None:
-        return self.entries.get(key)
-
-    def add(self, entries: Sequence[dict]) -> None:
-        """Append entries (each with its `key`) and flush them to disk."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            for entry in entries:
-                f.write(json.dumps(entry) + "\n")
-                self.entries[entry["key"]] = entry
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def audio_path(out_dir: Path, label: str, mixture_id: str) -> Path:
@@ -307,18 +128,10 @@ class _Task:
     label: str
     ids: list[str]
     keys: list[str]
-    signals: list[tuple[np.ndarray, np.ndarray]]        # (peak-normalised noisy, clean) per mixture
+    signals: list[tuple[np.ndarray, np.ndarray]]  # (peak-normalised noisy, clean) per mixture
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """What every task needs besides its prior: the VEM settings and where estimates are saved (if at all)."""
-
-    config: VEMConfig
-    audio_dir: Path | None
-
-
-def _run_task(task: _Task, model: Enhancer | None, settings: _Settings) -> list[dict]:
+def _run_task(task: _Task, model: Enhancer | None, audio_dir: Path | None) -> list[dict]:
     """Cache entries of a task: the model's estimates (or the noisy input) scored against the references,
     with the wall time of the enhancement + iSTFT shared out over the mixtures by length."""
     waves = [noisy for noisy, _ in task.signals]
@@ -326,45 +139,57 @@ def _run_task(task: _Task, model: Enhancer | None, settings: _Settings) -> list[
     estimates = waves
     if model is not None:
         start = time.perf_counter()
-        estimates, iterations = enhance_waves(model, waves, task.ids, settings.config)
+        estimates, iterations = enhance_waves(model, waves, task.ids)
         elapsed = time.perf_counter() - start
         total = sum(len(x) for x in waves)
         timing = [{"seconds": elapsed * len(x) / total, "iterations": n} for x, n in zip(waves, iterations)]
-        if settings.audio_dir is not None:
+        if audio_dir is not None:
             for mixture_id, estimate in zip(task.ids, estimates):
-                audio.write_audio(audio_path(settings.audio_dir, task.label, mixture_id), estimate, subtype="FLOAT")
+                audio.write_audio(audio_path(audio_dir, task.label, mixture_id), estimate, subtype="FLOAT")
     pairs = [(clean, estimate) for (_, clean), estimate in zip(task.signals, estimates)]
     scores, reasons = metrics_with_reasons(pairs, [f"{i} ({task.label})" for i in task.ids], workers=1)
-    return [{"key": key, "id": mixture_id, "model": task.label, "duration": len(estimate) / audio.SAMPLE_RATE,
-             **times, **{name: score[name] for name in SCORES}, "error": reason}
-            for key, mixture_id, estimate, times, score, reason
-            in zip(task.keys, task.ids, estimates, timing, scores, reasons)]
+    return [
+        {
+            "key": key,
+            "id": mixture_id,
+            "model": task.label,
+            "duration": len(estimate) / audio.SAMPLE_RATE,
+            **times,
+            **{name: score[name] for name in SCORES},
+            "error": reason,
+        }
+        for key, mixture_id, estimate, times, score, reason in zip(
+            task.keys, task.ids, estimates, timing, scores, reasons
+        )
+    ]
 
 
 _WORKER_STATE: dict[str, object] = {}
 
 
-def _init_worker(models: dict[str, Enhancer], settings: _Settings) -> None:
+def _init_worker(models: dict[str, Enhancer], audio_dir: Path | None) -> None:
     """Set up a pool process: one torch thread (the VEM's small recurrent steps gain nothing from more) and
-    the priors, received once instead of with every task."""
+    the enhancers, received once instead of with every task."""
     torch.set_num_threads(1)
-    _WORKER_STATE.update(models=models, settings=settings)
+    _WORKER_STATE.update(models=models, audio_dir=audio_dir)
 
 
 def _run_worker_task(task: _Task) -> list[dict]:
-    models: dict[str, Enhancer] = _WORKER_STATE["models"]        # type: ignore[assignment]
-    return _run_task(task, models.get(task.label), _WORKER_STATE["settings"])     # type: ignore[arg-type]
+    """One task in a pool process."""
+    models: dict[str, Enhancer] = _WORKER_STATE["models"]  # type: ignore[assignment]
+    return _run_task(task, models.get(task.label), _WORKER_STATE["audio_dir"])  # type: ignore[arg-type]
 
 
 class _Evaluation:
     """Computes the missing results of a mixture set, batch by batch and prior by prior, in `workers` processes
     (in this one when `workers` is 1), and keeps every per-mixture result."""
 
-    def __init__(self, priors: list[Prior], config: VEMConfig, cache: ResultCache, out_dir: Path,
-                 save_audio: bool, workers: int) -> None:
+    def __init__(
+        self, priors: list[Labelled], cache: ResultCache, out_dir: Path, save_audio: bool, workers: int
+    ) -> None:
         self.priors, self.cache, self.out_dir, self.workers = priors, cache, out_dir, workers
-        self.settings = _Settings(config, out_dir if save_audio else None)
-        self.results: dict[tuple[str, str], dict] = {}    # (label, mixture id) -> result
+        self.audio_dir = out_dir if save_audio else None
+        self.results: dict[tuple[str, str], dict] = {}  # (label, mixture id) -> result
         self.computed = dict.fromkeys([p.label for p in priors], 0)
 
     @property
@@ -380,13 +205,15 @@ class _Evaluation:
                 self._unusable(mixture, self.labels, mixture.error)
                 continue
             keys = {NOISY_LABEL: result_key(NOISY_LABEL, "", None, mixture)}
-            keys.update((p.label, result_key(p.label, p.fingerprint, vem_settings(p.model, self.settings.config),
-                                             mixture)) for p in self.priors)
+            keys.update((p.label, result_key(p.label, p.fingerprint, p.model.settings, mixture)) for p in self.priors)
             missing = {}
             for label, key in keys.items():
                 cached = self.cache.get(key)
-                needs_audio = (self.settings.audio_dir is not None and label != NOISY_LABEL
-                               and not audio_path(self.out_dir, label, mixture.id).is_file())
+                needs_audio = (
+                    self.audio_dir is not None
+                    and label != NOISY_LABEL
+                    and not audio_path(self.out_dir, label, mixture.id).is_file()
+                )
                 if cached is None or needs_audio:
                     missing[label] = key
                 else:
@@ -398,14 +225,19 @@ class _Evaluation:
     def _unusable(self, mixture: Mixture, labels: Sequence[str], error: str) -> None:
         warnings.warn(f"{mixture.id}: {error}; its metrics are NaN", stacklevel=3)
         for label in labels:
-            self.results[label, mixture.id] = {"duration": None, "seconds": None, "iterations": None,
-                                               **dict.fromkeys(SCORES, math.nan), "error": error}
+            self.results[label, mixture.id] = {
+                "duration": None,
+                "seconds": None,
+                "iterations": None,
+                **dict.fromkeys(SCORES, math.nan),
+                "error": error,
+            }
 
     def tasks(self, jobs: Sequence[_Job], batch_size: int, progress: tqdm) -> Iterator[_Task]:
         """The tasks of each batch of `batch_size` jobs, reading its mixtures when it comes up; unreadable
         mixtures become NaN rows and count as done."""
         for start in range(0, len(jobs), batch_size):
-            batch = jobs[start:start + batch_size]
+            batch = jobs[start : start + batch_size]
             signals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for job in batch:
                 try:
@@ -416,8 +248,12 @@ class _Evaluation:
             for label in self.labels:
                 todo = [job for job in batch if label in job.keys and job.mixture.id in signals]
                 if todo:
-                    yield _Task(label, [job.mixture.id for job in todo], [job.keys[label] for job in todo],
-                                [signals[job.mixture.id] for job in todo])
+                    yield _Task(
+                        label,
+                        [job.mixture.id for job in todo],
+                        [job.keys[label] for job in todo],
+                        [signals[job.mixture.id] for job in todo],
+                    )
 
     def run(self, jobs: Sequence[_Job], batch_size: int, progress: tqdm) -> None:
         """Run every task, caching each one's results as soon as it is done."""
@@ -425,15 +261,17 @@ class _Evaluation:
         if self.workers == 1:
             models = {p.label: p.model for p in self.priors}
             for task in tasks:
-                self._done(task, _run_task(task, models.get(task.label), self.settings), progress)
+                self._done(task, _run_task(task, models.get(task.label), self.audio_dir), progress)
             return
-        context = multiprocessing.get_context("spawn")      # torch's thread pools do not survive a fork
-        models = {p.label: p.model.cpu() for p in self.priors}
-        with ProcessPoolExecutor(self.workers, context, _init_worker, (models, self.settings)) as pool:
+        context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive a fork
+        for p in self.priors:
+            p.model.network.cpu()
+        models = {p.label: p.model for p in self.priors}
+        with ProcessPoolExecutor(self.workers, context, _init_worker, (models, self.audio_dir)) as pool:
             running: dict[Future, _Task] = {}
             for task in tasks:
                 running[pool.submit(_run_worker_task, task)] = task
-                while len(running) >= 2 * self.workers:     # bounded: mixtures are read as workers free up
+                while len(running) >= 2 * self.workers:  # bounded: mixtures are read as workers free up
                     self._collect(running, progress)
             while running:
                 self._collect(running, progress)
@@ -458,8 +296,16 @@ class _Evaluation:
             for mixture in mixtures:
                 record = mixture.record
                 result = {k: v for k, v in self.results[label, mixture.id].items() if k in UTTERANCE_COLUMNS}
-                rows.append({"id": mixture.id, "model": label, "noise_type": str(record["noise_type"]),
-                             "snr": float(record["snr"]), "snr_power": record.get("snr_power"), **result})
+                rows.append(
+                    {
+                        "id": mixture.id,
+                        "model": label,
+                        "noise_type": str(record["noise_type"]),
+                        "snr": float(record["snr"]),
+                        "snr_power": record.get("snr_power"),
+                        **result,
+                    }
+                )
         noisy = {row["id"]: row for row in rows if row["model"] == NOISY_LABEL}
         for row in rows:
             if row["model"] != NOISY_LABEL:
@@ -467,12 +313,22 @@ class _Evaluation:
         return rows
 
 
-def evaluate_enhancement(models: Mapping[str, ModelSource | MaskEstimator], mixtures: Mixtures,
-                         out_dir: str | os.PathLike, limit: int | None = None, config: VEMConfig = VEMConfig(), *,
-                         batch_size: int = BATCH_SIZE, workers: int | None = None, save_audio: bool = False,
-                         progress: bool = True, command: str | None = None) -> list[dict[str, object]]:
-    """Enhance every mixture (manifest path or records) with every prior or mask estimator (label -> model or
-    checkpoint folder) and score it against its clean reference, reusing the results cached in `out_dir`.
+def evaluate_enhancement(
+    models: Mapping[str, EnhancerSource],
+    mixtures: Mixtures,
+    out_dir: str | os.PathLike,
+    limit: int | None = None,
+    config: VEMConfig = VEMConfig(),
+    *,
+    batch_size: int = BATCH_SIZE,
+    workers: int | None = None,
+    save_audio: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> list[dict[str, object]]:
+    """Enhance every mixture (manifest path or records) with every prior (the VEM with `config`) or mask estimator
+    (label -> network or checkpoint folder) and score it against its clean reference, reusing the results cached
+    in `out_dir`.
 
     Writes the report files into `out_dir` and returns the summary: the noisy mixture then one row per prior,
     with `n`, a MetricSummary per score and per improvement, `seconds_per_utterance` and `real_time_factor`.
@@ -486,11 +342,11 @@ def evaluate_enhancement(models: Mapping[str, ModelSource | MaskEstimator], mixt
     out_dir = Path(out_dir)
     all_records, records = select_mixtures(mixtures, limit)
     _check_labels(list(models), records, out_dir if save_audio else None)
-    priors = [Prior(label, model, model_fingerprint(model))
-              for label, model in ((label, load_enhancer(source)) for label, source in models.items())]
+    enhancers = {label: load_enhancer(source, config) for label, source in models.items()}
+    priors = [Labelled(label, enhancer, model_fingerprint(enhancer.network)) for label, enhancer in enhancers.items()]
     selected = [identify(record) for record in records]
     workers = max(1, (os.cpu_count() or 1) if workers is None else workers)
-    evaluation = _Evaluation(priors, config, ResultCache(out_dir / CACHE_NAME), out_dir, save_audio, workers)
+    evaluation = _Evaluation(priors, ResultCache(out_dir / CACHE_NAME), out_dir, save_audio, workers)
     jobs = evaluation.plan(selected)
     total = sum(len(job.keys) - (NOISY_LABEL in job.keys) for job in jobs)
     with torch_threads(1), tqdm(total=total, unit="enh", desc="enhancement", disable=not progress) as bar:
@@ -498,12 +354,17 @@ def evaluate_enhancement(models: Mapping[str, ModelSource | MaskEstimator], mixt
     rows = evaluation.rows(selected)
     summary = _summary(rows, evaluation)
     if command is None:
-        command = cli_command(models, mixtures, out_dir, limit, config, save_audio=save_audio)
-    intro = [f"Regenerate with: `{command}`", _describe_set(mixtures, len(all_records), selected, rows, limit),
-             _describe_vem(config, batch_size), METHOD_NOTE,
-             *([SUPERVISED_NOTE] if any(isinstance(p.model, MaskEstimator) for p in priors) else []),
-             PESQ_NOTE, NAN_NOTE,
-             _describe_cache(evaluation, len(selected))]
+        command = enhance_command(models, mixtures, out_dir, limit, config, save_audio=save_audio)
+    intro = [
+        f"Regenerate with: `{command}`",
+        _describe_set(mixtures, len(all_records), selected, rows, limit),
+        _describe_vem(config, batch_size),
+        METHOD_NOTE,
+        *([SUPERVISED_NOTE] if any(p.model.prior is None for p in priors) else []),
+        PESQ_NOTE,
+        NAN_NOTE,
+        _describe_cache(evaluation, len(selected)),
+    ]
     _write_report(out_dir, rows, summary, intro, _condition_table(selected))
     return summary
 
@@ -542,6 +403,7 @@ def _source_name(mixtures: Mixtures) -> str:
 # Summary, figures and report
 # ---------------------------------------------------------------------------------------------
 
+
 def _summary(rows: list[dict], evaluation: _Evaluation) -> list[dict[str, object]]:
     """Scores and improvements per model, with the model time per mixture and the real-time factor."""
     summary = summarize_metrics(rows, group_by="model", metrics=[*SCORES, *IMPROVEMENTS.values()])
@@ -557,23 +419,31 @@ def _summary(rows: list[dict], evaluation: _Evaluation) -> list[dict[str, object
     return summary
 
 
-def improvement_stats(rows: Sequence[Mapping[str, object]], by: str, metric: str
-                      ) -> dict[str, dict[object, tuple[float, float]]]:
+def scores_table(summary: Sequence[Mapping[str, object]]) -> str:
+    """Table II of the SE paper: the median scores of the noisy mixture and of every model."""
+    return _table(summary, SCORES, "median")
+
+
+def improvement_stats(
+    rows: Sequence[Mapping[str, object]], by: str, metric: str
+) -> dict[str, dict[object, tuple[float, float]]]:
     """Median improvement of `metric` and its CI half-width per model and per value of `by` (e.g. "snr")."""
     stats: dict[str, dict[object, list[float]]] = {}
     for row in rows:
         if row["model"] != NOISY_LABEL:
             stats.setdefault(str(row["model"]), {}).setdefault(row[by], []).append(row[IMPROVEMENTS[metric]])
-    return {label: {key: median_ci(values) for key, values in sorted(groups.items())}
-            for label, groups in stats.items()}
+    return {
+        label: {key: median_ci(values) for key, values in sorted(groups.items())} for label, groups in stats.items()
+    }
 
 
 def _category(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def improvement_figure(rows: Sequence[Mapping[str, object]], by: str, xlabel: str, connect: bool,
-                       metrics: Sequence[str] = FIGURE_METRICS) -> Figure:
+def improvement_figure(
+    rows: Sequence[Mapping[str, object]], by: str, xlabel: str, connect: bool, metrics: Sequence[str] = FIGURE_METRICS
+) -> Figure:
     """One panel per metric: median improvement ± 1.57·IQR/√n per value of `by`, one series per model
     (lines for an ordered axis such as the SNR, points otherwise)."""
     categories = sorted({row[by] for row in rows})
@@ -587,8 +457,16 @@ def improvement_figure(rows: Sequence[Mapping[str, object]], by: str, xlabel: st
             x = [categories.index(key) + (j - (len(stats) - 1) / 2) * width for key in groups]
             median, ci = zip(*groups.values())
             style = ("--" if label.startswith("official") else "-") if connect else "none"
-            ax.errorbar(x, median, yerr=ci, marker=MARKERS[j % len(MARKERS)], capsize=3, linestyle=style,
-                        color=colours[j % len(colours)], label=label)
+            ax.errorbar(
+                x,
+                median,
+                yerr=ci,
+                marker=MARKERS[j % len(MARKERS)],
+                capsize=3,
+                linestyle=style,
+                color=colours[j % len(colours)],
+                label=label,
+            )
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xticks(range(len(categories)), [_category(c) for c in categories], rotation=0 if connect else 30)
         ax.set_title(f"Δ {METRICS[metric].label}")
@@ -598,77 +476,104 @@ def improvement_figure(rows: Sequence[Mapping[str, object]], by: str, xlabel: st
     return fig
 
 
-METHOD_NOTE = ("**Method:** each noisy mixture is divided by its peak absolute value (not trimmed), as in the "
-               "official code, and its clean reference is scaled by the same factor; the VEM's Wiener estimate "
-               "(eq. 36) is inverted to the mixture's length and compared with that reference. The noisy mixture "
-               "row scores the input itself; an improvement is output minus input, per mixture.")
-SUPERVISED_NOTE = ("**Supervised baseline:** a mask estimator (Open-Unmix style, trained on noisy/clean pairs) "
-                   "multiplies the noisy STFT by its mask in [0, 1]; the VEM settings do not apply to it.")
-PESQ_NOTE = ("**PESQ:** *PESQ-NB (raw P.862)* is the narrowband raw MOS in [-0.5, 4.5], the scale of the SE "
-             "paper's Table II and of the figures' PESQ panel; *PESQ-NB (MOS-LQO)* is narrowband P.862.1 "
-             "MOS-LQO (what the `pesq` package returns); *PESQ-WB (MOS-LQO)* is wideband P.862.2.")
-NAN_NOTE = ("Statistics use the finite values; \"(k NaN)\" counts mixtures on which a metric is undefined "
-            f"(unusable audio, too short for PESQ or ESTOI, non-finite output); `{UTTERANCES_NAME}` gives each "
-            "reason.")
+METHOD_NOTE = (
+    "**Method:** each noisy mixture is divided by its peak absolute value (not trimmed), as in the "
+    "official code, and its clean reference is scaled by the same factor; the VEM's Wiener estimate "
+    "(eq. 36) is inverted to the mixture's length and compared with that reference. The noisy mixture "
+    "row scores the input itself; an improvement is output minus input, per mixture."
+)
+SUPERVISED_NOTE = (
+    "**Supervised baseline:** a mask estimator (Open-Unmix style, trained on noisy/clean pairs) "
+    "multiplies the noisy STFT by its mask in [0, 1]; the VEM settings do not apply to it."
+)
+PESQ_NOTE = (
+    "**PESQ:** *PESQ-NB (raw P.862)* is the narrowband raw MOS in [-0.5, 4.5], the scale of the SE "
+    "paper's Table II and of the figures' PESQ panel; *PESQ-NB (MOS-LQO)* is narrowband P.862.1 "
+    "MOS-LQO (what the `pesq` package returns); *PESQ-WB (MOS-LQO)* is wideband P.862.2."
+)
+NAN_NOTE = (
+    'Statistics use the finite values; "(k NaN)" counts mixtures on which a metric is undefined '
+    f"(unusable audio, too short for PESQ or ESTOI, non-finite output); `{UTTERANCES_NAME}` gives each "
+    "reason."
+)
 
 
-def _describe_set(mixtures: Mixtures, total: int, selected: list[Mixture], rows: list[dict],
-                  limit: int | None) -> str:
+def _describe_set(mixtures: Mixtures, total: int, selected: list[Mixture], rows: list[dict], limit: int | None) -> str:
     seconds = sum(row["duration"] or 0.0 for row in rows if row["model"] == NOISY_LABEL)
-    subset = (f"`--limit {limit}`: balanced over noise type × SNR (equal shares, the remainder spread along the "
-              "type × SNR diagonal), evenly spaced by id within each condition" if len(selected) < total
-              else "all of them")
+    subset = (
+        f"`--limit {limit}`: balanced over noise type × SNR (equal shares, the remainder spread along the "
+        "type × SNR diagonal), evenly spaced by id within each condition"
+        if len(selected) < total
+        else "all of them"
+    )
     unusable = sum(bool(row["error"]) and row["duration"] is None for row in rows if row["model"] == NOISY_LABEL)
-    return (f"**Mixtures:** `{_source_name(mixtures)}`, {len(selected)} of {total} mixtures ({subset}); "
-            f"{seconds / 3600:.3f} h ({seconds / 60:.1f} min) of noisy audio"
-            + (f"; {unusable} unusable (NaN in every row)." if unusable else "."))
+    return (
+        f"**Mixtures:** `{_source_name(mixtures)}`, {len(selected)} of {total} mixtures ({subset}); "
+        f"{seconds / 3600:.3f} h ({seconds / 60:.1f} min) of noisy audio"
+        + (f"; {unusable} unusable (NaN in every row)." if unusable else ".")
+    )
 
 
 def _describe_vem(config: VEMConfig, batch_size: int) -> str:
-    settings = ", ".join(f"{f.name}={value}" for f in fields(config)
-                         if (value := getattr(config, f.name)) is not None)
+    settings = ", ".join(f"{f.name}={value}" for f in fields(config) if (value := getattr(config, f.name)) is not None)
     if config.niter is None:
-        settings += (f"; each prior runs the iterations chosen for it (its checkpoint's `vem` entry), else "
-                     f"{DEFAULT_ITERATIONS} (mean in the timing table)")
-    return (f"**VEM settings:** {settings}. Mixtures are enhanced {batch_size} at a time, sorted by length; each "
-            "has its own encoder copy, NMF and gains and random streams seeded from `seed` and its id, so the "
-            "results do not depend on the batching. Autoregressive priors read "
-            + ("their own generated past (eq. 31)." if config.past == "generated" else
-               "the current clean-power estimate E[|s|² | x] as their past, decoding all frames at once."))
+        settings += (
+            f"; each prior runs the iterations chosen for it (its checkpoint's `vem` entry), else "
+            f"{DEFAULT_ITERATIONS} (mean in the timing table)"
+        )
+    return (
+        f"**VEM settings:** {settings}. Mixtures are enhanced {batch_size} at a time, sorted by length; each "
+        "has its own encoder copy, NMF and gains and random streams seeded from `seed` and its id, so the "
+        "results do not depend on the batching. Autoregressive priors read "
+        + (
+            "their own generated past (eq. 31)."
+            if config.past == "generated"
+            else "the current clean-power estimate E[|s|² | x] as their past, decoding all frames at once."
+        )
+    )
 
 
 def _describe_cache(evaluation: _Evaluation, n: int) -> str:
     done = sum(evaluation.computed.values())
-    return (f"**Cache:** `{CACHE_NAME}` keeps every result, keyed by model label, weights, VEM settings, mixture id "
-            f"and file checksums; this run enhanced {done} of {n * len(evaluation.priors)} (mixture, prior) pairs "
-            "and reused the others.")
+    return (
+        f"**Cache:** `{CACHE_NAME}` keeps every result, keyed by model label, weights, VEM settings, mixture id "
+        f"and file checksums; this run enhanced {done} of {n * len(evaluation.priors)} (mixture, prior) pairs "
+        "and reused the others."
+    )
 
 
 def _condition_table(selected: list[Mixture]) -> str:
     counts: dict[tuple[str, float], int] = {}
     for mixture in selected:
-        counts[_condition(mixture.record)] = counts.get(_condition(mixture.record), 0) + 1
+        counts[condition(mixture.record)] = counts.get(condition(mixture.record), 0) + 1
     types, snrs = sorted({t for t, _ in counts}), sorted({s for _, s in counts})
     lines = ["| noise type | " + " | ".join(f"{s:g} dB" for s in snrs) + " |", "|---|" + "---|" * len(snrs)]
     lines += [f"| {escape_cell(t)} | " + " | ".join(str(counts.get((t, s), 0)) for s in snrs) + " |" for t in types]
     return "\n".join(lines) + "\n"
 
 
-def _table(summary: Sequence[Mapping[str, object]], names: Sequence[str], statistic: str,
-           keys: Sequence[str] = ("model", "n")) -> str:
+def _table(
+    summary: Sequence[Mapping[str, object]], names: Sequence[str], statistic: str, keys: Sequence[str] = ("model", "n")
+) -> str:
     """A Markdown table of some metric columns of summary rows; improvement columns headed "Δ <metric>"."""
     headers = {**{name: name for name in SCORES}, **{IMPROVEMENTS[m]: f"Δ {METRICS[m].label}" for m in SCORES}}
-    table = [{**{k: escape_cell(row[k]) for k in keys}, **{headers[name]: row[name] for name in names}}
-             for row in summary]
+    table = [
+        {**{k: escape_cell(row[k]) for k in keys}, **{headers[name]: row[name] for name in names}} for row in summary
+    ]
     return markdown_table(table, statistic)
 
 
 def _timing_table(summary: Sequence[Mapping[str, object]]) -> str:
-    lines = ["| model | s / mixture | real-time factor | mean VEM iterations | enhanced in this run |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {escape_cell(row['model'])} | {row['seconds_per_utterance']:.2f} | {row['real_time_factor']:.2f} "
-              f"| {_format_iterations(row['mean_iterations'])} | {row['computed_now']} |"
-              for row in summary if row["model"] != NOISY_LABEL]
+    lines = [
+        "| model | s / mixture | real-time factor | mean VEM iterations | enhanced in this run |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {escape_cell(row['model'])} | {row['seconds_per_utterance']:.2f} | {row['real_time_factor']:.2f} "
+        f"| {_format_iterations(row['mean_iterations'])} | {row['computed_now']} |"
+        for row in summary
+        if row["model"] != NOISY_LABEL
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -677,92 +582,49 @@ def _format_iterations(mean: float) -> str:
     return "–" if math.isnan(mean) else f"{mean:.1f}"
 
 
-def _write_report(out_dir: Path, rows: list[dict], summary: list[dict[str, object]], intro: list[str],
-                  conditions: str) -> None:
+def _write_report(
+    out_dir: Path, rows: list[dict], summary: list[dict[str, object]], intro: list[str], conditions: str
+) -> None:
     """The two CSV files and the figures, then the Markdown report that refers to them."""
     write_csv(out_dir / UTTERANCES_NAME, rows, UTTERANCE_COLUMNS)
     write_csv(out_dir / SUMMARY_NAME, flatten_summary(summary))
     model_rows = [row for row in rows if row["model"] != NOISY_LABEL]
     model_summary = [row for row in summary if row["model"] != NOISY_LABEL]
     order = {label: i for i, label in enumerate(row["model"] for row in model_summary)}
-    per = {by: sorted(summarize_metrics(model_rows, group_by=("model", by), metrics=list(IMPROVEMENTS.values())),
-                      key=lambda row, by=by: (order[row["model"]], row[by]))
-           for by in ("snr", "noise_type")}
-    save_figure(improvement_figure(model_rows, "snr", "input SNR (dB, BS.1770)", connect=True),
-                out_dir / SNR_FIGURE_NAME)
+    per = {
+        by: sorted(
+            summarize_metrics(model_rows, group_by=("model", by), metrics=list(IMPROVEMENTS.values())),
+            key=lambda row, by=by: (order[row["model"]], row[by]),
+        )
+        for by in ("snr", "noise_type")
+    }
+    save_figure(
+        improvement_figure(model_rows, "snr", "input SNR (dB, BS.1770)", connect=True), out_dir / SNR_FIGURE_NAME
+    )
     save_figure(improvement_figure(model_rows, "noise_type", "noise type", connect=False), out_dir / NOISE_FIGURE_NAME)
     improvements = [IMPROVEMENTS[m] for m in FIGURE_METRICS]
     sections = [
         ("Mixtures per noise type and input SNR", conditions),
-        ("Median ± 1.57·IQR/√n (Table II of the SE paper)", _table(summary, SCORES, "median")),
+        ("Median ± 1.57·IQR/√n (Table II of the SE paper)", scores_table(summary)),
         ("Mean", _table(summary, SCORES, "mean")),
-        ("Improvement over the noisy mixture, median ± 1.57·IQR/√n",
-         _table(model_summary, list(IMPROVEMENTS.values()), "median")),
-        ("Improvement per input SNR (Fig. 4)", _table(per["snr"], improvements, "median", ("model", "snr", "n"))
-         + f"\n![improvement per input SNR]({SNR_FIGURE_NAME})"),
-        ("Improvement per noise type (Fig. 5)",
-         _table(per["noise_type"], improvements, "median", ("model", "noise_type", "n"))
-         + f"\n![improvement per noise type]({NOISE_FIGURE_NAME})"),
-        ("Model time (VEM or mask estimation, and iSTFT per mixture, one torch thread; real-time factor = time / "
-         "audio duration)",
-         _timing_table(summary)),
+        (
+            "Improvement over the noisy mixture, median ± 1.57·IQR/√n",
+            _table(model_summary, list(IMPROVEMENTS.values()), "median"),
+        ),
+        (
+            "Improvement per input SNR (Fig. 4)",
+            _table(per["snr"], improvements, "median", ("model", "snr", "n"))
+            + f"\n![improvement per input SNR]({SNR_FIGURE_NAME})",
+        ),
+        (
+            "Improvement per noise type (Fig. 5)",
+            _table(per["noise_type"], improvements, "median", ("model", "noise_type", "n"))
+            + f"\n![improvement per noise type]({NOISE_FIGURE_NAME})",
+        ),
+        (
+            "Model time (VEM or mask estimation, and iSTFT per mixture, one torch thread; real-time factor = time / "
+            "audio duration)",
+            _timing_table(summary),
+        ),
     ]
     write_markdown(out_dir / MARKDOWN_NAME, "Speech enhancement", intro, sections)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-def vem_options(config: VEMConfig) -> tuple[list[str], list[str]]:
-    """Command-line options giving `config` (plain, or from --official-settings when that needs fewer), and the
-    settings that no option can give ("name=value")."""
-    best: tuple[list[str], list[str]] | None = None
-    for base, flag in ((VEMConfig(), []), (VEMConfig.official(), ["--official-settings"])):
-        if config.niter is None and flag:
-            continue                        # the official settings fix the iteration count
-        options = flag + [item for name, option in OPTIONS.items() if getattr(config, name) != getattr(base, name)
-                          for item in (option, str(getattr(config, name)))]
-        rest = [f"{f.name}={getattr(config, f.name)}" for f in fields(config)
-                if f.name not in OPTIONS and getattr(config, f.name) != getattr(base, f.name)]
-        if best is None or (len(rest), len(options)) < (len(best[1]), len(best[0])):
-            best = options, rest
-    assert best is not None
-    return best
-
-
-def cli_command(models: Mapping[str, object], mixtures: Mixtures, out_dir: str | os.PathLike, limit: int | None,
-                config: VEMConfig, official: str | os.PathLike | None = None, save_audio: bool = False) -> str:
-    """The `speechdvae eval enhance` command line that reproduces an evaluation (in-memory models and records
-    cannot be named and show as <...>; VEM settings without an option follow in a shell comment)."""
-    argv = ["speechdvae", "eval", "enhance", *model_arguments(models, official)]
-    argv += ["--manifest", _source_name(mixtures), "-o", os.fspath(out_dir)]
-    if limit is not None:
-        argv += ["--limit", str(limit)]
-    options, rest = vem_options(config)
-    argv += options
-    if save_audio:
-        argv.append("--save-audio")
-    command = shlex.join(argv)
-    return f"{command}  # VEM settings without an option: {', '.join(rest)}" if rest else command
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `speechdvae eval enhance`."""
-    from ..cli import UserError
-
-    try:
-        config = config_from_args(args)
-    except ValueError as err:
-        raise UserError(f"VEM settings: {err}") from err
-    try:
-        given, models = models_from_args(args, "eval enhance")
-        command = cli_command(given, args.manifest, args.out, args.limit, config, args.official, args.save_audio)
-        summary = evaluate_enhancement(models, args.manifest, args.out, args.limit, config,
-                                       batch_size=args.batch_size, workers=args.workers, save_audio=args.save_audio,
-                                       progress=not args.no_progress, command=command)
-    except (EnhancementError, ResynthesisError, CheckpointError, ManifestError, OfficialImportError) as err:
-        raise UserError(str(err)) from err
-    print(_table(summary, SCORES, "median"))
-    print(f"report: {Path(args.out) / MARKDOWN_NAME}")
-    return 0

@@ -20,49 +20,51 @@ prior added later costs only its own draws. Outputs in the output folder: `gener
 method), `generation.csv` (one row per model), `generation_draws.csv` (one FD per draw) and `generation.png`
 (a generated spectrogram per prior next to a training crop).
 """
+
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
 import math
 import os
-import shlex
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from scipy import stats
 from tqdm import tqdm
 
 from .. import audio, stft
-from ..checkpoints import CheckpointError, default_device
-from ..data.manifest import ManifestError, read_manifest
+from ..checkpoints import default_device
+from ..commands import generate_command
+from ..data.manifest import read_manifest
+from ..errors import needs_extra
 from ..models import DVAE
-from ..official import OfficialImportError
-from .dnsmos_features import DnsmosFeatures, DnsmosUnavailable
-from .enhancement import Prior, ResultCache, model_fingerprint
+from .common import EvaluationError, Labelled, ModelSource, ResultCache, load_source, model_fingerprint
+from .dnsmos_features import DnsmosFeatures
 from .report import escape_cell, save_figure, write_csv, write_markdown
-from .resynthesis import ModelSource, ResynthesisError, load_source, model_arguments, models_from_args, prepare
+from .resynthesis import prepare
+
+with needs_extra("eval", "The generation report (matplotlib, scipy)"):
+    from matplotlib.figure import Figure
+    from scipy import stats
 
 CLIP_SECONDS = 1.6
-CLIP_SAMPLES = round(CLIP_SECONDS * audio.SAMPLE_RATE)          # 25,600
-CLIP_FRAMES = 1 + CLIP_SAMPLES // stft.HOP_LENGTH                # 101 frames of the centred STFT
-CHUNK_CLIPS = 64                                                  # clips sampled and phase-retrieved at once
+CLIP_SAMPLES = round(CLIP_SECONDS * audio.SAMPLE_RATE)  # 25,600
+CLIP_FRAMES = 1 + CLIP_SAMPLES // stft.HOP_LENGTH  # 101 frames of the centred STFT
+CHUNK_CLIPS = 64  # clips sampled and phase-retrieved at once
 CACHE_VERSION = 1
 TEST_EXACT, TEST_GRIFFIN_LIM = "test speech (exact phase)", "test speech (Griffin-Lim)"
-REFERENCE_STREAM, MODEL_STREAM, TEST_STREAM, EXAMPLE_STREAM = 1, 2, 3, 4   # independent random streams
+REFERENCE_STREAM, MODEL_STREAM, TEST_STREAM, EXAMPLE_STREAM = 1, 2, 3, 4  # independent random streams
 MARKDOWN_NAME, SUMMARY_NAME, DRAWS_NAME = "generation.md", "generation.csv", "generation_draws.csv"
 FIGURE_NAME, CACHE_NAME = "generation.png", "generation_cache.jsonl"
 TIMING_PARTS = ("sampling", "griffin_lim", "features")
 
 
-class GenerationError(ValueError):
+class GenerationError(EvaluationError):
     """Options or inputs that cannot make an evaluation (bad counts, reserved label, no usable speech)."""
 
 
@@ -70,9 +72,9 @@ class GenerationError(ValueError):
 class GenerationSettings:
     """How many clips are drawn and how their phase is made (the defaults run in minutes per prior on a CPU)."""
 
-    samples: int = 512              # clips per draw (the paper: 10,240)
-    draws: int = 5                  # independent draws per row, for the confidence interval
-    reference_samples: int = 2048   # training-speech crops of the fixed reference set
+    samples: int = 512  # clips per draw (the paper: 10,240)
+    draws: int = 5  # independent draws per row, for the confidence interval
+    reference_samples: int = 2048  # training-speech crops of the fixed reference set
     seed: int = 0
     gl_iterations: int = 32
     gl_momentum: float = 0.99
@@ -86,13 +88,19 @@ class GenerationSettings:
 
     def clip_settings(self) -> dict[str, object]:
         """The settings that shape a draw of generated or test clips (the cache key of its results)."""
-        return {"samples": self.samples, "seed": self.seed, "gl_iterations": self.gl_iterations,
-                "gl_momentum": self.gl_momentum, "clip_samples": CLIP_SAMPLES}
+        return {
+            "samples": self.samples,
+            "seed": self.seed,
+            "gl_iterations": self.gl_iterations,
+            "gl_momentum": self.gl_momentum,
+            "clip_samples": CLIP_SAMPLES,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
 # Clips: generated, and cut from speech files
 # ---------------------------------------------------------------------------------------------
+
 
 def derived_seed(*parts: int) -> int:
     """A 32-bit seed determined by `parts` (seed, stream, draw, ...), so every random stream is independent."""
@@ -110,13 +118,15 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 def griffin_lim_waves(power: torch.Tensor, settings: GenerationSettings, seed: int) -> np.ndarray:
     """(B, 25,600) float32 waveforms whose STFT magnitude approaches sqrt(power) (B, 101, F), by fast Griffin-Lim."""
     generator = torch.Generator().manual_seed(seed)
-    waves = stft.griffin_lim(power.sqrt(), settings.gl_iterations, settings.gl_momentum, length=CLIP_SAMPLES,
-                             generator=generator)
+    waves = stft.griffin_lim(
+        power.sqrt(), settings.gl_iterations, settings.gl_momentum, length=CLIP_SAMPLES, generator=generator
+    )
     return waves.to(torch.float32).cpu().numpy()
 
 
-def generate_clips(model: DVAE, n: int, settings: GenerationSettings, seed: int
-                   ) -> Iterator[tuple[np.ndarray, dict[str, float]]]:
+def generate_clips(
+    model: DVAE, n: int, settings: GenerationSettings, seed: int
+) -> Iterator[tuple[np.ndarray, dict[str, float]]]:
     """`n` generated 1.6-s waveforms, in chunks, each with the seconds spent sampling and in Griffin-Lim."""
     for start in range(0, n, CHUNK_CLIPS):
         began = time.perf_counter()
@@ -146,7 +156,7 @@ class SpeechCrops:
         if not self.records:
             raise GenerationError(f"{self.name}: the manifest lists no files")
         self.digest = manifest_digest(self.records)
-        self.skipped: dict[str, str] = {}      # id -> why it cannot give a crop
+        self.skipped: dict[str, str] = {}  # id -> why it cannot give a crop
 
     def _read(self, record: dict) -> np.ndarray | None:
         """The prepared waveform, or None (the reason kept in `skipped`) if it cannot give a 1.6-s window."""
@@ -178,7 +188,7 @@ class SpeechCrops:
                     continue
                 usable.append(record)
                 start = int(rng.integers(0, len(wave) - CLIP_SAMPLES + 1))
-                chunk.append(wave[start:start + CLIP_SAMPLES].astype(np.float32))
+                chunk.append(wave[start : start + CLIP_SAMPLES].astype(np.float32))
                 produced += 1
                 if len(chunk) == CHUNK_CLIPS or produced == n:
                     yield np.stack(chunk)
@@ -192,6 +202,7 @@ class SpeechCrops:
 # ---------------------------------------------------------------------------------------------
 # Gaussian fits and the Fréchet distance
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class GaussianFit:
@@ -216,8 +227,12 @@ class GaussianFit:
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> GaussianFit:
-        return cls(np.asarray(data["mean"], dtype=np.float64), np.asarray(data["cov"], dtype=np.float64),
-                   int(data["n"]), int(data["dropped"]))                            # type: ignore[arg-type]
+        return cls(
+            np.asarray(data["mean"], dtype=np.float64),
+            np.asarray(data["cov"], dtype=np.float64),
+            int(data["n"]),
+            int(data["dropped"]),
+        )  # type: ignore[arg-type]
 
 
 def psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -258,11 +273,18 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
 # Evaluation
 # ---------------------------------------------------------------------------------------------
 
+
 def result_key(kind: str, source: str, draw: int | None, settings: Mapping[str, object], features: str) -> str:
     """The cache key of one fit: what was measured (reference / model / test), its weights or files, the draw,
     the settings that shape it and the feature extractor."""
-    identity = {"version": CACHE_VERSION, "kind": kind, "source": source, "draw": draw, "settings": settings,
-                "features": features}
+    identity = {
+        "version": CACHE_VERSION,
+        "kind": kind,
+        "source": source,
+        "draw": draw,
+        "settings": settings,
+        "features": features,
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -271,22 +293,25 @@ class _Evaluation:
 
     def __init__(self, settings: GenerationSettings, cache: ResultCache, features: DnsmosFeatures) -> None:
         self.settings, self.cache, self.features = settings, cache, features
-        self.computed: dict[str, int] = {}    # row label -> fits computed in this run
+        self.computed: dict[str, int] = {}  # row label -> fits computed in this run
 
     # -- keys ------------------------------------------------------------------------------
     def reference_key(self, crops: SpeechCrops) -> str:
         shape = {"samples": self.settings.reference_samples, "seed": self.settings.seed, "clip_samples": CLIP_SAMPLES}
         return result_key("reference", crops.digest, None, shape, self.features.identity)
 
-    def model_key(self, prior: Prior, draw: int) -> str:
+    def model_key(self, prior: Labelled, draw: int) -> str:
         return result_key("model", prior.fingerprint, draw, self.settings.clip_settings(), self.features.identity)
 
     def test_keys(self, crops: SpeechCrops, draw: int) -> list[str]:
-        return [result_key(kind, crops.digest, draw, self.settings.clip_settings(), self.features.identity)
-                for kind in ("test-exact", "test-griffin-lim")]
+        return [
+            result_key(kind, crops.digest, draw, self.settings.clip_settings(), self.features.identity)
+            for kind in ("test-exact", "test-griffin-lim")
+        ]
 
-    def pending_clips(self, priors: Sequence[Prior], reference: SpeechCrops, test: SpeechCrops | None) -> int:
+    def pending_clips(self, priors: Sequence[Labelled], reference: SpeechCrops, test: SpeechCrops | None) -> int:
         """How many clips are still to be made and embedded (the progress bar's total)."""
+
         def missing(keys: Sequence[str]) -> bool:
             return any(self.cache.get(key) is None for key in keys)
 
@@ -297,8 +322,9 @@ class _Evaluation:
         return total
 
     # -- fits ------------------------------------------------------------------------------
-    def run(self, priors: Sequence[Prior], reference: SpeechCrops, test: SpeechCrops | None,
-            progress: tqdm) -> tuple[dict, list[dict]]:
+    def run(
+        self, priors: Sequence[Labelled], reference: SpeechCrops, test: SpeechCrops | None, progress: tqdm
+    ) -> tuple[dict, list[dict]]:
         """The reference fit and every draw's fit (models in order, then the test rows)."""
         reference_entry = self.reference(reference, progress)
         draws = [self.model_draw(prior, draw, progress) for prior in priors for draw in range(self.settings.draws)]
@@ -318,10 +344,23 @@ class _Evaluation:
         cached = self.cache.get(key)
         return None if cached is None else {**cached, "row": row}
 
-    def _store(self, key: str, row: str, draw: int | None, features: list[np.ndarray], timing: dict[str, float],
-               skipped: int | None = None) -> dict:
-        entry = {"key": key, "row": row, "draw": draw, **GaussianFit.of(np.concatenate(features)).to_json(),
-                 "seconds": timing, "skipped_files": skipped}
+    def _store(
+        self,
+        key: str,
+        row: str,
+        draw: int | None,
+        features: list[np.ndarray],
+        timing: dict[str, float],
+        skipped: int | None = None,
+    ) -> dict:
+        entry = {
+            "key": key,
+            "row": row,
+            "draw": draw,
+            **GaussianFit.of(np.concatenate(features)).to_json(),
+            "seconds": timing,
+            "skipped_files": skipped,
+        }
         self.cache.add([entry])
         self.computed[row] = self.computed.get(row, 0) + 1
         return dict(entry)
@@ -338,7 +377,7 @@ class _Evaluation:
             progress.update(len(chunk))
         return self._store(key, "reference", None, features, timing, len(crops.skipped))
 
-    def model_draw(self, prior: Prior, draw: int, progress: tqdm) -> dict:
+    def model_draw(self, prior: Labelled, draw: int, progress: tqdm) -> dict:
         """The fit of one draw of clips generated by a prior."""
         key = self.model_key(prior, draw)
         if (cached := self._cached(key, prior.label)) is not None:
@@ -372,14 +411,22 @@ class _Evaluation:
             rebuilt.append(self._embed(waves, gl_timing))
             progress.update(len(chunk))
         skipped = len(crops.skipped)
-        return [self._store(keys[0], TEST_EXACT, draw, exact, exact_timing, skipped),
-                self._store(keys[1], TEST_GRIFFIN_LIM, draw, rebuilt, gl_timing, skipped)]
+        return [
+            self._store(keys[0], TEST_EXACT, draw, exact, exact_timing, skipped),
+            self._store(keys[1], TEST_GRIFFIN_LIM, draw, rebuilt, gl_timing, skipped),
+        ]
 
 
-def evaluate_generation(models: Mapping[str, ModelSource], reference_manifest: str | os.PathLike,
-                        test_manifest: str | os.PathLike | None, out_dir: str | os.PathLike,
-                        settings: GenerationSettings = GenerationSettings(), *, progress: bool = True,
-                        command: str | None = None) -> list[dict[str, object]]:
+def evaluate_generation(
+    models: Mapping[str, ModelSource],
+    reference_manifest: str | os.PathLike,
+    test_manifest: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    settings: GenerationSettings = GenerationSettings(),
+    *,
+    progress: bool = True,
+    command: str | None = None,
+) -> list[dict[str, object]]:
     """FD-DNSMOS of every prior (label -> model or checkpoint folder) and of the test-speech rows (unless
     `test_manifest` is None) against crops of the speech in `reference_manifest`, reusing the fits cached in
     `out_dir`.
@@ -397,8 +444,10 @@ def evaluate_generation(models: Mapping[str, ModelSource], reference_manifest: s
     features = DnsmosFeatures(threads=torch.get_num_threads())
     reference = SpeechCrops(reference_manifest)
     test = SpeechCrops(test_manifest) if test_manifest is not None else None
-    priors = [Prior(label, model, model_fingerprint(model))
-              for label, model in ((label, load_source(source)) for label, source in models.items())]
+    priors = [
+        Labelled(label, model, model_fingerprint(model))
+        for label, model in ((label, load_source(source)) for label, source in models.items())
+    ]
     out_dir = Path(out_dir)
     evaluation = _Evaluation(settings, ResultCache(out_dir / CACHE_NAME), features)
     total = evaluation.pending_clips(priors, reference, test)
@@ -407,14 +456,18 @@ def evaluate_generation(models: Mapping[str, ModelSource], reference_manifest: s
     reference_fit = GaussianFit.from_json(reference_entry)
     for entry in draws:
         entry["fd"] = frechet_distance(GaussianFit.from_json(entry), reference_fit)
-    rows = [{"row": e["row"], "draw": e["draw"], "fd": e["fd"], "clips": e["n"], "dropped": e["dropped"]}
-            for e in draws]
+    rows = [
+        {"row": e["row"], "draw": e["draw"], "fd": e["fd"], "clips": e["n"], "dropped": e["dropped"]} for e in draws
+    ]
     summary = _summary(draws)
     if command is None:
-        command = cli_command(models, reference_manifest, test_manifest, out_dir, settings)
-    intro = [f"Regenerate with: `{command}`", _describe_method(settings),
-             _describe_sets(reference, reference_entry, test, draws, settings),
-             _describe_cache(evaluation.computed, len(draws) + 1)]
+        command = generate_command(models, reference_manifest, test_manifest, out_dir, settings)
+    intro = [
+        f"Regenerate with: `{command}`",
+        _describe_method(settings),
+        _describe_sets(reference, reference_entry, test, draws, settings),
+        _describe_cache(evaluation.computed, len(draws) + 1),
+    ]
     _write_report(out_dir, rows, summary, intro, _examples(priors, reference, settings))
     return summary
 
@@ -428,12 +481,17 @@ def _summary(draws: Sequence[dict]) -> list[dict[str, object]]:
     for label, entries in groups.items():
         fd, ci = mean_ci([e["fd"] for e in entries])
         clips = sum(e["n"] + e["dropped"] for e in entries)
-        row: dict[str, object] = {"model": label, "fd": fd, "fd_ci": ci, "draws": len(entries),
-                                  "clips_per_draw": clips // len(entries),
-                                  "dropped": sum(e["dropped"] for e in entries)}
+        row: dict[str, object] = {
+            "model": label,
+            "fd": fd,
+            "fd_ci": ci,
+            "draws": len(entries),
+            "clips_per_draw": clips // len(entries),
+            "dropped": sum(e["dropped"] for e in entries),
+        }
         for part in TIMING_PARTS:
             seconds = [e["seconds"].get(part) for e in entries]
-            row[f"{part}_seconds_per_clip"] = (sum(seconds) / clips if clips and None not in seconds else math.nan)
+            row[f"{part}_seconds_per_clip"] = sum(seconds) / clips if clips and None not in seconds else math.nan
         summary.append(row)
     return summary
 
@@ -442,70 +500,93 @@ def _summary(draws: Sequence[dict]) -> list[dict[str, object]]:
 # Report
 # ---------------------------------------------------------------------------------------------
 
+
 def _describe_method(settings: GenerationSettings) -> str:
-    return ("**Method:** each prior samples 1.6-s power spectrograms v (101 frames, `sample_prior`: ancestral "
-            "sampling, hierarchical models drawing w from its prior); sqrt(v) is given a phase by fast Griffin-Lim "
-            f"({settings.gl_iterations} iterations, momentum {settings.gl_momentum}, seeded random start) and "
-            "inverted to 25,600 samples at 16 kHz, without renormalisation. **FD-DNSMOS** is the Fréchet distance "
-            "between Gaussian fits of clip embeddings: the 64-d output of the global max pooling over time and "
-            "frequency of the DNSMOS P.835 network (`sig_bak_ovr.onnx` of the `speechmos` package), the vector "
-            "its MOS head reads. Each 1.6-s clip is embedded at its own length (the network's framing rewritten "
-            "to accept any length; on its native 9.01-s input it gives the published values exactly) rather than "
-            "tiled to 9.01 s. The paper's FDSD used DeepSpeech2 features: values are on another scale than its "
-            "Table 3. Each row gives the mean over K independent draws ± the 95 % half-width "
-            "t(0.975, K−1)·s/√K; FD is biased upwards by a term that shrinks with the number of clips, so only "
-            "rows with the same numbers of clips compare.")
+    return (
+        "**Method:** each prior samples 1.6-s power spectrograms v (101 frames, `sample_prior`: ancestral "
+        "sampling, hierarchical models drawing w from its prior); sqrt(v) is given a phase by fast Griffin-Lim "
+        f"({settings.gl_iterations} iterations, momentum {settings.gl_momentum}, seeded random start) and "
+        "inverted to 25,600 samples at 16 kHz, without renormalisation. **FD-DNSMOS** is the Fréchet distance "
+        "between Gaussian fits of clip embeddings: the 64-d output of the global max pooling over time and "
+        "frequency of the DNSMOS P.835 network (`sig_bak_ovr.onnx` of the `speechmos` package), the vector "
+        "its MOS head reads. Each 1.6-s clip is embedded at its own length (the network's framing rewritten "
+        "to accept any length; on its native 9.01-s input it gives the published values exactly) rather than "
+        "tiled to 9.01 s. The paper's FDSD used DeepSpeech2 features: values are on another scale than its "
+        "Table 3. Each row gives the mean over K independent draws ± the 95 % half-width "
+        "t(0.975, K−1)·s/√K; FD is biased upwards by a term that shrinks with the number of clips, so only "
+        "rows with the same numbers of clips compare."
+    )
 
 
-def _describe_sets(reference: SpeechCrops, reference_entry: Mapping[str, object], test: SpeechCrops | None,
-                   draws: Sequence[dict], settings: GenerationSettings) -> str:
-    text = (f"**Reference:** {reference_entry['n']} random 1.6-s windows of `{reference.name}` "
-            f"({len(reference.records)} files listed; one window per file in a seeded random order, going round "
-            "again if more are needed; files trimmed at 30 dB and peak-normalised as the training data; "
-            f"{reference_entry['skipped_files']} files skipped on the way: shorter than 1.6 s, silent or "
-            "unreadable).")
+def _describe_sets(
+    reference: SpeechCrops,
+    reference_entry: Mapping[str, object],
+    test: SpeechCrops | None,
+    draws: Sequence[dict],
+    settings: GenerationSettings,
+) -> str:
+    text = (
+        f"**Reference:** {reference_entry['n']} random 1.6-s windows of `{reference.name}` "
+        f"({len(reference.records)} files listed; one window per file in a seeded random order, going round "
+        "again if more are needed; files trimmed at 30 dB and peak-normalised as the training data; "
+        f"{reference_entry['skipped_files']} files skipped on the way: shorter than 1.6 s, silent or "
+        "unreadable)."
+    )
     if test is not None:
         skipped = max((e["skipped_files"] for e in draws if e["row"] == TEST_EXACT), default=0)
-        text += (f" **Test rows:** {settings.samples} windows of `{test.name}` per draw, chosen the same way "
-                 f"({skipped} files skipped), scored with their exact phase and with the phase re-estimated by "
-                 "Griffin-Lim from their magnitude (the same settings as the generated clips).")
+        text += (
+            f" **Test rows:** {settings.samples} windows of `{test.name}` per draw, chosen the same way "
+            f"({skipped} files skipped), scored with their exact phase and with the phase re-estimated by "
+            "Griffin-Lim from their magnitude (the same settings as the generated clips)."
+        )
     return text
 
 
 def _describe_cache(computed: Mapping[str, int], n_fits: int) -> str:
     done = sum(computed.values())
-    return (f"**Cache:** `{CACHE_NAME}` keeps the Gaussian fit of every draw, keyed by the model's weights (or the "
-            f"manifest's files), the draw, the settings and the DNSMOS network; this run computed {done} and reused "
-            f"{n_fits - done} of the {n_fits} fits.")
+    return (
+        f"**Cache:** `{CACHE_NAME}` keeps the Gaussian fit of every draw, keyed by the model's weights (or the "
+        f"manifest's files), the draw, the settings and the DNSMOS network; this run computed {done} and reused "
+        f"{n_fits - done} of the {n_fits} fits."
+    )
 
 
 def _fd_cell(row: Mapping[str, object]) -> str:
-    """"mean ± CI" of a summary row (the mean alone after a single draw)."""
-    fd, ci = float(row["fd"]), float(row["fd_ci"])                                  # type: ignore[arg-type]
+    """ "mean ± CI" of a summary row (the mean alone after a single draw)."""
+    fd, ci = float(row["fd"]), float(row["fd_ci"])  # type: ignore[arg-type]
     if math.isnan(fd):
         return "NaN"
     return f"{fd:.2f}" if math.isnan(ci) else f"{fd:.2f} ± {ci:.2f}"
 
 
-def _results_table(summary: Sequence[Mapping[str, object]]) -> str:
+def results_table(summary: Sequence[Mapping[str, object]]) -> str:
     lines = ["| model | FD-DNSMOS ↓ | draws | clips per draw | non-finite clips |", "|---|---|---|---|---|"]
-    lines += [f"| {escape_cell(row['model'])} | {_fd_cell(row)} | {row['draws']} | {row['clips_per_draw']} "
-              f"| {row['dropped']} |" for row in summary]
+    lines += [
+        f"| {escape_cell(row['model'])} | {_fd_cell(row)} | {row['draws']} | {row['clips_per_draw']} "
+        f"| {row['dropped']} |"
+        for row in summary
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _seconds_cell(value: object) -> str:
-    return "—" if math.isnan(float(value)) else f"{float(value) * 1000:.1f}"          # type: ignore[arg-type]
+    return "—" if math.isnan(float(value)) else f"{float(value) * 1000:.1f}"  # type: ignore[arg-type]
 
 
 def _timing_table(summary: Sequence[Mapping[str, object]]) -> str:
     lines = ["| model | sampling | Griffin-Lim | DNSMOS |", "|---|---|---|---|"]
-    lines += [f"| {escape_cell(row['model'])} | " + " | ".join(_seconds_cell(row[f"{part}_seconds_per_clip"])
-                                                              for part in TIMING_PARTS) + " |" for row in summary]
+    lines += [
+        f"| {escape_cell(row['model'])} | "
+        + " | ".join(_seconds_cell(row[f"{part}_seconds_per_clip"]) for part in TIMING_PARTS)
+        + " |"
+        for row in summary
+    ]
     return "\n".join(lines) + "\n"
 
 
-def _examples(priors: Sequence[Prior], reference: SpeechCrops, settings: GenerationSettings) -> dict[str, np.ndarray]:
+def _examples(
+    priors: Sequence[Labelled], reference: SpeechCrops, settings: GenerationSettings
+) -> dict[str, np.ndarray]:
     """Power spectrograms (101, F) for the figure: a training crop, then one seeded sample per prior."""
     crop = next(reference.crops(1, derived_seed(settings.seed, REFERENCE_STREAM)))
     examples = {"training speech": stft.power_spectrogram(torch.from_numpy(crop[0])).numpy()}
@@ -525,63 +606,35 @@ def spectrogram_figure(examples: Mapping[str, np.ndarray], columns: int = 4) -> 
     extent = (0.0, CLIP_SECONDS, 0.0, audio.SAMPLE_RATE / 2000)
     image = None
     for ax, (label, values) in zip(axes, db.items()):
-        image = ax.imshow(values.T, origin="lower", aspect="auto", extent=extent, vmin=top - 80.0, vmax=top,
-                          cmap="magma")
+        image = ax.imshow(
+            values.T, origin="lower", aspect="auto", extent=extent, vmin=top - 80.0, vmax=top, cmap="magma"
+        )
         ax.set_title(label, fontsize="medium")
         ax.set_xlabel("time (s)")
         ax.set_ylabel("frequency (kHz)")
-    for ax in axes[len(db):]:
+    for ax in axes[len(db) :]:
         ax.set_visible(False)
     fig.colorbar(image, ax=axes.tolist(), label="power (dB)")
     return fig
 
 
-def _write_report(out_dir: Path, rows: list[dict], summary: list[dict[str, object]], intro: list[str],
-                  examples: Mapping[str, np.ndarray]) -> None:
+def _write_report(
+    out_dir: Path,
+    rows: list[dict],
+    summary: list[dict[str, object]],
+    intro: list[str],
+    examples: Mapping[str, np.ndarray],
+) -> None:
     """The CSV files and the figure, then the Markdown report that refers to them."""
     write_csv(out_dir / DRAWS_NAME, rows, ["row", "draw", "fd", "clips", "dropped"])
     write_csv(out_dir / SUMMARY_NAME, summary)
     save_figure(spectrogram_figure(examples), out_dir / FIGURE_NAME)
-    sections = [("FD-DNSMOS, mean ± 95 % CI over draws (as Table 3 of the HiT-DVAE paper)", _results_table(summary)),
-                ("Time per clip in ms (sampling, Griffin-Lim, DNSMOS embedding)", _timing_table(summary)),
-                ("Generated spectrograms (one seeded sample per prior, next to a training crop)",
-                 f"![generated spectrograms]({FIGURE_NAME})")]
+    sections = [
+        ("FD-DNSMOS, mean ± 95 % CI over draws (as Table 3 of the HiT-DVAE paper)", results_table(summary)),
+        ("Time per clip in ms (sampling, Griffin-Lim, DNSMOS embedding)", _timing_table(summary)),
+        (
+            "Generated spectrograms (one seeded sample per prior, next to a training crop)",
+            f"![generated spectrograms]({FIGURE_NAME})",
+        ),
+    ]
     write_markdown(out_dir / MARKDOWN_NAME, "Speech generation (FD-DNSMOS)", intro, sections)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-def cli_command(models: Mapping[str, object], reference_manifest: str | os.PathLike,
-                test_manifest: str | os.PathLike | None, out_dir: str | os.PathLike, settings: GenerationSettings,
-                official: str | os.PathLike | None = None) -> str:
-    """The `speechdvae eval generate` command line that reproduces an evaluation (in-memory models show as
-    <in-memory model>)."""
-    argv = ["speechdvae", "eval", "generate", *model_arguments(models, official)]
-    argv += ["--reference-manifest", os.fspath(reference_manifest)]
-    argv += ["--no-test"] if test_manifest is None else ["--test-manifest", os.fspath(test_manifest)]
-    for name, value in asdict(settings).items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
-    return shlex.join([*argv, "-o", os.fspath(out_dir)])
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `speechdvae eval generate`."""
-    from ..cli import UserError
-
-    given_settings = {f.name: getattr(args, f.name) for f in fields(GenerationSettings)}
-    settings = GenerationSettings(**{name: value for name, value in given_settings.items() if value is not None})
-    test_manifest = None if args.no_test else args.test_manifest
-    try:
-        given, models = models_from_args(args, "eval generate")
-        command = cli_command(given, args.reference_manifest, test_manifest, args.out, settings, args.official)
-        summary = evaluate_generation(models, args.reference_manifest, test_manifest, args.out, settings,
-                                      progress=not args.no_progress, command=command)
-    except (GenerationError, ResynthesisError, CheckpointError, ManifestError, OfficialImportError,
-            DnsmosUnavailable) as err:
-        raise UserError(str(err)) from err
-    print(_results_table(summary))
-    print(f"report: {Path(args.out) / MARKDOWN_NAME}")
-    return 0
-

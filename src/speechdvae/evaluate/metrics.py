@@ -11,21 +11,26 @@ PESQ is reported three ways, and tables always say which: wideband MOS-LQO (ITU-
 narrowband MOS-LQO (P.862.1 mapping, what the `pesq` package returns) and narrowband raw P.862
 MOS (the scale of the DVAE papers, obtained by inverting the P.862.1 mapping).
 """
+
 from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import pesq as pesq_package
-from pystoi import stoi
 from tqdm import tqdm
 
 from ..audio import SAMPLE_RATE, read_audio
+from ..errors import SpeechDVAEError, needs_extra
+
+with needs_extra("eval", "Scoring speech (PESQ, ESTOI)"):
+    import pesq as pesq_package
+    from pystoi import stoi
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ PathLike = str | os.PathLike
 Pair = tuple[Signal, Signal] | tuple[PathLike, PathLike]
 
 
-class MetricError(ValueError):
+class MetricError(SpeechDVAEError, ValueError):
     """A signal pair on which a metric is undefined (silent, too short, non-finite, not 1-D)."""
 
 
@@ -74,6 +79,7 @@ class MetricWarning(UserWarning):
 # ---------------------------------------------------------------------------------------------
 # Single metrics
 # ---------------------------------------------------------------------------------------------
+
 
 def _aligned(ref: Signal, est: Signal) -> tuple[np.ndarray, np.ndarray]:
     """Both signals as float64, truncated to the shorter length; MetricError if either is unusable."""
@@ -215,13 +221,16 @@ def compute_metrics(ref: Signal, est: Signal, metrics: Iterable[str] = DEFAULT_M
         except MetricError as err:
             _warn_nan([name for name in names if _source(name) == source], err)
             values[source] = math.nan
-    return {name: _DERIVED_METRICS[name][1](values[_source(name)]) if name in _DERIVED_METRICS else values[name]
-            for name in names}
+    return {
+        name: _DERIVED_METRICS[name][1](values[_source(name)]) if name in _DERIVED_METRICS else values[name]
+        for name in names
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Batched evaluation
 # ---------------------------------------------------------------------------------------------
+
 
 def _as_signal(item: Signal | PathLike) -> np.ndarray:
     """An array as is; a path read as mono float32 at 16 kHz."""
@@ -261,8 +270,9 @@ def _result_or_nan(future: Future, names: tuple[str, ...]) -> tuple[dict[str, fl
         return dict.fromkeys(names, math.nan), [(MetricWarning, message)]
 
 
-def evaluate_pairs(pairs: Sequence[Pair], metrics: Iterable[str] = DEFAULT_METRICS, workers: int | None = None,
-                   progress: bool = False) -> list[dict[str, float]]:
+def evaluate_pairs(
+    pairs: Sequence[Pair], metrics: Iterable[str] = DEFAULT_METRICS, workers: int | None = None, progress: bool = False
+) -> list[dict[str, float]]:
     """`compute_metrics` over many (reference, estimate) pairs of arrays or file paths, in a process pool.
 
     Rows come back in input order; a failing pair gives a NaN row and never stops the batch.
@@ -290,6 +300,7 @@ def evaluate_pairs(pairs: Sequence[Pair], metrics: Iterable[str] = DEFAULT_METRI
 # ---------------------------------------------------------------------------------------------
 # Statistics and tables
 # ---------------------------------------------------------------------------------------------
+
 
 def median_ci(values: Iterable[float]) -> tuple[float, float]:
     """Median of the finite values and the half-width 1.57·IQR/√n of its confidence interval (SE paper).
@@ -323,8 +334,11 @@ class MetricSummary:
         return cls(mean, median, ci, int(finite.size), int(x.size - finite.size))
 
 
-def summarize_metrics(rows: Sequence[Mapping[str, object]], group_by: str | Sequence[str] | None = None,
-                      metrics: Sequence[str] | None = None) -> list[dict[str, object]]:
+def summarize_metrics(
+    rows: Sequence[Mapping[str, object]],
+    group_by: str | Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+) -> list[dict[str, object]]:
     """One summary row per group, groups in order of first appearance.
 
     Each row holds the group's key values, `n` (rows in the group) and a MetricSummary per metric.
@@ -382,11 +396,35 @@ def markdown_table(summary: Sequence[Mapping[str, object]], statistic: str = "me
     first = summary[0]
     plain = [key for key, value in first.items() if not isinstance(value, MetricSummary)]
     metric_names = [key for key, value in first.items() if isinstance(value, MetricSummary)]
-    lines = ["| " + " | ".join(plain + [_header(name) for name in metric_names]) + " |",
-             "|" + "---|" * (len(plain) + len(metric_names))]
+    lines = [
+        "| " + " | ".join(plain + [_header(name) for name in metric_names]) + " |",
+        "|" + "---|" * (len(plain) + len(metric_names)),
+    ]
     for row in summary:
         cells = [str(row[key]) for key in plain]
-        cells += [_cell(row[name], statistic, METRICS[name].digits if name in METRICS else 2)  # type: ignore[arg-type]
-                  for name in metric_names]
+        cells += [
+            _cell(row[name], statistic, METRICS[name].digits if name in METRICS else 2)  # type: ignore[arg-type]
+            for name in metric_names
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def metrics_with_reasons(
+    pairs: list[tuple[np.ndarray, np.ndarray]], labels: list[str], workers: int | None
+) -> tuple[list[dict[str, float]], list[str]]:
+    """`evaluate_pairs`, with each NaN reason attached to its pair and re-warned with the pair's label."""
+    reasons = [""] * len(pairs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = evaluate_pairs(pairs, workers=workers)
+    for warning in caught:
+        message = str(warning.message)
+        match = re.match(r"pair (\d+)[^:]*: ", message)
+        if match:
+            index = int(match.group(1))
+            message = message[match.end() :]
+            reasons[index] = f"{reasons[index]}; {message}" if reasons[index] else message
+            message = f"{labels[index]}: {message}"
+        warnings.warn(message, warning.category, stacklevel=3)
+    return rows, reasons

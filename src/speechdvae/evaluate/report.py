@@ -1,23 +1,27 @@
 """Report files shared by the evaluations: Markdown documents, CSV tables and PNG figures, all written atomically."""
+
 from __future__ import annotations
 
 import csv
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
+from ..atomic import atomic_path, write_text_atomic
 from ..audio import SAMPLE_RATE
-from ..io import atomic_path, write_text_atomic
+from ..errors import needs_extra
 from ..stft import HOP_LENGTH, power_spectrogram
 from .metrics import METRICS, MetricSummary
 
+with needs_extra("eval", "Drawing report figures (matplotlib)"):
+    from matplotlib.figure import Figure
+
 SUMMARY_FIELDS = ("mean", "median", "ci", "n_valid", "n_nan")
-DYNAMIC_RANGE_DB = 80.0          # colour range of spectrogram pictures
+DYNAMIC_RANGE_DB = 80.0  # colour range of spectrogram pictures
 
 
 def markdown_document(title: str, intro: Sequence[str], sections: Sequence[tuple[str, str]] = ()) -> str:
@@ -33,15 +37,17 @@ def escape_cell(value: object) -> object:
     return value.replace("|", "\\|") if isinstance(value, str) else value
 
 
-def write_markdown(path: str | os.PathLike, title: str, intro: Sequence[str],
-                   sections: Sequence[tuple[str, str]] = ()) -> Path:
+def write_markdown(
+    path: str | os.PathLike, title: str, intro: Sequence[str], sections: Sequence[tuple[str, str]] = ()
+) -> Path:
     """Write `markdown_document(title, intro, sections)` to `path` atomically."""
     write_text_atomic(path, markdown_document(title, intro, sections))
     return Path(path)
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, object]],
-              fieldnames: Sequence[str] | None = None) -> Path:
+def write_csv(
+    path: str | os.PathLike, rows: Sequence[Mapping[str, object]], fieldnames: Sequence[str] | None = None
+) -> Path:
     """Rows as a CSV file with a header, written atomically.
 
     Columns are `fieldnames`, or every key in order of first appearance; a missing cell is empty.
@@ -70,8 +76,9 @@ def flatten_summary(summary: Sequence[Mapping[str, object]]) -> list[dict[str, o
     return flat
 
 
-def boxplot_figure(groups: Mapping[str, Sequence[Mapping[str, object]]], metrics: Sequence[str],
-                   columns: int = 3) -> Figure:
+def boxplot_figure(
+    groups: Mapping[str, Sequence[Mapping[str, object]]], metrics: Sequence[str], columns: int = 3
+) -> Figure:
     """Horizontal box plots of per-item metric values, one panel per metric and one box per group.
 
     Only finite values are drawn; a group without any shows an empty row. Needs at least one group.
@@ -89,7 +96,7 @@ def boxplot_figure(groups: Mapping[str, Sequence[Mapping[str, object]]], metrics
         ax.set_title(f"{info.label} {'↑' if info.higher_is_better else '↓'}" if info else name)
         ax.grid(axis="x", alpha=0.3)
     axes[0].invert_yaxis()  # first group on top, as in the tables
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     return fig
 
@@ -99,12 +106,14 @@ def format_value(name: str, value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{METRICS[name].digits}f}"
 
 
-def spectrogram_figure(signals: Mapping[str, np.ndarray], scores: Mapping[str, Mapping[str, float]],
-                       columns: int = 1) -> Figure:
+def spectrogram_figure(
+    signals: Mapping[str, np.ndarray], scores: Mapping[str, Mapping[str, float]], columns: int = 1
+) -> Figure:
     """Power spectrograms (dB, one colour scale spanning 80 dB) of 16 kHz signals in a grid of `columns`,
     filled row by row, titled with their scores where given."""
-    spectra = {name: 10 * np.log10(power_spectrogram(torch.from_numpy(x)).numpy().T + 1e-12)
-               for name, x in signals.items()}
+    spectra = {
+        name: 10 * np.log10(power_spectrogram(torch.from_numpy(x)).numpy().T + 1e-12) for name, x in signals.items()
+    }
     top = max(float(s.max()) for s in spectra.values())
     columns = max(1, min(columns, len(spectra)))
     rows = math.ceil(len(spectra) / columns)
@@ -112,14 +121,15 @@ def spectrogram_figure(signals: Mapping[str, np.ndarray], scores: Mapping[str, M
     axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
     for ax, (name, spec) in zip(axes, spectra.items()):
         extent = (0.0, spec.shape[1] * HOP_LENGTH / SAMPLE_RATE, 0.0, SAMPLE_RATE / 2000)
-        image = ax.imshow(spec, origin="lower", aspect="auto", extent=extent, cmap="magma",
-                          vmin=top - DYNAMIC_RANGE_DB, vmax=top)
+        image = ax.imshow(
+            spec, origin="lower", aspect="auto", extent=extent, cmap="magma", vmin=top - DYNAMIC_RANGE_DB, vmax=top
+        )
         ax.set_title(_panel_title(name, scores.get(name)), loc="left", fontsize="medium" if columns == 1 else "small")
-    for ax in axes[len(spectra):]:
+    for ax in axes[len(spectra) :]:
         ax.set_axis_off()
     for ax in axes[::columns]:
         ax.set_ylabel("frequency (kHz)")
-    for ax in axes[len(spectra) - columns:len(spectra)]:      # the lowest panel of each column
+    for ax in axes[len(spectra) - columns : len(spectra)]:  # the lowest panel of each column
         ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_xlabel("time (s)")
     fig.colorbar(image, ax=list(axes), label="power (dB)", shrink=0.9 if rows < 4 else 0.5)
@@ -129,8 +139,10 @@ def spectrogram_figure(signals: Mapping[str, np.ndarray], scores: Mapping[str, M
 def _panel_title(name: str, scores: Mapping[str, float] | None) -> str:
     if not scores:
         return name
-    parts = [f"{METRICS[n].label.split(' (')[0]} {format_value(n, v)}{' dB' * ('(dB)' in METRICS[n].label)}"
-             for n, v in scores.items()]
+    parts = [
+        f"{METRICS[n].label.split(' (')[0]} {format_value(n, v)}{' dB' * ('(dB)' in METRICS[n].label)}"
+        for n, v in scores.items()
+    ]
     return f"{name}: " + ", ".join(parts)
 
 

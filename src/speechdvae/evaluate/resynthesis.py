@@ -16,29 +16,28 @@ Outputs in the output folder: `resynthesis.md` (mean and median ± 1.57·IQR/√
 (the summary), `resynthesis_utterances.csv` (every utterance, with the reason of any NaN) and
 `resynthesis.png` (per-utterance distributions).
 """
+
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
-import re
-import shlex
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .. import audio, stft
-from ..checkpoints import CheckpointError, is_checkpoint, load_model, read_checkpoint_config
-from ..data.manifest import ManifestError, read_manifest
+from ..checkpoints import is_checkpoint, read_checkpoint_config
+from ..commands import resynth_command
+from ..data.manifest import read_manifest
 from ..models import DVAE
-from ..official import OfficialImportError, import_official
-from .metrics import DEFAULT_METRICS, evaluate_pairs, markdown_table, summarize_metrics
+from ..official import import_official
+from .common import EvaluationError, ModelSource, evenly_spaced, load_source, torch_threads
+from .metrics import DEFAULT_METRICS, markdown_table, metrics_with_reasons, summarize_metrics
 from .report import boxplot_figure, escape_cell, flatten_summary, save_figure, write_csv, write_markdown
 
 MODES: dict[str, float] = {"GT": 0.0, "GEN": 1.0}  # decoding mode -> feedback probability
@@ -51,16 +50,15 @@ UTTERANCES_NAME, FIGURE_NAME = "resynthesis_utterances.csv", "resynthesis.png"
 OFFICIAL_MODELS = {"vae": "VAE", "dkf": "DKF", "rvae": "RVAE", "srnn": "SRNN-SS"}
 OFFICIAL_CORPORA = ("WSJ0", "VoiceBank")
 
-ModelSource = DVAE | str | os.PathLike
 
-
-class ResynthesisError(ValueError):
+class ResynthesisError(EvaluationError):
     """Options that cannot make an evaluation (unknown mode, duplicate model label, empty test set)."""
 
 
 # ---------------------------------------------------------------------------------------------
 # One utterance
 # ---------------------------------------------------------------------------------------------
+
 
 def prepare(x: np.ndarray) -> np.ndarray:
     """Trim (30 dB) and peak-normalise a 16 kHz waveform as the training data (`data.sequences.preprocess`)."""
@@ -101,15 +99,6 @@ def resynthesize(model: DVAE, x: np.ndarray, feedback: float, sample: bool = Fal
 # Test set and models
 # ---------------------------------------------------------------------------------------------
 
-def evenly_spaced(records: Sequence[dict], limit: int | None = None) -> list[dict]:
-    """The records sorted by id, or `limit` of them evenly spaced (indices ⌊i·n/limit⌋), deterministically."""
-    if limit is not None and limit < 1:
-        raise ResynthesisError(f"--limit must be positive, got {limit}")
-    ordered = sorted(records, key=lambda r: r["id"])
-    if limit is None or limit >= len(ordered):
-        return ordered
-    return [ordered[i * len(ordered) // limit] for i in range(limit)]
-
 
 def row_title(label: str, mode: str) -> str:
     """The row's name in figures and messages: the label, followed by the mode if there is one ("SRNN GEN")."""
@@ -148,10 +137,6 @@ def build_systems(models: Mapping[str, DVAE], modes: Sequence[str], oracle: bool
     return systems
 
 
-def load_source(source: ModelSource) -> DVAE:
-    return source.eval() if isinstance(source, DVAE) else load_model(source)
-
-
 def official_models(source: str | os.PathLike, folder: str | os.PathLike) -> dict[str, Path]:
     """The official DVAE-SE checkpoints, imported from `source` into `folder` unless some are already there,
     labelled "official <training corpus> <model>", WSJ0 first, models in the papers' order."""
@@ -163,8 +148,10 @@ def official_models(source: str | os.PathLike, folder: str | os.PathLike) -> dic
     for path in paths:
         config = read_checkpoint_config(path)
         name, corpus = config["model"]["name"], config["metadata"].get("training_corpus", "unknown")
-        order = (OFFICIAL_CORPORA.index(corpus) if corpus in OFFICIAL_CORPORA else len(OFFICIAL_CORPORA),
-                 list(OFFICIAL_MODELS).index(name) if name in OFFICIAL_MODELS else len(OFFICIAL_MODELS))
+        order = (
+            OFFICIAL_CORPORA.index(corpus) if corpus in OFFICIAL_CORPORA else len(OFFICIAL_CORPORA),
+            list(OFFICIAL_MODELS).index(name) if name in OFFICIAL_MODELS else len(OFFICIAL_MODELS),
+        )
         entries.append((order, f"official {corpus} {OFFICIAL_MODELS.get(name, name.upper())}", path))
     return {label: path for _, label, path in sorted(entries)}
 
@@ -172,6 +159,7 @@ def official_models(source: str | os.PathLike, folder: str | os.PathLike) -> dic
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Utterance:
@@ -195,53 +183,39 @@ def _read_utterance(record: dict) -> _Utterance:
         utterance.error = message if record["path"] in message else f"{record['path']}: {message}"
         return utterance
     if len(wave) < stft.min_samples():
-        utterance.error = (f"{record['path']}: too short after trimming ({len(wave)} samples, "
-                           f"need {stft.min_samples()})")
+        utterance.error = f"{record['path']}: too short after trimming ({len(wave)} samples, need {stft.min_samples()})"
     else:
         utterance.wave, utterance.samples = wave, len(wave)
     return utterance
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Batch-1 recursions run faster on one thread than split across busy cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def metrics_with_reasons(pairs: list[tuple[np.ndarray, np.ndarray]], labels: list[str],
-                          workers: int | None) -> tuple[list[dict[str, float]], list[str]]:
-    """`evaluate_pairs`, with each NaN reason attached to its pair and re-warned with the pair's label."""
-    reasons = [""] * len(pairs)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rows = evaluate_pairs(pairs, workers=workers)
-    for warning in caught:
-        message = str(warning.message)
-        match = re.match(r"pair (\d+)[^:]*: ", message)
-        if match:
-            index = int(match.group(1))
-            message = message[match.end():]
-            reasons[index] = f"{reasons[index]}; {message}" if reasons[index] else message
-            message = f"{labels[index]}: {message}"
-        warnings.warn(message, warning.category, stacklevel=3)
-    return rows, reasons
-
-
 def _unusable_rows(utterance: _Utterance, systems: list[System]) -> list[tuple[int, dict]]:
     """NaN rows, with the reason, for an utterance that could not be read or prepared."""
     warnings.warn(f"{utterance.record['id']}: {utterance.error}; its metrics are NaN", stacklevel=4)
-    return [(i, {"id": utterance.record["id"], "model": system.label, "mode": system.mode, "seconds": None,
-                 **dict.fromkeys(DEFAULT_METRICS, float("nan")), "error": utterance.error})
-            for i, system in enumerate(systems)]
+    return [
+        (
+            i,
+            {
+                "id": utterance.record["id"],
+                "model": system.label,
+                "mode": system.mode,
+                "seconds": None,
+                **dict.fromkeys(DEFAULT_METRICS, float("nan")),
+                "error": utterance.error,
+            },
+        )
+        for i, system in enumerate(systems)
+    ]
 
 
-def _evaluate_chunk(utterances: list[_Utterance], systems: list[System], sample: bool, workers: int | None,
-                    seconds: np.ndarray, progress: tqdm) -> list[tuple[int, dict]]:
+def _evaluate_chunk(
+    utterances: list[_Utterance],
+    systems: list[System],
+    sample: bool,
+    workers: int | None,
+    seconds: np.ndarray,
+    progress: tqdm,
+) -> list[tuple[int, dict]]:
     """(system index, per-utterance row) for every system and utterance of the chunk; adds model time to `seconds`."""
     out: list[tuple[int, dict]] = []
     pairs, labels, keys = [], [], []
@@ -257,46 +231,36 @@ def _evaluate_chunk(utterances: list[_Utterance], systems: list[System], sample:
             seconds[i] += time.perf_counter() - start
             pairs.append((utterance.wave, estimate))
             labels.append(f"{utterance.record['id']} ({system.title})")
-            keys.append((i, {"id": utterance.record["id"], "model": system.label, "mode": system.mode,
-                             "seconds": len(utterance.wave) / audio.SAMPLE_RATE}))
+            keys.append(
+                (
+                    i,
+                    {
+                        "id": utterance.record["id"],
+                        "model": system.label,
+                        "mode": system.mode,
+                        "seconds": len(utterance.wave) / audio.SAMPLE_RATE,
+                    },
+                )
+            )
     metric_rows, reasons = metrics_with_reasons(pairs, labels, workers) if pairs else ([], [])
-    out += [(i, {**row, **metrics, "error": reason})
-            for (i, row), metrics, reason in zip(keys, metric_rows, reasons)]
+    out += [(i, {**row, **metrics, "error": reason}) for (i, row), metrics, reason in zip(keys, metric_rows, reasons)]
     return out
 
 
-def model_arguments(models: Mapping[str, object], official: str | os.PathLike | None) -> list[str]:
-    """The --model/--official options naming `models` (in-memory models show as <in-memory model>)."""
-    argv = []
-    for label, model in models.items():
-        path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<in-memory model>"
-        argv += ["--model", f"{label}={path}"]
-    if official is not None:
-        argv += ["--official", os.fspath(official)]
-    return argv
-
-
-def cli_command(models: Mapping[str, object], manifest: str | os.PathLike, out_dir: str | os.PathLike,
-                limit: int | None, modes: Sequence[str], sample: bool, seed: int, oracle: bool,
-                official: str | os.PathLike | None = None) -> str:
-    """The `speechdvae eval resynth` command line that reproduces an evaluation (models given in memory
-    cannot be named and show as <in-memory model>)."""
-    argv = ["speechdvae", "eval", "resynth", *model_arguments(models, official)]
-    argv += ["--manifest", os.fspath(manifest), "-o", os.fspath(out_dir), "--modes", *modes]
-    if limit is not None:
-        argv += ["--limit", str(limit)]
-    if sample:
-        argv += ["--sample", "--seed", str(seed)]
-    if not oracle:
-        argv.append("--no-oracle")
-    return shlex.join(argv)
-
-
-def evaluate_resynthesis(models: Mapping[str, ModelSource], manifest: str | os.PathLike,
-                         out_dir: str | os.PathLike, limit: int | None = None,
-                         modes: Sequence[str] = ("GT", "GEN"), workers: int | None = None, *,
-                         sample: bool = False, seed: int = 0, oracle: bool = True, progress: bool = True,
-                         command: str | None = None) -> list[dict[str, object]]:
+def evaluate_resynthesis(
+    models: Mapping[str, ModelSource],
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    limit: int | None = None,
+    modes: Sequence[str] = ("GT", "GEN"),
+    workers: int | None = None,
+    *,
+    sample: bool = False,
+    seed: int = 0,
+    oracle: bool = True,
+    progress: bool = True,
+    command: str | None = None,
+) -> list[dict[str, object]]:
     """Resynthesise every test utterance with every model (label -> model or checkpoint folder) and score it.
 
     Writes the report files into `out_dir` (atomically, once all is computed) and returns the summary:
@@ -318,7 +282,7 @@ def evaluate_resynthesis(models: Mapping[str, ModelSource], manifest: str | os.P
     utterances: list[_Utterance] = []
     with torch_threads(1), tqdm(total=len(records), unit="utt", desc="resynthesis", disable=not progress) as bar:
         for start in range(0, len(records), CHUNK_UTTERANCES):
-            chunk = [_read_utterance(r) for r in records[start:start + CHUNK_UTTERANCES]]
+            chunk = [_read_utterance(r) for r in records[start : start + CHUNK_UTTERANCES]]
             indexed += _evaluate_chunk(chunk, systems, sample, workers, seconds, bar)
             for utterance in chunk:
                 utterance.wave = None  # keep lengths and errors, not waveforms
@@ -329,9 +293,14 @@ def evaluate_resynthesis(models: Mapping[str, ModelSource], manifest: str | os.P
     for row, system_seconds in zip(summary, seconds):
         row["seconds_per_utterance"] = float(system_seconds / n_valid) if n_valid else float("nan")
     if command is None:
-        command = cli_command(models, manifest, out_dir, limit, modes, sample, seed, oracle)
-    intro = [f"Regenerate with: `{command}`", _describe_test_set(manifest, len(all_records), utterances, limit),
-             _describe_method(sample, seed), PESQ_NOTE, NAN_NOTE]
+        command = resynth_command(models, manifest, out_dir, limit, modes, sample, seed, oracle)
+    intro = [
+        f"Regenerate with: `{command}`",
+        _describe_test_set(manifest, len(all_records), utterances, limit),
+        _describe_method(sample, seed),
+        PESQ_NOTE,
+        NAN_NOTE,
+    ]
     _write_report(Path(out_dir), rows, summary, intro)
     return summary
 
@@ -340,49 +309,65 @@ def evaluate_resynthesis(models: Mapping[str, ModelSource], manifest: str | os.P
 # Report
 # ---------------------------------------------------------------------------------------------
 
-PESQ_NOTE = ("**PESQ:** *PESQ-NB (raw P.862)* is the narrowband raw MOS in [-0.5, 4.5], the scale of the DVAE "
-             "papers' tables (the P.862.1 mapping inverted); *PESQ-NB (MOS-LQO)* is narrowband P.862.1 MOS-LQO "
-             "(what the `pesq` package returns); *PESQ-WB (MOS-LQO)* is wideband P.862.2. RMSE is taken after "
-             "the least-squares gain, as in the original DVAE code.")
-NAN_NOTE = ("Statistics use the finite values; \"(k NaN)\" counts utterances on which a metric is undefined "
-            f"(unusable audio, too short for PESQ or ESTOI, non-finite model output); `{UTTERANCES_NAME}` "
-            "gives each reason.")
+PESQ_NOTE = (
+    "**PESQ:** *PESQ-NB (raw P.862)* is the narrowband raw MOS in [-0.5, 4.5], the scale of the DVAE "
+    "papers' tables (the P.862.1 mapping inverted); *PESQ-NB (MOS-LQO)* is narrowband P.862.1 MOS-LQO "
+    "(what the `pesq` package returns); *PESQ-WB (MOS-LQO)* is wideband P.862.2. RMSE is taken after "
+    "the least-squares gain, as in the original DVAE code."
+)
+NAN_NOTE = (
+    'Statistics use the finite values; "(k NaN)" counts utterances on which a metric is undefined '
+    f"(unusable audio, too short for PESQ or ESTOI, non-finite model output); `{UTTERANCES_NAME}` "
+    "gives each reason."
+)
 
 
-def _describe_test_set(manifest: str | os.PathLike, total: int, utterances: list[_Utterance],
-                       limit: int | None) -> str:
-    hours = [sum(getattr(u, field) for u in utterances) / audio.SAMPLE_RATE / 3600
-             for field in ("raw_samples", "samples")]
-    subset = (f"evenly spaced by id with `--limit {limit}`: entries ⌊i·{total}/{limit}⌋ of the sorted list"
-              if len(utterances) < total else "all of them")
+def _describe_test_set(manifest: str | os.PathLike, total: int, utterances: list[_Utterance], limit: int | None) -> str:
+    hours = [
+        sum(getattr(u, field) for u in utterances) / audio.SAMPLE_RATE / 3600 for field in ("raw_samples", "samples")
+    ]
+    subset = (
+        f"evenly spaced by id with `--limit {limit}`: entries ⌊i·{total}/{limit}⌋ of the sorted list"
+        if len(utterances) < total
+        else "all of them"
+    )
     unusable = sum(bool(u.error) for u in utterances)
-    return (f"**Test set:** `{os.fspath(manifest)}`, {len(utterances)} of {total} utterances ({subset}); "
-            f"{hours[0]:.3f} h as recorded, {hours[1]:.3f} h after trimming"
-            + (f"; {unusable} unusable (NaN in every row)." if unusable else "."))
+    return (
+        f"**Test set:** `{os.fspath(manifest)}`, {len(utterances)} of {total} utterances ({subset}); "
+        f"{hours[0]:.3f} h as recorded, {hours[1]:.3f} h after trimming"
+        + (f"; {unusable} unusable (NaN in every row)." if unusable else ".")
+    )
 
 
 def _describe_method(sample: bool, seed: int) -> str:
-    latent = (f"z is drawn from q(z | s) (stochastic, torch seed {seed})" if sample
-              else "z is the posterior mean (deterministic)")
-    return ("**Method:** each utterance is trimmed (30 dB) and peak-normalised as in training and processed alone "
-            f"(batch 1); {latent}; the speech STFT is rebuilt as sqrt(exp(y_logvar)) with the phase of the "
-            "original STFT, inverted to the original length and compared with the trimmed, normalised original. "
-            "Autoregressive models: **GT** = the decoder reads the true past s_1:t-1 (teacher forcing; the SE "
-            "paper's \"-True\"), **GEN** = it reads its own past outputs (generation mode, in which the papers "
-            f"evaluate AR models; \"-Pred\"); `{NO_MODE}` = not autoregressive. The oracle resynthesises from the "
-            "exact |S|², a check of the pipeline.")
+    latent = (
+        f"z is drawn from q(z | s) (stochastic, torch seed {seed})"
+        if sample
+        else "z is the posterior mean (deterministic)"
+    )
+    return (
+        "**Method:** each utterance is trimmed (30 dB) and peak-normalised as in training and processed alone "
+        f"(batch 1); {latent}; the speech STFT is rebuilt as sqrt(exp(y_logvar)) with the phase of the "
+        "original STFT, inverted to the original length and compared with the trimmed, normalised original. "
+        "Autoregressive models: **GT** = the decoder reads the true past s_1:t-1 (teacher forcing; the SE "
+        'paper\'s "-True"), **GEN** = it reads its own past outputs (generation mode, in which the papers '
+        f'evaluate AR models; "-Pred"); `{NO_MODE}` = not autoregressive. The oracle resynthesises from the '
+        "exact |S|², a check of the pipeline."
+    )
 
 
-def _results_table(summary: Sequence[Mapping[str, object]], statistic: str) -> str:
+def results_table(summary: Sequence[Mapping[str, object]], statistic: str) -> str:
     """The Markdown table of the metric summaries (without the timing column)."""
-    return markdown_table([{k: escape_cell(v) for k, v in row.items() if k != "seconds_per_utterance"}
-                           for row in summary], statistic)
+    return markdown_table(
+        [{k: escape_cell(v) for k, v in row.items() if k != "seconds_per_utterance"} for row in summary], statistic
+    )
 
 
 def _timing_table(summary: Sequence[Mapping[str, object]]) -> str:
     lines = ["| model | mode | s / utterance |", "|---|---|---|"]
-    lines += [f"| {escape_cell(row['model'])} | {row['mode']} | {row['seconds_per_utterance']:.3f} |"
-              for row in summary]
+    lines += [
+        f"| {escape_cell(row['model'])} | {row['mode']} | {row['seconds_per_utterance']:.3f} |" for row in summary
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -395,63 +380,12 @@ def _write_report(out_dir: Path, rows: list[dict], summary: list[dict[str, objec
             groups.setdefault(row_title(row["model"], row["mode"]), []).append(row)
     write_csv(out_dir / UTTERANCES_NAME, rows, ["id", "model", "mode", "seconds", *DEFAULT_METRICS, "error"])
     write_csv(out_dir / SUMMARY_NAME, flatten_summary(summary))
-    sections = [("Mean (as Table 1 of the HiT-DVAE paper)", _results_table(summary, "mean")),
-                ("Median ± 1.57·IQR/√n (as Table II of the SE paper)", _results_table(summary, "median")),
-                ("Model time (inference, decoding and iSTFT per utterance, one torch thread)", _timing_table(summary))]
+    sections = [
+        ("Mean (as Table 1 of the HiT-DVAE paper)", results_table(summary, "mean")),
+        ("Median ± 1.57·IQR/√n (as Table II of the SE paper)", results_table(summary, "median")),
+        ("Model time (inference, decoding and iSTFT per utterance, one torch thread)", _timing_table(summary)),
+    ]
     if groups:
         save_figure(boxplot_figure(groups, DEFAULT_METRICS), out_dir / FIGURE_NAME)
         sections.append(("Per-utterance distributions", f"![per-utterance metrics]({FIGURE_NAME})"))
     write_markdown(out_dir / MARKDOWN_NAME, "Analysis-resynthesis", intro, sections)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-def parse_model_specs(specs: Sequence[str]) -> dict[str, str]:
-    """`NAME=PATH` options -> {NAME: PATH}; a bare PATH is labelled by its folder name."""
-    models: dict[str, str] = {}
-    for spec in specs:
-        label, sep, path = spec.partition("=")
-        if not sep:
-            label, path = Path(spec).name, spec
-        if not label or not path:
-            raise ResynthesisError(f"--model expects NAME=PATH, got {spec!r}")
-        if label in models:
-            raise ResynthesisError(f"two models are labelled {label!r}")
-        models[label] = path
-    return models
-
-
-def models_from_args(args: argparse.Namespace, task: str) -> tuple[dict[str, str], dict[str, ModelSource]]:
-    """The --model NAME=PATH models, and those plus the --official ones (imported into --official-cache)."""
-    given = parse_model_specs(args.model)
-    models: dict[str, ModelSource] = dict(given)
-    if args.official is not None:
-        official = official_models(args.official, args.official_cache)
-        clash = sorted(set(official) & set(models))
-        if clash:
-            raise ResynthesisError(f"--model labels clash with the official ones: {', '.join(clash)}")
-        models.update(official)
-    if not models:
-        raise ResynthesisError(f"{task} needs at least one --model NAME=PATH or --official DIR")
-    return given, models
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `speechdvae eval resynth`."""
-    from ..cli import UserError
-
-    oracle = not args.no_oracle
-    try:
-        given, models = models_from_args(args, "eval resynth")
-        command = cli_command(given, args.manifest, args.out, args.limit, args.modes, args.sample, args.seed,
-                              oracle, args.official)
-        summary = evaluate_resynthesis(models, args.manifest, args.out, args.limit, args.modes, args.workers,
-                                       sample=args.sample, seed=args.seed, oracle=oracle,
-                                       progress=not args.no_progress, command=command)
-    except (ResynthesisError, CheckpointError, ManifestError, OfficialImportError) as err:
-        raise UserError(str(err)) from err
-    print(_results_table(summary, "mean"))
-    print(f"report: {Path(args.out) / MARKDOWN_NAME}")
-    return 0

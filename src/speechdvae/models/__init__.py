@@ -1,4 +1,5 @@
 """The speech priors and their registry: build any model from its config, or from a preset."""
+
 from __future__ import annotations
 
 from importlib import resources
@@ -16,8 +17,20 @@ from .vae import VAE
 
 MODELS: dict[str, type[DVAE]] = {cls.name: cls for cls in (VAE, DKF, RVAE, SRNN, TransformerDVAE)}
 
-__all__ = ["DVAE", "Decoded", "Posterior", "VAE", "DKF", "RVAE", "SRNN", "TransformerDVAE", "MODELS", "build_model",
-           "available_presets", "load_preset"]
+__all__ = [
+    "DVAE",
+    "Decoded",
+    "Posterior",
+    "VAE",
+    "DKF",
+    "RVAE",
+    "SRNN",
+    "TransformerDVAE",
+    "MODELS",
+    "build_model",
+    "available_presets",
+    "load_preset",
+]
 
 
 def build_model(config: dict[str, Any]) -> DVAE:
@@ -48,6 +61,5 @@ def load_preset(name: str, size: str = "small") -> dict[str, Any]:
         raise ValueError(f"unknown preset {name!r}; available presets: {', '.join(available_presets())}")
     sections = yaml.safe_load(path.read_text())
     if size not in sections:
-        raise ValueError(f"preset {name!r} ({name}.yaml) has no size {size!r}; "
-                         f"available sizes: {', '.join(sections)}")
+        raise ValueError(f"preset {name!r} ({name}.yaml) has no size {size!r}; available sizes: {', '.join(sections)}")
     return sections[size]

@@ -10,13 +10,21 @@ scheduled sampling. Fed-back outputs are detached: no gradient flows through the
 with feedback 1 equals decoding with feedback 0 from the generated outputs as the past (the VEM relies on
 it). Tensors are batch-first everywhere.
 """
+
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..enhancement.enhancer import VEMEnhancer
+    from ..enhancement.vem import VEMConfig
 
 
 LOG_EPS = 1e-8
@@ -33,10 +41,10 @@ def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, sample: bool) -> to
 class Posterior:
     """Output of `infer`: samples (or means) and Gaussian parameters of q."""
 
-    z: torch.Tensor                      # (B, T, Lz)
+    z: torch.Tensor  # (B, T, Lz)
     z_mean: torch.Tensor
     z_logvar: torch.Tensor
-    w: torch.Tensor | None = None        # (B, Lw) for hierarchical models
+    w: torch.Tensor | None = None  # (B, Lw) for hierarchical models
     w_mean: torch.Tensor | None = None
     w_logvar: torch.Tensor | None = None
     cache: dict = field(default_factory=dict)  # model-private intermediate results reused by decode
@@ -46,12 +54,45 @@ class Posterior:
 class Decoded:
     """Output of `decode`: speech log-variance and the prior over z under the same past."""
 
-    y_logvar: torch.Tensor               # (B, T, F)
-    prior_mean: torch.Tensor             # (B, T, Lz); zeros for an i.i.d. standard normal prior
+    y_logvar: torch.Tensor  # (B, T, F)
+    prior_mean: torch.Tensor  # (B, T, Lz); zeros for an i.i.d. standard normal prior
     prior_logvar: torch.Tensor
 
 
-class DVAE(nn.Module):
+class Configured(nn.Module):
+    """A network whose `config` ("name" and every constructor argument, defaults included) is captured once, as
+    it is built, so that a checkpoint can rebuild it; subclasses never copy their arguments by hand."""
+
+    name: ClassVar[str] = "network"
+    config: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _capturing_config(cls.__init__)  # type: ignore[method-assign]
+
+
+def _capturing_config(init: Callable[..., None]) -> Callable[..., None]:
+    """`init`, then `self.config` from its bound arguments; the most derived constructor, finishing last, wins."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapped(self: Configured, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = list(bound.arguments.items())[1:]
+        self.config = {"name": self.name, **{key: _as_json(value) for key, value in arguments}}
+
+    return wrapped
+
+
+def _as_json(value: Any) -> Any:
+    """Sequences as lists, as JSON stores them (a config read back from a checkpoint compares equal)."""
+    return [_as_json(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
+class DVAE(Configured):
     """Base class of all speech priors. Subclasses set the class attributes and implement
     `infer`, `decode`, `sample_prior` and `encoder_modules`."""
 
@@ -66,7 +107,7 @@ class DVAE(nn.Module):
         self.z_dim = z_dim
         self.log_input = log_input
         # VEM iterations chosen for this prior on validation mixtures (the "vem" entry of its checkpoint);
-        # None: the VEM default (`enhance.vem.DEFAULT_ITERATIONS`).
+        # None: the VEM default (`enhancement.vem.DEFAULT_ITERATIONS`).
         self.vem_iterations: int | None = None
 
     # -- the interface -------------------------------------------------------------------
@@ -113,6 +154,12 @@ class DVAE(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def enhancer(self, config: VEMConfig | None = None) -> VEMEnhancer:
+        """This prior as an enhancer: the VEM with an NMF noise model and `config` (default settings if None)."""
+        from ..enhancement.enhancer import VEMEnhancer
+
+        return VEMEnhancer(self, config)
 
     def standard_prior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of an i.i.d. N(0, I) prior shaped like z."""

@@ -3,6 +3,7 @@
 Generation: z_t ~ p(z_t | z_{t-1}) through a gated transition, s_t ~ p(s_t | z_t).
 Inference: q(z_t | z_{t-1}, s_{t:T}) from a backward LSTM over s and a combiner with z_{t-1}.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -12,8 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import DVAE, Decoded, Posterior, reparameterize
-from .layers import (MLP, GaussianHead, LogVarianceHead, previous, run_lstm, stack_steps,
-                     zeros_like_params)
+from .layers import MLP, GaussianHead, LogVarianceHead, previous, run_lstm, stack_steps, zeros_like_params
 
 
 class GatedTransition(nn.Module):
@@ -42,14 +42,18 @@ class DKF(DVAE):
 
     name = "dkf"
 
-    def __init__(self, x_dim: int = 513, z_dim: int = 16, dense_x_gx: Sequence[int] = (256,),
-                 dim_rnn_gx: int = 128, dense_ztm1_g: Sequence[int] = (32,),
-                 dense_g_z: Sequence[int] = (32,), dense_z_x: Sequence[int] = (32, 64, 128, 256),
-                 log_input: bool = False) -> None:
+    def __init__(
+        self,
+        x_dim: int = 513,
+        z_dim: int = 16,
+        dense_x_gx: Sequence[int] = (256,),
+        dim_rnn_gx: int = 128,
+        dense_ztm1_g: Sequence[int] = (32,),
+        dense_g_z: Sequence[int] = (32,),
+        dense_z_x: Sequence[int] = (32, 64, 128, 256),
+        log_input: bool = False,
+    ) -> None:
         super().__init__(x_dim, z_dim, log_input)
-        self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim, "dense_x_gx": list(dense_x_gx),
-                       "dim_rnn_gx": dim_rnn_gx, "dense_ztm1_g": list(dense_ztm1_g),
-                       "dense_g_z": list(dense_g_z), "dense_z_x": list(dense_z_x), "log_input": log_input}
         self.x_mlp = MLP(x_dim, dense_x_gx)
         self.x_rnn = nn.LSTM(self.x_mlp.out_dim, dim_rnn_gx, batch_first=True)
         self.combiner_mlp = MLP(z_dim, [*dense_ztm1_g, dim_rnn_gx])

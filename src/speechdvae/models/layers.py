@@ -5,6 +5,7 @@ time, and time-shift / time-reversal helpers. Tensors are batch-first (B, T, F).
 use `HeadSteps` and `LSTMSteps` so that everything not depending on the recursion is computed for
 the whole sequence in one matrix product, leaving only the recursive part inside the loop.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -78,8 +79,7 @@ class GaussianHead(_Head):
         return self.mean(h), self.logvar(h)
 
     def output_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.cat([self.mean.weight, self.logvar.weight]),
-                torch.cat([self.mean.bias, self.logvar.bias]))
+        return (torch.cat([self.mean.weight, self.logvar.weight]), torch.cat([self.mean.bias, self.logvar.bias]))
 
     def split_output(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = a.chunk(2, dim=-1)

@@ -3,6 +3,7 @@
 Used by training (clean speech: v = v_s) and by the VEM E-step (noisy speech: v = g v_s + W H).
 Sums are over every bin; callers choose the normalisation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,13 +38,13 @@ def kl_terms(post: Posterior, dec: Decoded) -> tuple[torch.Tensor, torch.Tensor]
     kl_z = gaussian_kl(post.z_mean, post.z_logvar, dec.prior_mean, dec.prior_logvar).sum()
     if post.w_mean is None:
         return kl_z, kl_z.new_zeros(())
-    kl_w = gaussian_kl(post.w_mean, post.w_logvar, torch.zeros_like(post.w_mean),
-                       torch.zeros_like(post.w_logvar)).sum()
+    kl_w = gaussian_kl(post.w_mean, post.w_logvar, torch.zeros_like(post.w_mean), torch.zeros_like(post.w_logvar)).sum()
     return kl_z, kl_w
 
 
-def elbo_loss(s: torch.Tensor, post: Posterior, dec: Decoded, beta_z: float = 1.0,
-              beta_w: float = 1.0, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+def elbo_loss(
+    s: torch.Tensor, post: Posterior, dec: Decoded, beta_z: float = 1.0, beta_w: float = 1.0, kl_weight: float = 1.0
+) -> dict[str, torch.Tensor]:
     """Negative ELBO on clean speech power `s`, normalised per frame (B * T).
 
     `kl_weight` is the KL warm-up factor, multiplying both beta-weighted KL terms.

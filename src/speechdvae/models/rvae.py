@@ -5,6 +5,7 @@ p(s_t | z_{1:T}) from a bi-LSTM over z. Causal (both flags False): the encoder's
 backward in time, q(z_t | z_{1:t-1}, s_{t:T}) (eq. 16), and the decoder LSTM runs forward,
 p(s_t | z_{1:t}) (eq. 14).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,8 +14,7 @@ import torch
 from torch import nn
 
 from .base import DVAE, Decoded, Posterior, reparameterize
-from .layers import (MLP, GaussianHead, HeadSteps, LogVarianceHead, LSTMSteps, randn_like_params,
-                     run_lstm, stack_steps)
+from .layers import MLP, GaussianHead, HeadSteps, LogVarianceHead, LSTMSteps, randn_like_params, run_lstm, stack_steps
 
 
 class RVAE(DVAE):
@@ -22,17 +22,23 @@ class RVAE(DVAE):
 
     name = "rvae"
 
-    def __init__(self, x_dim: int = 513, z_dim: int = 16, dense_x_gx: Sequence[int] = (),
-                 dim_rnn_g_x: int = 128, bidir_g_x: bool = True, dense_z_gz: Sequence[int] = (),
-                 dim_rnn_g_z: int = 128, dense_g_z: Sequence[int] = (), dense_z_h: Sequence[int] = (),
-                 dim_rnn_h: int = 128, bidir_h: bool = True, dense_h_x: Sequence[int] = (),
-                 log_input: bool = False) -> None:
+    def __init__(
+        self,
+        x_dim: int = 513,
+        z_dim: int = 16,
+        dense_x_gx: Sequence[int] = (),
+        dim_rnn_g_x: int = 128,
+        bidir_g_x: bool = True,
+        dense_z_gz: Sequence[int] = (),
+        dim_rnn_g_z: int = 128,
+        dense_g_z: Sequence[int] = (),
+        dense_z_h: Sequence[int] = (),
+        dim_rnn_h: int = 128,
+        bidir_h: bool = True,
+        dense_h_x: Sequence[int] = (),
+        log_input: bool = False,
+    ) -> None:
         super().__init__(x_dim, z_dim, log_input)
-        self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim, "dense_x_gx": list(dense_x_gx),
-                       "dim_rnn_g_x": dim_rnn_g_x, "bidir_g_x": bidir_g_x, "dense_z_gz": list(dense_z_gz),
-                       "dim_rnn_g_z": dim_rnn_g_z, "dense_g_z": list(dense_g_z),
-                       "dense_z_h": list(dense_z_h), "dim_rnn_h": dim_rnn_h, "bidir_h": bidir_h,
-                       "dense_h_x": list(dense_h_x), "log_input": log_input}
         self.x_mlp = MLP(x_dim, dense_x_gx)
         self.x_rnn = nn.LSTM(self.x_mlp.out_dim, dim_rnn_g_x, batch_first=True, bidirectional=bidir_g_x)
         self.zprev_mlp = MLP(z_dim, dense_z_gz)

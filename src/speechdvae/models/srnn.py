@@ -8,6 +8,7 @@ the h-LSTM is the model's own previous variance exp(y_{t-1}) rather than the tru
 0 = teacher forcing, 1 = generation (SE paper eq. 31), in between = scheduled sampling. The prior
 uses the same h as the decoder; inference always uses h computed from the true s.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,8 +17,17 @@ import torch
 from torch import nn
 
 from .base import DVAE, Decoded, Posterior, reparameterize
-from .layers import (MLP, GaussianHead, HeadSteps, LogVarianceHead, LSTMSteps, previous, run_lstm,
-                     stack_steps, zeros_like_params)
+from .layers import (
+    MLP,
+    GaussianHead,
+    HeadSteps,
+    LogVarianceHead,
+    LSTMSteps,
+    previous,
+    run_lstm,
+    stack_steps,
+    zeros_like_params,
+)
 
 
 class SRNN(DVAE):
@@ -26,15 +36,19 @@ class SRNN(DVAE):
     name = "srnn"
     autoregressive = True
 
-    def __init__(self, x_dim: int = 513, z_dim: int = 16, dense_x_h: Sequence[int] = (256,),
-                 dim_rnn_h: int = 128, dense_hx_g: Sequence[int] = (256,), dim_rnn_g: int = 128,
-                 dense_gz_z: Sequence[int] = (64, 32), dense_hz_x: Sequence[int] = (256,),
-                 dense_hz_z: Sequence[int] = (64, 32)) -> None:
+    def __init__(
+        self,
+        x_dim: int = 513,
+        z_dim: int = 16,
+        dense_x_h: Sequence[int] = (256,),
+        dim_rnn_h: int = 128,
+        dense_hx_g: Sequence[int] = (256,),
+        dim_rnn_g: int = 128,
+        dense_gz_z: Sequence[int] = (64, 32),
+        dense_hz_x: Sequence[int] = (256,),
+        dense_hz_z: Sequence[int] = (64, 32),
+    ) -> None:
         super().__init__(x_dim, z_dim)
-        self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim, "dense_x_h": list(dense_x_h),
-                       "dim_rnn_h": dim_rnn_h, "dense_hx_g": list(dense_hx_g), "dim_rnn_g": dim_rnn_g,
-                       "dense_gz_z": list(dense_gz_z), "dense_hz_x": list(dense_hz_x),
-                       "dense_hz_z": list(dense_hz_z)}
         self.past_mlp = MLP(x_dim, dense_x_h)
         self.past_rnn = nn.LSTM(self.past_mlp.out_dim, dim_rnn_h, batch_first=True)
         self.enc_mlp = MLP(dim_rnn_h + x_dim, dense_hx_g)
@@ -72,8 +86,9 @@ class SRNN(DVAE):
         prior_mean, prior_logvar = self.prior(torch.cat([h, previous(post.z)], dim=-1))
         return Decoded(y, prior_mean, prior_logvar)
 
-    def _decode_recursively(self, z: torch.Tensor, s: torch.Tensor | None,
-                            feedback: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode_recursively(
+        self, z: torch.Tensor, s: torch.Tensor | None, feedback: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """h and y when some past frames are the model's own predictions exp(y_{t-1})."""
         batch, frames = z.shape[:2]
         rnn = LSTMSteps(self.past_rnn, batch)

@@ -17,6 +17,7 @@ the prior sees s_{1:t-1}, z_{1:t-1} and the speech decoder s_{1:t-1}, z_{1:t}. L
 Networks read log(s + log_eps) of the power spectrogram when `log_input` is set. With `feedback` > 0,
 `decode` runs frame by frame with cached keys/values, so T frames cost T decoder steps.
 """
+
 from __future__ import annotations
 
 import math
@@ -117,8 +118,13 @@ class TransformerLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.ReLU(), nn.Linear(ff_dim, dim))
         self.ff_norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None, residual: bool = True,
-                cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        residual: bool = True,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
         """All positions at once (no cache), or only the newest position (B, 1, D) of x and memory
         when `cache` holds the keys/values of the earlier ones (and is extended with it)."""
         caches = cache if cache is not None else (None, None)
@@ -127,8 +133,15 @@ class TransformerLayer(nn.Module):
             x = self._attend(self.cross_attn, self.cross_norm, x, memory, caches[1], residual)
         return add_norm(self.ff_norm, x, self.ff(x), residual)
 
-    def _attend(self, attention: Attention, norm: nn.LayerNorm, x: torch.Tensor, source: torch.Tensor,
-                cache: KeyValueCache | None, residual: bool) -> torch.Tensor:
+    def _attend(
+        self,
+        attention: Attention,
+        norm: nn.LayerNorm,
+        x: torch.Tensor,
+        source: torch.Tensor,
+        cache: KeyValueCache | None,
+        residual: bool,
+    ) -> torch.Tensor:
         keys_values = attention.key_value(source)
         if cache is not None:
             keys_values = cache.extend(keys_values)
@@ -144,11 +157,18 @@ class TransformerStack(nn.Module):
         super().__init__()
         self.embed = nn.Linear(in_dim, dim)
         self.memory_embed = nn.Linear(memory_dim, dim) if memory_dim is not None else None
-        self.layers = nn.ModuleList(TransformerLayer(dim, ff_dim, cross=memory_dim is not None)
-                                    for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            TransformerLayer(dim, ff_dim, cross=memory_dim is not None) for _ in range(num_layers)
+        )
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None, residual: bool = True,
-                caches: list[LayerCache] | None = None, start: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        residual: bool = True,
+        caches: list[LayerCache] | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
         """(B, T, in_dim) -> (B, T, dim); with `caches`, x and memory hold the frames from `start` on."""
         x = self._embed(self.embed, x, start)
         if self.memory_embed is not None:
@@ -175,17 +195,25 @@ class TransformerDVAE(DVAE):
     autoregressive = True
     hierarchical = True
 
-    def __init__(self, x_dim: int = 513, z_dim: int = 16, w_dim: int = 32, d_model: int = 256,
-                 num_layers: int = 4, dim_feedforward: int = 1024, dim_rnn_w: int = 1308,
-                 num_rnn_w: int = 1, share_decoders: bool = False, query_source: str = "z",
-                 decoder_residual: bool = True, log_input: bool = True, log_eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        x_dim: int = 513,
+        z_dim: int = 16,
+        w_dim: int = 32,
+        d_model: int = 256,
+        num_layers: int = 4,
+        dim_feedforward: int = 1024,
+        dim_rnn_w: int = 1308,
+        num_rnn_w: int = 1,
+        share_decoders: bool = False,
+        query_source: str = "z",
+        decoder_residual: bool = True,
+        log_input: bool = True,
+        log_eps: float = 1e-8,
+    ) -> None:
         super().__init__(x_dim, z_dim)
         if query_source not in ("z", "s"):
             raise ValueError(f"query_source must be 'z' (queries from [z; w]) or 's' (Inv-s), got {query_source!r}")
-        self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim, "w_dim": w_dim, "d_model": d_model,
-                       "num_layers": num_layers, "dim_feedforward": dim_feedforward, "dim_rnn_w": dim_rnn_w,
-                       "num_rnn_w": num_rnn_w, "share_decoders": share_decoders, "query_source": query_source,
-                       "decoder_residual": decoder_residual, "log_input": log_input, "log_eps": log_eps}
         self.w_dim = w_dim
         self.query_source = query_source
         self.decoder_residual = decoder_residual
@@ -196,8 +224,10 @@ class TransformerDVAE(DVAE):
         self.z_encoder = TransformerStack(x_dim + w_dim, d_model, num_layers, dim_feedforward)
         self.z_head = GaussianHead(d_model, [], z_dim)
         query_dim, memory_dim = (z_dim + w_dim, x_dim) if query_source == "z" else (x_dim, z_dim + w_dim)
-        self.decoders = nn.ModuleList(TransformerStack(query_dim, d_model, num_layers, dim_feedforward, memory_dim)
-                                      for _ in range(1 if share_decoders else 2))
+        self.decoders = nn.ModuleList(
+            TransformerStack(query_dim, d_model, num_layers, dim_feedforward, memory_dim)
+            for _ in range(1 if share_decoders else 2)
+        )
         self.prior_head = GaussianHead(d_model, [], z_dim)
         self.speech_head = LogVarianceHead(d_model, [], x_dim)
 
@@ -250,8 +280,9 @@ class TransformerDVAE(DVAE):
         y = self._run_steps(w, frames, own_output, lambda t, mean, logvar: reparameterize(mean, logvar, True))[0]
         return y.exp()
 
-    def _decoder_inputs(self, z: torch.Tensor, w: torch.Tensor,
-                        past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decoder_inputs(
+        self, z: torch.Tensor, w: torch.Tensor, past: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(queries, memory) of a decoder for latent frames z and network-input past frames."""
         zw = with_sequence_latent(z, w)
         return (zw, past) if self.query_source == "z" else (past, zw)
@@ -262,8 +293,9 @@ class TransformerDVAE(DVAE):
         speech = self.speech_decoder(*self._decoder_inputs(z, w, past), residual=self.decoder_residual)
         return Decoded(self.speech_head(speech), *self.prior_head(prior))
 
-    def _run_steps(self, w: torch.Tensor, frames: int, past_source: PastSource,
-                   next_latent: LatentSource) -> tuple[torch.Tensor, ...]:
+    def _run_steps(
+        self, w: torch.Tensor, frames: int, past_source: PastSource, next_latent: LatentSource
+    ) -> tuple[torch.Tensor, ...]:
         """y, prior mean and prior log-variance (B, frames, .) decoded one frame at a time."""
         prior_caches, speech_caches = self.prior_decoder.new_caches(), self.speech_decoder.new_caches()
         past = w.new_zeros(w.shape[0], 1, self.x_dim)
@@ -271,12 +303,13 @@ class TransformerDVAE(DVAE):
         steps = []
         for t in range(frames):
             if t:
-                past = self.network_input(past_source(t, y))[:, None]
+                past = self.network_input(past_source(t, y))[:, None]  # noqa: F821 (y: the previous frame's output)
             prior = self.prior_decoder(*self._decoder_inputs(z_prev, w, past), caches=prior_caches, start=t)
             mean, logvar = (p[:, 0] for p in self.prior_head(prior))
             z_prev = next_latent(t, mean, logvar)[:, None]
-            speech = self.speech_decoder(*self._decoder_inputs(z_prev, w, past), residual=self.decoder_residual,
-                                         caches=speech_caches, start=t)
+            speech = self.speech_decoder(
+                *self._decoder_inputs(z_prev, w, past), residual=self.decoder_residual, caches=speech_caches, start=t
+            )
             y = self.speech_head(speech)[:, 0]
             steps.append((y, mean, logvar))
         return stack_steps(steps)

@@ -1,4 +1,5 @@
 """VAE: frame-wise encoder and decoder with an i.i.d. standard normal prior (the static baseline)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,13 +16,17 @@ class VAE(DVAE):
 
     name = "vae"
 
-    def __init__(self, x_dim: int = 513, z_dim: int = 16, dense_x_z: Sequence[int] = (128,),
-                 dense_z_x: Sequence[int] | None = None, log_input: bool = False) -> None:
+    def __init__(
+        self,
+        x_dim: int = 513,
+        z_dim: int = 16,
+        dense_x_z: Sequence[int] = (128,),
+        dense_z_x: Sequence[int] | None = None,
+        log_input: bool = False,
+    ) -> None:
         super().__init__(x_dim, z_dim, log_input)
         dense_x_z = list(dense_x_z)
         dense_z_x = dense_x_z[::-1] if dense_z_x is None else list(dense_z_x)
-        self.config = {"name": self.name, "x_dim": x_dim, "z_dim": z_dim,
-                       "dense_x_z": dense_x_z, "dense_z_x": dense_z_x, "log_input": log_input}
         self.posterior = GaussianHead(x_dim, dense_x_z, z_dim)
         self.decoder = LogVarianceHead(z_dim, dense_z_x, x_dim)
 

@@ -5,26 +5,30 @@ frequency with a learned shift and scale (initialised from training statistics),
 size (linear + layer norm + tanh), runs a bidirectional LSTM whose output is concatenated with its input (skip
 connection), and maps back to 513 bins (linear + layer norm + ReLU + linear); a sigmoid gives a mask in [0, 1].
 The speech estimate is mask × X (the noisy phase), inverted to the input's length. Unlike the DVAE priors it is
-trained on noisy/clean pairs (`speechdvae.train_umx`) and needs no iterative inference.
+trained on noisy/clean pairs (`baselines.train`) and needs no iterative inference.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
 from .. import stft
 from ..checkpoints import CheckpointError, load_weights, read_checkpoint_config
-from ..models import DVAE
+from ..models.base import Configured
+
+if TYPE_CHECKING:
+    from ..enhancement.enhancer import MaskEnhancer
 
 NORM_EPS = 1e-8
 
 
-class MaskEstimator(nn.Module):
+class MaskEstimator(Configured):
     """|X| (B, T, F) -> mask (B, T, F) in [0, 1]; `lengths` marks the valid frames of a padded batch."""
 
     name: ClassVar[str] = "umx"
@@ -33,16 +37,20 @@ class MaskEstimator(nn.Module):
     def __init__(self, n_freq: int = stft.N_FREQ, hidden_size: int = 128, lstm_layers: int = 3) -> None:
         super().__init__()
         if hidden_size < 2 or hidden_size % 2:
-            raise ValueError(f"hidden_size must be an even number (two LSTM directions of half the size), "
-                             f"got {hidden_size}")
-        self.n_freq, self.hidden_size, self.lstm_layers = n_freq, hidden_size, lstm_layers
+            raise ValueError(
+                f"hidden_size must be an even number (two LSTM directions of half the size), got {hidden_size}"
+            )
+        self.n_freq = n_freq
         self.input_mean = nn.Parameter(torch.zeros(n_freq))
         self.input_scale = nn.Parameter(torch.ones(n_freq))
         self.encoder = nn.Sequential(nn.Linear(n_freq, hidden_size, bias=False), nn.LayerNorm(hidden_size), nn.Tanh())
-        self.lstm = nn.LSTM(hidden_size, hidden_size // 2, num_layers=lstm_layers, bidirectional=True,
-                            batch_first=True)
-        self.decoder = nn.Sequential(nn.Linear(2 * hidden_size, hidden_size, bias=False), nn.LayerNorm(hidden_size),
-                                     nn.ReLU(), nn.Linear(hidden_size, n_freq))
+        self.lstm = nn.LSTM(hidden_size, hidden_size // 2, num_layers=lstm_layers, bidirectional=True, batch_first=True)
+        self.decoder = nn.Sequential(
+            nn.Linear(2 * hidden_size, hidden_size, bias=False),
+            nn.LayerNorm(hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, n_freq),
+        )
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MaskEstimator:
@@ -54,11 +62,6 @@ class MaskEstimator(nn.Module):
             return cls(**kwargs)
         except TypeError as err:
             raise ValueError(f"invalid config for model {cls.name!r}: {err}") from None
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {"name": self.name, "n_freq": self.n_freq, "hidden_size": self.hidden_size,
-                "lstm_layers": self.lstm_layers}
 
     @property
     def device(self) -> torch.device:
@@ -75,13 +78,16 @@ class MaskEstimator(nn.Module):
         hidden = self.encoder((magnitude - self.input_mean) * self.input_scale)
         if lengths is None:
             recurrent, _ = self.lstm(hidden)
-        else:   # packed, so that a sequence's backward pass starts at its own last frame, not in the padding
+        else:  # packed, so that a sequence's backward pass starts at its own last frame, not in the padding
             packed = pack_padded_sequence(hidden, lengths.cpu(), batch_first=True, enforce_sorted=False)
             recurrent, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=hidden.shape[1])
         return torch.sigmoid(self.decoder(torch.cat([hidden, recurrent], dim=-1)))
 
+    def enhancer(self, config: object = None) -> MaskEnhancer:
+        """This estimator as an enhancer (`enhancement.enhancer`); VEM settings do not apply to it."""
+        from ..enhancement.enhancer import MaskEnhancer
 
-Enhancer = DVAE | MaskEstimator
+        return MaskEnhancer(self)
 
 
 @torch.no_grad()
@@ -92,13 +98,6 @@ def masks(model: MaskEstimator, magnitudes: Sequence[torch.Tensor]) -> list[torc
     padded = pad_sequence([m.to(torch.float32) for m in magnitudes], batch_first=True)
     mask = model(padded.to(model.device), lengths).cpu()
     return [mask[b, :T] for b, T in enumerate(lengths.tolist())]
-
-
-def enhance_waves(model: MaskEstimator, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Speech estimates (float32, each of its input's length) of 16 kHz waveforms: mask × noisy STFT."""
-    spectra = [stft.stft(torch.from_numpy(np.asarray(x, dtype=np.float64))) for x in waves]
-    return [stft.istft(s * m, length=len(x)).to(torch.float32).numpy()
-            for s, m, x in zip(spectra, masks(model, [s.abs() for s in spectra]), waves)]
 
 
 def holds_mask_estimator(path: str | os.PathLike) -> bool:
@@ -112,4 +111,4 @@ def holds_mask_estimator(path: str | os.PathLike) -> bool:
 
 def load_mask_estimator(path: str | os.PathLike, device: str | torch.device | None = None) -> MaskEstimator:
     """The mask estimator stored in checkpoint folder `path`, in eval mode (default device: CUDA if available)."""
-    return load_weights(path, MaskEstimator.from_config, device)    # type: ignore[return-value]
+    return load_weights(path, MaskEstimator.from_config, device)  # type: ignore[return-value]

@@ -6,6 +6,7 @@ square root of the majorise-minimise ratio, W then H, L1 normalisation of W's co
 gains g (B, T). A frame mask (B, T) keeps the padded frames of shorter utterances out of every sum
 over frames; their H and g entries are left as they are.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,24 +26,37 @@ class NMFNoise:
     H: torch.Tensor
 
     @classmethod
-    def init_random(cls, batch: int, freqs: int, frames: int, rank: int,
-                    generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-                    device: torch.device | str | None = None) -> NMFNoise:
+    def init_random(
+        cls,
+        batch: int,
+        freqs: int,
+        frames: int,
+        rank: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> NMFNoise:
         """W then H drawn from U[0, 1) in float64, floored at INIT_FLOOR, as the official code does."""
         W = torch.rand(batch, freqs, rank, generator=generator, dtype=torch.float64)
         H = torch.rand(batch, rank, frames, generator=generator, dtype=torch.float64)
         return cls.from_arrays(W.clamp_min(INIT_FLOOR), H.clamp_min(INIT_FLOOR), dtype, device)
 
     @classmethod
-    def from_arrays(cls, W: torch.Tensor, H: torch.Tensor, dtype: torch.dtype = torch.float32,
-                    device: torch.device | str | None = None) -> NMFNoise:
+    def from_arrays(
+        cls,
+        W: torch.Tensor,
+        H: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> NMFNoise:
         """Given factors, (F, K) and (K, T) or batched (B, F, K) and (B, K, T), cast to `dtype`."""
         W, H = torch.as_tensor(W), torch.as_tensor(H)
         if W.dim() == 2 and H.dim() == 2:
             W, H = W[None], H[None]
         if W.dim() != 3 or H.dim() != 3 or W.shape[0] != H.shape[0] or W.shape[2] != H.shape[1]:
-            raise ValueError(f"NMF factors must be W (B, F, K) and H (B, K, T), got {tuple(W.shape)} "
-                             f"and {tuple(H.shape)}")
+            raise ValueError(
+                f"NMF factors must be W (B, F, K) and H (B, K, T), got {tuple(W.shape)} and {tuple(H.shape)}"
+            )
         if bool((W < 0).any()) or bool((H < 0).any()):
             raise ValueError("NMF factors must be nonnegative")
         return cls(W.to(device=device, dtype=dtype), H.to(device=device, dtype=dtype))
@@ -73,12 +87,10 @@ def _weights(power: torch.Tensor, vx: torch.Tensor, mask: torch.Tensor) -> tuple
     """|X|^2 sum_r V_x^-2 and sum_r V_x^-1, both (B, T, F) and zero on padded frames."""
     inv = vx.reciprocal()
     frames = mask[..., None]
-    return (torch.where(frames, power * inv.square().sum(1), 0.0),
-            torch.where(frames, inv.sum(1), 0.0))
+    return (torch.where(frames, power * inv.square().sum(1), 0.0), torch.where(frames, inv.sum(1), 0.0))
 
 
-def update_W(nmf: NMFNoise, power: torch.Tensor, scaled_speech_var: torch.Tensor,
-             mask: torch.Tensor) -> NMFNoise:
+def update_W(nmf: NMFNoise, power: torch.Tensor, scaled_speech_var: torch.Tensor, mask: torch.Tensor) -> NMFNoise:
     """Eq. (43): W <- W sqrt([(|X|^2 V_x^-2) H^T] / [V_x^-1 H^T]); V_x uses the current W H."""
     num, den = _weights(power, scaled_speech_var + nmf.variance()[:, None], mask)
     Ht = nmf.H.transpose(1, 2)
@@ -86,8 +98,7 @@ def update_W(nmf: NMFNoise, power: torch.Tensor, scaled_speech_var: torch.Tensor
     return NMFNoise(nmf.W * ratio.sqrt(), nmf.H)
 
 
-def update_H(nmf: NMFNoise, power: torch.Tensor, scaled_speech_var: torch.Tensor,
-             mask: torch.Tensor) -> NMFNoise:
+def update_H(nmf: NMFNoise, power: torch.Tensor, scaled_speech_var: torch.Tensor, mask: torch.Tensor) -> NMFNoise:
     """Eq. (42): H <- H sqrt([W^T (|X|^2 V_x^-2)] / [W^T V_x^-1]); padded frames keep their H."""
     num, den = _weights(power, scaled_speech_var + nmf.variance()[:, None], mask)
     Wt = nmf.W.transpose(1, 2)
@@ -97,12 +108,13 @@ def update_H(nmf: NMFNoise, power: torch.Tensor, scaled_speech_var: torch.Tensor
 
 def normalize_columns(nmf: NMFNoise) -> NMFNoise:
     """Divide each column of W by its L1 norm and scale the matching row of H up: W H is unchanged."""
-    norms = nmf.W.abs().sum(1)                                  # (B, K)
+    norms = nmf.W.abs().sum(1)  # (B, K)
     return NMFNoise(nmf.W / norms[:, None, :], nmf.H * norms[:, :, None])
 
 
-def update_gain(gain: torch.Tensor, power: torch.Tensor, speech_var: torch.Tensor,
-                noise_var: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def update_gain(
+    gain: torch.Tensor, power: torch.Tensor, speech_var: torch.Tensor, noise_var: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Eq. (44): g_t <- g_t sqrt(sum_f |X|^2 v_s V_x^-2 / sum_f v_s V_x^-1), with the unscaled v_s."""
     inv = mixture_variance(speech_var, gain, noise_var).reciprocal()
     num = (power[:, None] * speech_var * inv.square()).sum((1, 3))
@@ -110,8 +122,9 @@ def update_gain(gain: torch.Tensor, power: torch.Tensor, speech_var: torch.Tenso
     return gain * torch.where(mask, num / den, 1.0).sqrt()
 
 
-def m_step(nmf: NMFNoise, gain: torch.Tensor, power: torch.Tensor, speech_var: torch.Tensor,
-           mask: torch.Tensor) -> tuple[NMFNoise, torch.Tensor]:
+def m_step(
+    nmf: NMFNoise, gain: torch.Tensor, power: torch.Tensor, speech_var: torch.Tensor, mask: torch.Tensor
+) -> tuple[NMFNoise, torch.Tensor]:
     """One M-step from speech variance samples v_s (B, R, T, F): W, H, normalisation, then g."""
     scaled = gain[:, None, :, None] * speech_var
     nmf = update_W(nmf, power, scaled, mask)
@@ -119,8 +132,9 @@ def m_step(nmf: NMFNoise, gain: torch.Tensor, power: torch.Tensor, speech_var: t
     return nmf, update_gain(gain, power, speech_var, nmf.variance(), mask)
 
 
-def mixture_loss(power: torch.Tensor, speech_var: torch.Tensor, gain: torch.Tensor,
-                 noise_var: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def mixture_loss(
+    power: torch.Tensor, speech_var: torch.Tensor, gain: torch.Tensor, noise_var: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Per-utterance mean over samples, frames and bins of log V_x + |X|^2 / V_x (the official
     reported loss); padded frames are left out. Returns (B,)."""
     vx = mixture_variance(speech_var, gain, noise_var)

@@ -1,4 +1,5 @@
-"""Training of the supervised baseline (`enhance.umx`, the SE paper's "UMX retrain") on pairs mixed on the fly.
+"""Training of the supervised baseline (`baselines.mask_estimator`, the SE paper's "UMX retrain") on pairs
+mixed on the fly.
 
 Each training example is a `crop_seconds` crop of a clean training utterance (placed at a random offset in
 silence when shorter) plus a random segment of a training noise recording (looped when shorter) at an SNR drawn
@@ -14,39 +15,39 @@ A batch depends only on the seed and its step number, so a run continued with `-
 optimizer, step, best weights and log; written atomically every `checkpoint_every` steps), log.jsonl / log.csv
 (one row per validation) and model/.
 """
+
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoints, stft
-from .audio import SAMPLE_RATE, AudioError, read_audio
-from .data.manifest import ManifestError, read_manifest
-from .data.mix import mix_at_snr, noise_segment
-from .enhance.files import set_threads
-from .enhance.umx import MaskEstimator, masks
-from .evaluate.enhancement import balanced_subset, read_mixtures, read_pair
-from .io import write_json_atomic
-from .train import save_state, write_history
+from .. import checkpoints, stft
+from ..atomic import write_json_atomic
+from ..audio import SAMPLE_RATE, AudioError, read_audio
+from ..data.manifest import read_manifest
+from ..data.mix import mix_at_snr, noise_segment
+from ..errors import SpeechDVAEError
+from ..evaluate.mixtures import balanced_subset, read_mixtures, read_pair
+from ..train import save_state, write_history
+from .mask_estimator import MaskEstimator, masks
 
 # Options that may change when a run is resumed: they extend or shorten it without changing what a step computes.
 BUDGET_OPTIONS = ("steps",)
-TRAIN_STREAM, STATS_STREAM = 0, 1     # random streams of the training batches and of the normalisation batches
-MAX_DRAWS = 100                       # attempts at a crop pair that is not silent
+TRAIN_STREAM, STATS_STREAM = 0, 1  # random streams of the training batches and of the normalisation batches
+MAX_DRAWS = 100  # attempts at a crop pair that is not silent
 PCM16_SCALE = 32768.0
 VALID_BATCH = 16
 
 
-class BaselineError(ValueError):
+class BaselineError(SpeechDVAEError, ValueError):
     """Options or data that cannot train the baseline, reported before any work starts."""
 
 
@@ -66,9 +67,9 @@ class BaselineConfig:
     lr: float = 1e-3
     steps: int = 2000
     valid_every: int = 100
-    valid_limit: int | None = None        # validate on this many mixtures, balanced over noise type × SNR
+    valid_limit: int | None = None  # validate on this many mixtures, balanced over noise type × SNR
     checkpoint_every: int = 25
-    stats_batches: int = 8                # batches whose mixtures initialise the input normalisation
+    stats_batches: int = 8  # batches whose mixtures initialise the input normalisation
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,6 +95,7 @@ class BaselineConfig:
 # Data
 # ---------------------------------------------------------------------------------------------
 
+
 class AudioBank:
     """The waveforms of a manifest, decoded once and kept as one 16-bit array (half the memory of float32)."""
 
@@ -107,29 +109,32 @@ class AudioBank:
         records = read_manifest(path)
         if not records:
             raise BaselineError(f"{path}: the {what} manifest lists no files")
-        return cls(read_audio(r["path"])[0] for r in tqdm(records, desc=f"loading {what}", unit="file",
-                                                          disable=not progress, leave=False))
+        return cls(
+            read_audio(r["path"])[0]
+            for r in tqdm(records, desc=f"loading {what}", unit="file", disable=not progress, leave=False)
+        )
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def __getitem__(self, index: int) -> np.ndarray:
-        return self.samples[self.offsets[index]:self.offsets[index + 1]].astype(np.float32) / PCM16_SCALE
+        return self.samples[self.offsets[index] : self.offsets[index + 1]].astype(np.float32) / PCM16_SCALE
 
 
 def crop_or_pad(x: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
     """A random `length`-sample crop of x, or x at a random offset in silence when it is shorter."""
     if len(x) >= length:
         start = int(rng.integers(len(x) - length + 1))
-        return x[start:start + length]
+        return x[start : start + length]
     out = np.zeros(length, dtype=x.dtype)
     start = int(rng.integers(length - len(x) + 1))
-    out[start:start + len(x)] = x
+    out[start : start + len(x)] = x
     return out
 
 
-def draw_pair(speech: AudioBank, noise: AudioBank, config: BaselineConfig,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_pair(
+    speech: AudioBank, noise: AudioBank, config: BaselineConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """One training example (noisy, clean), float32 of `crop_samples`, scaled as described in the module doc."""
     length = config.crop_samples
     for _ in range(MAX_DRAWS):
@@ -139,14 +144,15 @@ def draw_pair(speech: AudioBank, noise: AudioBank, config: BaselineConfig,
         try:
             noisy, _, _ = mix_at_snr(clean, segment, float(rng.uniform(*config.snr_db)))
         except AudioError:
-            continue        # a silent crop of speech or noise: draw again
+            continue  # a silent crop of speech or noise: draw again
         gain = 10 ** (rng.uniform(*config.gain_db) / 20) / np.abs(noisy).max()
         return (noisy * gain).astype(np.float32), (clean * gain).astype(np.float32)
     raise BaselineError(f"{MAX_DRAWS} draws in a row gave a silent speech or noise crop; check the manifests")
 
 
-def draw_batch(speech: AudioBank, noise: AudioBank, config: BaselineConfig, stream: int,
-               index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_batch(
+    speech: AudioBank, noise: AudioBank, config: BaselineConfig, stream: int, index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch `index` of a random stream, (noisy, clean) of shape (B, N): a function of the seed and index only."""
     rng = np.random.default_rng([config.seed, stream, index])
     noisy, clean = zip(*(draw_pair(speech, noise, config, rng) for _ in range(config.batch_size)))
@@ -170,6 +176,7 @@ def read_validation(config: BaselineConfig, progress: bool) -> list[tuple[torch.
 # Loss
 # ---------------------------------------------------------------------------------------------
 
+
 def magnitude_loss(model: MaskEstimator, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """Mean squared error between |mask × X| and |S| over the time-frequency bins of waveforms (B, N)."""
     noisy_mag, clean_mag = (stft.stft(x).abs() for x in (noisy, clean))
@@ -180,7 +187,7 @@ def validation_loss(model: MaskEstimator, pairs: Sequence[tuple[torch.Tensor, to
     """The same error over all bins of the validation mixtures (each at its own length)."""
     total, bins = 0.0, 0
     for start in range(0, len(pairs), VALID_BATCH):
-        batch = pairs[start:start + VALID_BATCH]
+        batch = pairs[start : start + VALID_BATCH]
         for (noisy, clean), mask in zip(batch, masks(model, [noisy for noisy, _ in batch])):
             total += float((mask * noisy - clean).square().sum())
             bins += noisy.numel()
@@ -191,17 +198,25 @@ def validation_loss(model: MaskEstimator, pairs: Sequence[tuple[torch.Tensor, to
 # Trainer
 # ---------------------------------------------------------------------------------------------
 
+
 class BaselineTrainer:
     """Trains the mask estimator described by a BaselineConfig, writing into `run_dir`."""
 
-    def __init__(self, config: BaselineConfig, run_dir: str | os.PathLike, resume: bool = False,
-                 progress: bool = True, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        config: BaselineConfig,
+        run_dir: str | os.PathLike,
+        resume: bool = False,
+        progress: bool = True,
+        device: str | torch.device | None = None,
+    ) -> None:
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         self.device = torch.device(device) if device is not None else checkpoints.default_device()
         state_path = self.run_dir / "state.pt"
         if state_path.exists() and not resume:
-            raise BaselineError(f"{self.run_dir} already holds a run: pass --resume to continue it, "
-                                "or choose another folder")
+            raise BaselineError(
+                f"{self.run_dir} already holds a run: pass --resume to continue it, or choose another folder"
+            )
         if resume and not state_path.exists() and (self.run_dir / "config.json").exists():
             raise BaselineError(f"{self.run_dir} has no state to resume from")
         state = self._read_state(state_path) if resume and state_path.exists() else None
@@ -223,16 +238,27 @@ class BaselineTrainer:
 
     def _init_normalisation(self) -> None:
         """Input shift and scale from the magnitudes of `stats_batches` batches of training mixtures."""
-        noisy = [draw_batch(self.speech, self.noise, self.config, STATS_STREAM, i)[0]
-                 for i in range(self.config.stats_batches)]
+        noisy = [
+            draw_batch(self.speech, self.noise, self.config, STATS_STREAM, i)[0]
+            for i in range(self.config.stats_batches)
+        ]
         self.model.init_normalisation(stft.stft(torch.cat(noisy)).abs())
 
     # -- state -------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                "train_sum": self.train_sum, "train_count": self.train_count, "elapsed": self.elapsed,
-                "best_loss": self.best_loss, "best_step": self.best_step, "best_state": self.best_state,
-                "history": self.history, "config": self.config.to_json()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "train_sum": self.train_sum,
+            "train_count": self.train_count,
+            "elapsed": self.elapsed,
+            "best_loss": self.best_loss,
+            "best_step": self.best_step,
+            "best_state": self.best_state,
+            "history": self.history,
+            "config": self.config.to_json(),
+        }
 
     def _save_state(self) -> None:
         save_state(self.run_dir / "state.pt", self._state())
@@ -243,15 +269,16 @@ class BaselineTrainer:
         state = torch.load(path, map_location=self.device, weights_only=False)
         current = self.config.to_json()
         if dict(state["config"], **{k: current[k] for k in BUDGET_OPTIONS}) != current:
-            raise BaselineError(f"{path} was written with a different configuration; resume with the same options "
-                                f"(only {', '.join(BUDGET_OPTIONS)} may change)")
+            raise BaselineError(
+                f"{path} was written with a different configuration; resume with the same options "
+                f"(only {', '.join(BUDGET_OPTIONS)} may change)"
+            )
         return state
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for key in ("step", "train_sum", "train_count", "elapsed", "best_loss", "best_step", "best_state",
-                    "history"):
+        for key in ("step", "train_sum", "train_count", "elapsed", "best_loss", "best_step", "best_state", "history"):
             setattr(self, key, state[key])
         write_json_atomic(self.run_dir / "config.json", self.config.to_json())
 
@@ -259,8 +286,13 @@ class BaselineTrainer:
     def train(self) -> Path:
         """Run to the step budget, validating every `valid_every` steps; returns the exported model folder."""
         config = self.config
-        bar = tqdm(total=config.steps, initial=min(self.step, config.steps), unit="step", desc="baseline",
-                   disable=not self.progress)
+        bar = tqdm(
+            total=config.steps,
+            initial=min(self.step, config.steps),
+            unit="step",
+            desc="baseline",
+            disable=not self.progress,
+        )
         clock = time.time()
         while self.step < config.steps:
             noisy, clean = draw_batch(self.speech, self.noise, config, TRAIN_STREAM, self.step)
@@ -276,7 +308,7 @@ class BaselineTrainer:
                 self.elapsed, clock = self.elapsed + time.time() - clock, time.time()
                 self._save_state()
         bar.close()
-        if self.best_state is None:          # a budget reached before any validation
+        if self.best_state is None:  # a budget reached before any validation
             self._validate()
         return self._export()
 
@@ -297,10 +329,18 @@ class BaselineTrainer:
             self.best_loss, self.best_step = valid, self.step
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         train = self.train_sum / self.train_count if self.train_count else math.nan
-        self.history.append({"step": self.step, "train_loss": train, "valid_loss": valid, "best": improved,
-                             "seconds": round(self.elapsed, 1)})
-        tqdm.write(f"step {self.step}: train {train:.4f}  valid {valid:.4f}{'  *' if improved else ''}  "
-                   f"({self.elapsed:.0f} s)")
+        self.history.append(
+            {
+                "step": self.step,
+                "train_loss": train,
+                "valid_loss": valid,
+                "best": improved,
+                "seconds": round(self.elapsed, 1),
+            }
+        )
+        tqdm.write(
+            f"step {self.step}: train {train:.4f}  valid {valid:.4f}{'  *' if improved else ''}  ({self.elapsed:.0f} s)"
+        )
         self.train_sum, self.train_count = 0.0, 0
         self._save_state()
 
@@ -309,39 +349,20 @@ class BaselineTrainer:
         model = MaskEstimator.from_config(self.model.config)
         model.load_state_dict(self.best_state)
         config = self.config
-        meta = {"training_data": {"speech": config.speech_manifest, "noise": config.noise_manifest,
-                                  "validation": config.valid_manifest},
-                "training": {"best_step": self.best_step, "best_valid_loss": self.best_loss, "steps": self.step,
-                             "seconds": round(self.elapsed, 1), "device": self.device.type,
-                             "config": config.to_json()}}
+        manifests = {
+            "speech": config.speech_manifest,
+            "noise": config.noise_manifest,
+            "validation": config.valid_manifest,
+        }
+        meta = {
+            "training_data": checkpoints.manifest_provenance(manifests),
+            "training": {
+                "best_step": self.best_step,
+                "best_valid_loss": self.best_loss,
+                "steps": self.step,
+                "seconds": round(self.elapsed, 1),
+                "device": self.device.type,
+                "config": config.to_json(),
+            },
+        }
         return checkpoints.save_model(model, self.run_dir / "model", metadata=meta)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-def config_from_args(args: argparse.Namespace) -> BaselineConfig:
-    """The run configuration of `speechdvae baseline train`: data under --data-root, unset options at their
-    defaults."""
-    root = Path(args.data_root)
-    given = {f.name: getattr(args, f.name) for f in fields(BaselineConfig) if getattr(args, f.name, None) is not None}
-    return replace(BaselineConfig(speech_manifest=str((root / "manifests" / "speech_train.jsonl").resolve()),
-                                  noise_manifest=str((root / "manifests" / "noise_train.jsonl").resolve()),
-                                  valid_manifest=str((root / "mixtures" / "valid" / "manifest.jsonl").resolve())),
-                   **given)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `speechdvae baseline train`."""
-    from .cli import UserError
-
-    set_threads(args.device, args.threads)
-    try:
-        trainer = BaselineTrainer(config_from_args(args), args.out, resume=args.resume,
-                                  progress=not args.no_progress, device=args.device)
-        model_dir = trainer.train()
-    except (BaselineError, ManifestError, AudioError) as err:
-        raise UserError(str(err)) from err
-    print(f"best model (step {trainer.best_step}, validation loss {trainer.best_loss:.4f}): {model_dir}")
-    return 0

@@ -1,12 +1,15 @@
-"""Atomic file writing: every output appears complete or not at all."""
+"""Atomic file writing: every output appears complete or not at all, and what a killed writer left behind can
+be found and removed."""
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager
@@ -23,11 +26,21 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~umask())   # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def stale_temporaries(path: str | os.PathLike, suffix: str | None = None) -> list[Path]:
+    """The temporary files that `atomic_path(path, suffix)` calls killed before their rename left next to `path`
+    (`.NAME.xxxxxxxx<suffix>`, as `tempfile.mkstemp` names them)."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}{re.escape(suffix or path.suffix)}")
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
 
 
 def umask() -> int:

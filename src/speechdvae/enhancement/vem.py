@@ -9,9 +9,9 @@ iteration over the encoder only, KL weight 1, autoregressive priors decoded in g
 (eq. 31), the M-step of `nmf.m_step` on a fresh draw of the latents, and a Wiener filter (eq. 36)
 computed from another fresh draw. The defaults depart from them for speed (`VEMConfig`).
 """
+
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 from collections.abc import Iterator, Sequence
@@ -54,18 +54,18 @@ class VEMConfig:
     settled loss compares windows of iterations because the sampled loss fluctuates by ~5e-4 from one
     iteration to the next."""
 
-    niter: int | None = None         # maximum number of VEM iterations; None: the prior's (`for_model`)
-    lr: float = 1e-3                 # Adam learning rate of the E-step
-    nmf_rank: int = 8                # K, rank of the noise NMF
-    mstep_samples: int = 1           # latent draws for the M-step criterion (41)
-    wf_samples: int = 1              # R, latent draws averaged in the Wiener filter (35)-(36)
-    estep_epochs: int = 1            # Adam steps per E-step
-    kl_weight: float = 1.0           # weight of the KL terms in the E-step objective (39)
-    deterministic: bool = False      # replace every latent draw by the posterior mean
-    past: str = "estimate"           # past speech of autoregressive priors: one of PASTS
-    tol: float = 0.0                 # stop an utterance once its mean loss over the last `window`
-    window: int = 10                 # iterations moved less than tol (relative); tol = 0: never stop
-    seed: int = 0                    # root of every utterance's random stream
+    niter: int | None = None  # maximum number of VEM iterations; None: the prior's (`for_model`)
+    lr: float = 1e-3  # Adam learning rate of the E-step
+    nmf_rank: int = 8  # K, rank of the noise NMF
+    mstep_samples: int = 1  # latent draws for the M-step criterion (41)
+    wf_samples: int = 1  # R, latent draws averaged in the Wiener filter (35)-(36)
+    estep_epochs: int = 1  # Adam steps per E-step
+    kl_weight: float = 1.0  # weight of the KL terms in the E-step objective (39)
+    deterministic: bool = False  # replace every latent draw by the posterior mean
+    past: str = "estimate"  # past speech of autoregressive priors: one of PASTS
+    tol: float = 0.0  # stop an utterance once its mean loss over the last `window`
+    window: int = 10  # iterations moved less than tol (relative); tol = 0: never stop
+    seed: int = 0  # root of every utterance's random stream
 
     def __post_init__(self) -> None:
         if self.niter is not None and not self.niter > 0:
@@ -89,23 +89,18 @@ class VEMConfig:
     def official(cls, **overrides: object) -> VEMConfig:
         """The authors' settings (launch scripts, WSJ0): 300 iterations, K = 8, lr 1e-3, R = 1,
         one E-step epoch, a fresh draw for the M-step, generated past (eq. 31), no early stop."""
-        official = cls(niter=300, lr=1e-3, nmf_rank=8, mstep_samples=1, wf_samples=1, estep_epochs=1,
-                       kl_weight=1.0, tol=0.0, past="generated")
+        official = cls(
+            niter=300,
+            lr=1e-3,
+            nmf_rank=8,
+            mstep_samples=1,
+            wf_samples=1,
+            estep_epochs=1,
+            kl_weight=1.0,
+            tol=0.0,
+            past="generated",
+        )
         return replace(official, **overrides)
-
-
-# Command-line option of each VEMConfig field settable from `speechdvae enhance` and `eval enhance`.
-OPTIONS = {"niter": "--iterations", "lr": "--lr", "tol": "--tol", "nmf_rank": "--nmf-rank", "past": "--past",
-           "seed": "--seed"}
-
-
-def config_from_args(args: argparse.Namespace) -> VEMConfig:
-    """The settings given by the VEM options (`cli._add_vem_options`): the default or, with
-    --official-settings, the official ones, with every option that was given applied. ValueError for an
-    invalid value."""
-    base = VEMConfig.official() if args.official_settings else VEMConfig()
-    given = {name: getattr(args, option[2:].replace("-", "_")) for name, option in OPTIONS.items()}
-    return replace(base, **{name: value for name, value in given.items() if value is not None})
 
 
 @dataclass
@@ -117,26 +112,35 @@ class VEMResult:
     the E-step forward before that iteration's Adam step. Our KL is the true one: the official
     code leaves out the -1 of each term, so its value is larger by T L / 2 (gradients are equal)."""
 
-    speech: torch.Tensor             # (B, T, F) complex: Wiener estimate of the speech STFT (36)
-    speech_var: torch.Tensor         # (B, T, F) g v_s, averaged over the Wiener-filter draws
-    noise_var: torch.Tensor          # (B, T, F) W H
-    wiener_gain: torch.Tensor        # (B, T, F) mean over draws of g v_s / V_x
-    nmf: NMFNoise                    # W (B, F, K), H (B, K, T)
-    gain: torch.Tensor               # (B, T) g
-    losses: torch.Tensor             # (B, I) reported loss: mean of log V_x + |X|^2 / V_x
-    estep_recon: torch.Tensor        # (B, I)
-    estep_kl: torch.Tensor           # (B, I)
-    lengths: torch.Tensor            # (B,) frames
-    iterations: torch.Tensor         # (B,) iterations run
+    speech: torch.Tensor  # (B, T, F) complex: Wiener estimate of the speech STFT (36)
+    speech_var: torch.Tensor  # (B, T, F) g v_s, averaged over the Wiener-filter draws
+    noise_var: torch.Tensor  # (B, T, F) W H
+    wiener_gain: torch.Tensor  # (B, T, F) mean over draws of g v_s / V_x
+    nmf: NMFNoise  # W (B, F, K), H (B, K, T)
+    gain: torch.Tensor  # (B, T) g
+    losses: torch.Tensor  # (B, I) reported loss: mean of log V_x + |X|^2 / V_x
+    estep_recon: torch.Tensor  # (B, I)
+    estep_kl: torch.Tensor  # (B, I)
+    lengths: torch.Tensor  # (B,) frames
+    iterations: torch.Tensor  # (B,) iterations run
 
     def utterance(self, index: int) -> VEMResult:
         """Utterance `index` as a batch of one, trimmed to its own frames and iterations."""
         T, n = int(self.lengths[index]), int(self.iterations[index])
         b = slice(index, index + 1)
-        return VEMResult(self.speech[b, :T], self.speech_var[b, :T], self.noise_var[b, :T],
-                         self.wiener_gain[b, :T], NMFNoise(self.nmf.W[b], self.nmf.H[b, :, :T]),
-                         self.gain[b, :T], self.losses[b, :n], self.estep_recon[b, :n],
-                         self.estep_kl[b, :n], self.lengths[b], self.iterations[b])
+        return VEMResult(
+            self.speech[b, :T],
+            self.speech_var[b, :T],
+            self.noise_var[b, :T],
+            self.wiener_gain[b, :T],
+            NMFNoise(self.nmf.W[b], self.nmf.H[b, :, :T]),
+            self.gain[b, :T],
+            self.losses[b, :n],
+            self.estep_recon[b, :n],
+            self.estep_kl[b, :n],
+            self.lengths[b],
+            self.iterations[b],
+        )
 
 
 def utterance_seed(seed: int, key: int | str, stream: str) -> int:
@@ -163,8 +167,7 @@ def drawing_from(generator: torch.Generator) -> Iterator[None]:
     device = generator.device
     forked = [] if device.type == "cpu" else [device.index or 0]
     with torch.random.fork_rng(devices=forked, device_type=device.type):
-        default = (torch.default_generator if device.type == "cpu"
-                   else torch.cuda.default_generators[device.index or 0])
+        default = torch.default_generator if device.type == "cpu" else torch.cuda.default_generators[device.index or 0]
         default.set_state(generator.get_state())
         yield
         generator.set_state(default.get_state())
@@ -182,7 +185,7 @@ class Utterance:
     priors read an estimated past, that estimate."""
 
     def __init__(self, model: DVAE, power: torch.Tensor, seed: int, key: int | str, past: str) -> None:
-        self.power = power[None]                       # (1, T, F)
+        self.power = power[None]  # (1, T, F)
         self.frames = power.shape[0]
         self.model = encoder_copy(model)
         self.params = self.model.encoder_parameters()
@@ -205,16 +208,21 @@ class Utterance:
             past = generated_past(self.model, post) if self.past is None else self.past.expand(samples, -1, -1)
             return post, self.model.decode(post, past, feedback=0.0)
 
-    def estep_terms(self, gain: torch.Tensor, noise_var: torch.Tensor, sample: bool,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def estep_terms(
+        self,
+        gain: torch.Tensor,
+        noise_var: torch.Tensor,
+        sample: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """sum(log V_x + |X|^2 / V_x) and the KL of eq. (39), with one latent draw."""
         post, dec = self.forward(1, sample)
         vx = gain[:, None] * dec.y_logvar[0].exp() + noise_var
         kl_z, kl_w = kl_terms(post, dec)
         return (torch.log(vx) + self.power[0] / vx).sum(), kl_z + kl_w
 
-    def fine_tune_gradients(self, gain: torch.Tensor, noise_var: torch.Tensor, sample: bool,
-                            kl_weight: float) -> tuple[float, float]:
+    def fine_tune_gradients(
+        self, gain: torch.Tensor, noise_var: torch.Tensor, sample: bool, kl_weight: float
+    ) -> tuple[float, float]:
         """Set the encoder copy's gradients of the E-step objective; returns its two terms."""
         with record_function("E-step forward"):
             recon, kl = self.estep_terms(gain, noise_var, sample)
@@ -230,30 +238,36 @@ class Utterance:
         return self.forward(samples, sample)[1].y_logvar.exp()
 
 
-def _as_batch(X: torch.Tensor, lengths: Sequence[int] | torch.Tensor | None,
-              freqs: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_batch(
+    X: torch.Tensor, lengths: Sequence[int] | torch.Tensor | None, freqs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Check a complex (T, F) or (B, T, F) STFT and its lengths; returns (B, T, F) and (B,) lengths."""
     if not X.is_complex() or X.dim() not in (2, 3) or X.shape[-1] != freqs:
-        raise ValueError(f"expected a complex STFT (T, {freqs}) or (B, T, {freqs}), got "
-                         f"{X.dtype} {tuple(X.shape)}")
+        raise ValueError(f"expected a complex STFT (T, {freqs}) or (B, T, {freqs}), got {X.dtype} {tuple(X.shape)}")
     if not bool(torch.isfinite(X).all()):
         raise ValueError("the STFT contains NaN or infinite values")
     X = X if X.dim() == 3 else X[None]
     batch, frames = X.shape[:2]
     lengths = torch.full((batch,), frames) if lengths is None else torch.as_tensor(lengths).long().cpu()
     if lengths.shape != (batch,) or bool((lengths < 1).any()) or bool((lengths > frames).any()):
-        raise ValueError(f"lengths must give 1..{frames} frames for each of the {batch} utterances, "
-                         f"got {lengths.tolist()}")
-    silent = [b for b in range(batch) if not bool(X[b, :lengths[b]].abs().amax() > 0)]
+        raise ValueError(
+            f"lengths must give 1..{frames} frames for each of the {batch} utterances, got {lengths.tolist()}"
+        )
+    silent = [b for b in range(batch) if not bool(X[b, : lengths[b]].abs().amax() > 0)]
     if silent:
         raise ValueError(f"utterances {silent} are digital silence (all-zero STFT): nothing to enhance")
     return X, lengths
 
 
-def enhance_spectrogram(model: DVAE, X: torch.Tensor, config: VEMConfig = VEMConfig(),
-                        lengths: Sequence[int] | torch.Tensor | None = None,
-                        keys: Sequence[int | str] | None = None, init: NMFNoise | None = None,
-                        progress: bool = False) -> VEMResult:
+def enhance_spectrogram(
+    model: DVAE,
+    X: torch.Tensor,
+    config: VEMConfig = VEMConfig(),
+    lengths: Sequence[int] | torch.Tensor | None = None,
+    keys: Sequence[int | str] | None = None,
+    init: NMFNoise | None = None,
+    progress: bool = False,
+) -> VEMResult:
     """Enhance noisy STFTs X, complex (T, F) or (B, T, F) with per-utterance `lengths` in frames.
 
     An unset `config.niter` runs the prior's own number of iterations (`VEMConfig.for_model`).
@@ -270,14 +284,23 @@ def enhance_spectrogram(model: DVAE, X: torch.Tensor, config: VEMConfig = VEMCon
     batch, frames, freqs = power.shape
     mask = torch.arange(frames, device=power.device)[None] < lengths.to(power.device)[:, None]
     power = power * mask[..., None]
-    utts = [Utterance(model, power[b, :T], config.seed, key, config.past)
-            for b, (T, key) in enumerate(zip(lengths.tolist(), keys))]
+    utts = [
+        Utterance(model, power[b, :T], config.seed, key, config.past)
+        for b, (T, key) in enumerate(zip(lengths.tolist(), keys))
+    ]
     if init is None:
-        init = NMFNoise.stack([NMFNoise.init_random(1, freqs, u.frames, config.nmf_rank, u.init_generator,
-                                                    dtype, power.device) for u in utts], frames)
+        init = NMFNoise.stack(
+            [
+                NMFNoise.init_random(1, freqs, u.frames, config.nmf_rank, u.init_generator, dtype, power.device)
+                for u in utts
+            ],
+            frames,
+        )
     elif init.W.shape[0] != batch or init.H.shape[-1] != frames or init.W.shape[1] != freqs:
-        raise ValueError(f"init NMF factors {tuple(init.W.shape)}, {tuple(init.H.shape)} do not fit "
-                         f"{batch} utterances of {frames} frames and {freqs} bins")
+        raise ValueError(
+            f"init NMF factors {tuple(init.W.shape)}, {tuple(init.H.shape)} do not fit "
+            f"{batch} utterances of {frames} frames and {freqs} bins"
+        )
     state = _VEMState(init, config, power, mask)
     optimizer = torch.optim.Adam([p for u in utts for p in u.params], lr=config.lr)
     for _ in tqdm(range(config.niter), desc="VEM", disable=not progress, leave=False):
@@ -307,8 +330,9 @@ class _VEMState:
         for _ in range(self.config.estep_epochs):
             for b, u in enumerate(utts):
                 if active[b]:
-                    recon[b], kl[b] = u.fine_tune_gradients(self.gain[b, :u.frames], noise_var[b, :u.frames],
-                                                            self.sample, self.config.kl_weight)
+                    recon[b], kl[b] = u.fine_tune_gradients(
+                        self.gain[b, : u.frames], noise_var[b, : u.frames], self.sample, self.config.kl_weight
+                    )
             with record_function("E-step Adam"):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -317,8 +341,9 @@ class _VEMState:
         with record_function("M-step NMF and gains"):
             nmf, gain = m_step(self.nmf, self.gain, self.power, speech_var, self.mask)
         keep = self.active.to(self.power.device)
-        self.nmf = NMFNoise(torch.where(keep[:, None, None], nmf.W, self.nmf.W),
-                            torch.where(keep[:, None, None], nmf.H, self.nmf.H))
+        self.nmf = NMFNoise(
+            torch.where(keep[:, None, None], nmf.W, self.nmf.W), torch.where(keep[:, None, None], nmf.H, self.nmf.H)
+        )
         self.gain = torch.where(keep[:, None], gain, self.gain)
         noise_var = self.nmf.variance()
         loss = mixture_loss(self.power, speech_var, self.gain, noise_var, self.mask)
@@ -326,7 +351,7 @@ class _VEMState:
             past = self.clean_power(speech_var, noise_var)
             for b, u in enumerate(utts):
                 if active[b] and u.past is not None:
-                    u.past = past[b:b + 1, :u.frames]
+                    u.past = past[b : b + 1, : u.frames]
         self._record(torch.where(self.active, loss.double().cpu(), float("nan")), recon, kl)
 
     def speech_variance(self, utts: list[Utterance], samples: int, active: list[bool]) -> torch.Tensor:
@@ -334,7 +359,7 @@ class _VEMState:
         out = self.power.new_ones(len(utts), samples, *self.power.shape[1:])
         for b, u in enumerate(utts):
             if active[b]:
-                out[b, :, :u.frames] = u.speech_variance(samples, self.sample)
+                out[b, :, : u.frames] = u.speech_variance(samples, self.sample)
         return out
 
     def clean_power(self, speech_var: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:
@@ -351,7 +376,7 @@ class _VEMState:
         self.kl.append(kl)
         window = self.config.window
         if self.config.tol > 0 and len(self.losses) >= 2 * window:
-            recent = torch.stack(self.losses[-2 * window:])
+            recent = torch.stack(self.losses[-2 * window :])
             before, after = recent[:window].mean(0), recent[window:].mean(0)
             self.active &= ~((before - after).abs() < self.config.tol * before.abs())
 
@@ -363,5 +388,14 @@ class _VEMState:
         wiener = torch.where(frames, wiener_gain(speech_var, self.gain, noise_var), 0.0)
         scaled = self.gain[..., None] * speech_var.mean(1)
         history = [torch.stack(h, dim=1) for h in (self.losses, self.recon, self.kl)]
-        return VEMResult(wiener * X, torch.where(frames, scaled, 0.0), torch.where(frames, noise_var, 0.0),
-                         wiener, self.nmf, self.gain, *history, lengths, (~history[0].isnan()).sum(1))
+        return VEMResult(
+            wiener * X,
+            torch.where(frames, scaled, 0.0),
+            torch.where(frames, noise_var, 0.0),
+            wiener,
+            self.nmf,
+            self.gain,
+            *history,
+            lengths,
+            (~history[0].isnan()).sum(1),
+        )

@@ -1,4 +1,5 @@
-"""Unsupervised speech enhancement: NMF noise model and the VEM with any DVAE prior."""
+"""Speech enhancement: the enhancer interface, the VEM with any DVAE prior and an NMF noise model, and files."""
+
 from .nmf import NMFNoise, m_step, wiener_gain
 from .vem import VEMConfig, VEMResult, enhance_spectrogram
 

@@ -3,18 +3,18 @@
 Each file is read at its own sample rate. Its channels are averaged, resampled to 16 kHz and
 peak-normalised for the VEM, and the Wiener gain (eq. 36) found for that mono mix is applied to the
 STFT of every channel at its original level, so the output keeps the input's sample rate, channel
-count and loudness. The prior models 16 kHz speech: content above 8 kHz is removed. A checkpoint of the
-supervised mask estimator (`enhance.umx`) may replace the prior: its mask takes the place of the Wiener
-gain.
+count and loudness. The prior models 16 kHz speech: content above 8 kHz is removed. Any enhancer
+(`enhancement.enhancer`) may take the place of the VEM, e.g. the supervised mask estimator, whose mask is
+then the gain.
 
 Long files are cut into overlapping chunks at 16 kHz, enhanced a group at a time and joined with
 raised-cosine cross-fades while the output is written, so memory does not grow with the file's
 length. Outputs are written atomically, existing outputs are skipped (resume), and a file that cannot
 be enhanced (unreadable, silent, too short, NaN) is reported while the others are processed.
 """
+
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -33,18 +33,37 @@ import soxr
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_path, stale_temporaries, write_text_atomic
 from ..audio import SAMPLE_RATE, AudioError
-from ..checkpoints import CheckpointError, default_device, from_pretrained
-from ..data.manifest import ManifestError, read_manifest
-from ..io import atomic_path, write_text_atomic
-from ..models.base import DVAE
+from ..checkpoints import default_device
+from ..data.manifest import read_manifest
+from ..errors import SpeechDVAEError
 from ..stft import HOP_LENGTH, N_FFT, istft, min_samples, stft
-from .umx import Enhancer, MaskEstimator, holds_mask_estimator, load_mask_estimator, masks
-from .vem import VEMConfig, config_from_args, enhance_spectrogram
+from .enhancer import Enhancer, EnhancerSource, load_enhancer
+from .vem import VEMConfig
 
 # Suffixes searched in folders (case-insensitive): the formats libsndfile reads.
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
-                            ".au", ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc"})
+AUDIO_SUFFIXES = frozenset(
+    {
+        ".wav",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".au",
+        ".snd",
+        ".caf",
+        ".w64",
+        ".rf64",
+        ".sph",
+        ".nist",
+        ".voc",
+    }
+)
 # Output formats kept from the input; any other input is written as WAV.
 OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE", "VORBIS", "OPUS"})
@@ -54,7 +73,7 @@ DEFAULT_OVERLAP_SECONDS = 1.0
 READ_BLOCK_FRAMES = 1 << 16
 
 
-class EnhanceError(ValueError):
+class EnhanceError(SpeechDVAEError, ValueError):
     """Inputs or outputs that cannot be used as a whole (missing input, clashing or unsafe outputs)."""
 
 
@@ -74,9 +93,10 @@ class EnhanceReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
-    audio_seconds: float = 0.0          # duration of the inputs enhanced in this run
-    elapsed: float = 0.0                # wall-clock seconds of the run
-    failed_list: Path | None = None     # the JSONL listing the failures, if any
+    removed: list[Path] = field(default_factory=list)  # temporaries an interrupted run left next to outputs
+    audio_seconds: float = 0.0  # duration of the inputs enhanced in this run
+    elapsed: float = 0.0  # wall-clock seconds of the run
+    failed_list: Path | None = None  # the JSONL listing the failures, if any
 
     @property
     def real_time_factor(self) -> float:
@@ -85,11 +105,19 @@ class EnhanceReport:
 
     def summary(self) -> str:
         """One line per kind of outcome, for the console."""
-        lines = [f"enhanced {len(self.written)} file(s)" + (
-            f": {self.audio_seconds:.1f} s of audio in {self.elapsed:.1f} s (real-time factor "
-            f"{self.real_time_factor:.2f})" if self.written else "")]
+        lines = [
+            f"enhanced {len(self.written)} file(s)"
+            + (
+                f": {self.audio_seconds:.1f} s of audio in {self.elapsed:.1f} s (real-time factor "
+                f"{self.real_time_factor:.2f})"
+                if self.written
+                else ""
+            )
+        ]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} file(s) whose output already exists")
+        if self.removed:
+            lines.append(f"removed {len(self.removed)} temporary file(s) left by an interrupted run")
         if self.failed:
             lines.append(f"FAILED {len(self.failed)} file(s), listed in {self.failed_list}")
         return "\n".join(lines)
@@ -108,8 +136,10 @@ class Chunking:
         """Round to whole hops; the overlap must span an STFT window and leave room between two overlaps."""
         length, overlap = (HOP_LENGTH * round(s * SAMPLE_RATE / HOP_LENGTH) for s in (chunk_seconds, overlap_seconds))
         if overlap < N_FFT or length <= 2 * overlap:
-            raise EnhanceError(f"chunks of {chunk_seconds} s with {overlap_seconds} s overlap: the overlap must "
-                               f"be at least {N_FFT / SAMPLE_RATE} s and a chunk longer than twice the overlap")
+            raise EnhanceError(
+                f"chunks of {chunk_seconds} s with {overlap_seconds} s overlap: the overlap must "
+                f"be at least {N_FFT / SAMPLE_RATE} s and a chunk longer than twice the overlap"
+            )
         return cls(length, overlap)
 
     @property
@@ -118,6 +148,7 @@ class Chunking:
 
 
 # -- inputs and outputs --------------------------------------------------------------------------
+
 
 def collect_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> list[Job]:
     """Jobs for files (-> OUTDIR/<name>), folders (searched recursively, structure mirrored) and
@@ -133,15 +164,18 @@ def collect_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike
             job = Job(source, target, target.relative_to(out_dir).as_posix())
             other = jobs.setdefault(target.resolve(), job)
             if other.source.resolve() != source.resolve():
-                raise EnhanceError(f"{other.source} and {source} would both be written to {target}; "
-                                   "enhance them into different output folders")
+                raise EnhanceError(
+                    f"{other.source} and {source} would both be written to {target}; "
+                    "enhance them into different output folders"
+                )
     if not jobs:
         raise EnhanceError(f"no audio files found in {', '.join(map(str, inputs))}")
     sources = {job.source.resolve() for job in jobs.values()}
     clash = sorted(str(job.source) for resolved, job in jobs.items() if resolved in sources)
     if clash:
-        raise EnhanceError(f"the output folder {out_dir} would overwrite input files (e.g. {clash[0]}); "
-                           "choose another output folder")
+        raise EnhanceError(
+            f"the output folder {out_dir} would overwrite input files (e.g. {clash[0]}); choose another output folder"
+        )
     return sorted(jobs.values(), key=lambda job: job.key)
 
 
@@ -170,8 +204,12 @@ def _folder_files(folder: Path, out_dir: Path) -> Iterator[tuple[Path, Path]]:
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
         hidden = any(part.startswith(".") for part in relative.parts)
-        if (path.is_file() and not hidden and path.suffix.lower() in AUDIO_SUFFIXES
-                and not (nested and out_root in path.resolve().parents)):
+        if (
+            path.is_file()
+            and not hidden
+            and path.suffix.lower() in AUDIO_SUFFIXES
+            and not (nested and out_root in path.resolve().parents)
+        ):
             yield path, relative
 
 
@@ -192,8 +230,10 @@ def _inspect(path: Path) -> sf._SoundFileInfo:
     except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError, ...)
         raise AudioError(f"{path}: cannot read audio ({err})") from err
     if round(info.frames * SAMPLE_RATE / info.samplerate) < min_samples():
-        raise AudioError(f"{path}: too short ({info.frames / info.samplerate:.3f} s; at least "
-                         f"{min_samples() / SAMPLE_RATE:.3f} s needed)")
+        raise AudioError(
+            f"{path}: too short ({info.frames / info.samplerate:.3f} s; at least "
+            f"{min_samples() / SAMPLE_RATE:.3f} s needed)"
+        )
     return info
 
 
@@ -223,8 +263,11 @@ class _Resampler:
 
     def __init__(self, rate_in: int, rate_out: int, channels: int) -> None:
         self.channels = channels
-        self.stream = (soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="VHQ")
-                       if rate_in != rate_out else None)
+        self.stream = (
+            soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="VHQ")
+            if rate_in != rate_out
+            else None
+        )
 
     def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
         if self.stream is None:
@@ -235,10 +278,10 @@ class _Resampler:
         return self(np.zeros((0, self.channels), np.float32), last=True)
 
 
-def _read_16k(path: Path, rate: int, channels: int) -> Iterator[np.ndarray]:
-    """The file's channels as 16 kHz (frames, channels) blocks, streamed."""
+def _to_16k(blocks: Iterable[np.ndarray], rate: int, channels: int) -> Iterator[np.ndarray]:
+    """(frames, channels) blocks at `rate` as 16 kHz blocks, streamed."""
     resampler = _Resampler(rate, SAMPLE_RATE, channels)
-    for block in _blocks(path):
+    for block in blocks:
         yield resampler(block)
     yield resampler.flush()
 
@@ -250,8 +293,8 @@ def overlapping_chunks(blocks: Iterable[np.ndarray], chunking: Chunking) -> Iter
     for block in blocks:
         buffer = block if buffer is None else np.concatenate([buffer, block])
         while len(buffer) > chunking.length:
-            yield buffer[:chunking.length], False
-            buffer = buffer[chunking.hop:]
+            yield buffer[: chunking.length], False
+            buffer = buffer[chunking.hop :]
     if buffer is not None and len(buffer):
         yield buffer, True
 
@@ -273,13 +316,13 @@ class CrossFader:
         """The samples of `chunk` (frames, channels) now final; the chunk's last overlap is held back
         for the next chunk unless `last`."""
         if self.tail is not None:
-            head = self.tail * (1.0 - self.ramp) + chunk[:self.overlap] * self.ramp
-            chunk = np.concatenate([head, chunk[self.overlap:]])
+            head = self.tail * (1.0 - self.ramp) + chunk[: self.overlap] * self.ramp
+            chunk = np.concatenate([head, chunk[self.overlap :]])
         if last:
             self.tail = None
             return chunk
-        self.tail = chunk[-self.overlap:]
-        return chunk[:-self.overlap]
+        self.tail = chunk[-self.overlap :]
+        return chunk[: -self.overlap]
 
 
 class _Sink:
@@ -290,7 +333,7 @@ class _Sink:
         self.clip = file.subtype not in FLOAT_SUBTYPES
 
     def write(self, block: np.ndarray) -> None:
-        block = block[:self.frames - self.written]
+        block = block[: self.frames - self.written]
         self.file.write(np.clip(block, -1.0, 1.0) if self.clip else block)
         self.written += len(block)
 
@@ -301,32 +344,14 @@ class _Sink:
 
 # -- enhancement -----------------------------------------------------------------------------------
 
-def wiener_gains(model: DVAE, spectra: Sequence[torch.Tensor], keys: Sequence[str], config: VEMConfig,
-                 progress: bool = False) -> list[torch.Tensor]:
-    """Wiener gains (T, F) of mono STFTs (T, F), enhanced as one VEM batch; all-zero ones get zero gains."""
-    gains = [torch.zeros(s.shape, dtype=torch.float32) for s in spectra]
-    active = [b for b, s in enumerate(spectra) if bool(s.abs().amax() > 0)]
-    if not active:
-        return gains
-    lengths = [spectra[b].shape[0] for b in active]
-    X = torch.zeros(len(active), max(lengths), spectra[0].shape[-1], dtype=spectra[0].dtype)
-    for j, b in enumerate(active):
-        X[j, :lengths[j]] = spectra[b]
-    result = enhance_spectrogram(model, X, config, lengths=lengths, keys=[keys[b] for b in active],
-                                 progress=progress)
-    for j, b in enumerate(active):
-        gains[b] = result.wiener_gain[j, :lengths[j]].float().cpu()
-    return gains
 
-
-def enhance_chunks(model: Enhancer, chunks: Sequence[np.ndarray], keys: Sequence[str], config: VEMConfig,
-                   scale: float, progress: bool = False) -> list[np.ndarray]:
-    """Enhance 16 kHz chunks (frames, channels): the gains found for the channel mean times `scale` (Wiener
-    gains of the VEM with a prior, or a mask estimator's masks) are applied to every channel."""
-    spectra = [stft(torch.from_numpy(np.ascontiguousarray(chunk.T))) for chunk in chunks]   # (C, T, F)
-    mono = [s.mean(0) * scale for s in spectra]
-    gains = (masks(model, [s.abs() for s in mono]) if isinstance(model, MaskEstimator)
-             else wiener_gains(model, mono, keys, config, progress))
+def enhance_chunks(
+    enhancer: Enhancer, chunks: Sequence[np.ndarray], keys: Sequence[str], scale: float, progress: bool = False
+) -> list[np.ndarray]:
+    """Enhance 16 kHz chunks (frames, channels): the enhancer's gains for the channel mean times `scale` are
+    applied to every channel."""
+    spectra = [stft(torch.from_numpy(np.ascontiguousarray(chunk.T))) for chunk in chunks]  # (C, T, F)
+    gains = enhancer.gains([s.mean(0) * scale for s in spectra], keys, progress).gains
     return [istft(s * g, length=len(chunk)).T.numpy() for s, g, chunk in zip(spectra, gains, chunks)]
 
 
@@ -337,10 +362,46 @@ def check_settings(chunk_seconds: float, batch_size: int) -> Chunking:
     return Chunking.from_seconds(chunk_seconds)
 
 
-def enhance_file(source: str | os.PathLike, target: str | os.PathLike, model: Enhancer,
-                 config: VEMConfig = VEMConfig(), chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
-                 batch_size: int = 1, key: str | None = None, progress: bool = False,
-                 on_progress: Callable[[float], None] | None = None) -> float:
+def enhanced_blocks(
+    blocks: Iterable[np.ndarray],
+    rate: int,
+    channels: int,
+    enhancer: Enhancer,
+    scale: float,
+    chunking: Chunking,
+    batch_size: int = 1,
+    key: str = "",
+    progress: bool = False,
+    on_progress: Callable[[float], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """The enhanced stream of (frames, channels) blocks at `rate`, as blocks at `rate` (a few frames may be left
+    out at the end by the resampler): chunks of `batch_size` are enhanced at a time (keys KEY#<chunk index>) with
+    the gains of their channel mean times `scale`; `on_progress` receives the input seconds done per group."""
+    to_input_rate = _Resampler(SAMPLE_RATE, rate, channels)
+    fader = CrossFader(chunking.overlap)
+    chunks = enumerate(overlapping_chunks(_to_16k(blocks, rate, channels), chunking))
+    while group := list(islice(chunks, batch_size)):
+        enhanced = enhance_chunks(
+            enhancer, [chunk for _, (chunk, _) in group], [f"{key}#{index}" for index, _ in group], scale, progress
+        )
+        for (_, (_, last)), signal in zip(group, enhanced):
+            yield to_input_rate(fader.push(signal, last))
+        if on_progress is not None:
+            done = sum(len(chunk) if last else chunking.hop for _, (chunk, last) in group)
+            on_progress(done / SAMPLE_RATE)
+    yield to_input_rate.flush()
+
+
+def enhance_file(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    enhancer: Enhancer,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    batch_size: int = 1,
+    key: str | None = None,
+    progress: bool = False,
+    on_progress: Callable[[float], None] | None = None,
+) -> float:
     """Enhance one file into `target` (format from its suffix, written atomically, replaced if present);
     returns the input's duration in seconds. `key` names the random streams (default: the file name),
     `on_progress` receives the seconds of input done after each group of `batch_size` chunks."""
@@ -352,71 +413,141 @@ def enhance_file(source: str | os.PathLike, target: str | os.PathLike, model: En
     scale = 1.0 / mono_peak(source)
     fmt = OUTPUT_FORMATS.get(target.suffix.lower(), "WAV")
     subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
-    key = key or source.name
-    with atomic_path(target) as tmp, sf.SoundFile(str(tmp), "w", info.samplerate, info.channels, subtype,
-                                                  format=fmt) as out:
-        sink, fader = _Sink(out, info.frames), CrossFader(chunking.overlap)
-        to_input_rate = _Resampler(SAMPLE_RATE, info.samplerate, info.channels)
-        chunks = enumerate(overlapping_chunks(_read_16k(source, info.samplerate, info.channels), chunking))
-        while group := list(islice(chunks, batch_size)):
-            enhanced = enhance_chunks(model, [chunk for _, (chunk, _) in group],
-                                      [f"{key}#{index}" for index, _ in group], config, scale, progress)
-            for (_, (chunk, last)), signal in zip(group, enhanced):
-                sink.write(to_input_rate(fader.push(signal, last)))
-            if on_progress is not None:
-                done = sum(len(chunk) if last else chunking.hop for _, (chunk, last) in group)
-                on_progress(done / SAMPLE_RATE)
-        sink.write(to_input_rate.flush())
+    with (
+        atomic_path(target) as tmp,
+        sf.SoundFile(str(tmp), "w", info.samplerate, info.channels, subtype, format=fmt) as out,
+    ):
+        sink = _Sink(out, info.frames)
+        for block in enhanced_blocks(
+            _blocks(source),
+            info.samplerate,
+            info.channels,
+            enhancer,
+            scale,
+            chunking,
+            batch_size,
+            key or source.name,
+            progress,
+            on_progress,
+        ):
+            sink.write(block)
         sink.finish()
     return info.frames / info.samplerate
 
 
-def enhance_files(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
-                  model: str | os.PathLike | Enhancer = "default", config: VEMConfig | None = None,
-                  chunk_seconds: float = DEFAULT_CHUNK_SECONDS, batch_size: int = 1,
-                  device: str | torch.device | None = None, progress: bool = True, overwrite: bool = False,
-                  shard: tuple[int, int] = (0, 1), workers: int = 1) -> EnhanceReport:
-    """Enhance files, folders and manifests into `out_dir` with a prior or a supervised mask estimator (shipped
-    name, checkpoint folder or model). Existing outputs are skipped unless `overwrite`; failures are printed on
-    stderr, listed in OUTDIR/failed.jsonl and do not stop the run. `shard` (index, count) takes every count-th
-    file. `workers` > 1 enhances that many files at a time in processes of one CPU thread each (the outputs
+def enhance_wave(
+    wave: np.ndarray,
+    sample_rate: int,
+    enhancer: Enhancer,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    batch_size: int = 1,
+    key: str = "wave",
+    progress: bool = False,
+) -> np.ndarray:
+    """The enhanced version of a waveform (frames,) or (frames, channels) at any `sample_rate`, float32 of the
+    same shape, made as `enhance_file` makes a file's; AudioError if it is too short, silent or not finite."""
+    signal = np.asarray(wave, dtype=np.float32)
+    if signal.ndim not in (1, 2) or sample_rate <= 0:
+        raise AudioError(
+            f"expected a waveform (frames,) or (frames, channels) and a positive sample rate, got "
+            f"shape {signal.shape} at {sample_rate} Hz"
+        )
+    frames = signal.reshape(len(signal), -1)
+    if round(len(frames) * SAMPLE_RATE / sample_rate) < min_samples():
+        raise AudioError(
+            f"the waveform is too short ({len(frames) / sample_rate:.3f} s; at least "
+            f"{min_samples() / SAMPLE_RATE:.3f} s needed)"
+        )
+    if not np.isfinite(frames).all():
+        raise AudioError("the waveform contains NaN or infinite samples")
+    peak = float(np.abs(frames.mean(1)).max())
+    if peak == 0.0:
+        raise AudioError("the waveform is silent (all samples are zero)")
+    blocks = enhanced_blocks(
+        [frames],
+        sample_rate,
+        frames.shape[1],
+        enhancer,
+        1.0 / peak,
+        check_settings(chunk_seconds, batch_size),
+        batch_size,
+        key,
+        progress,
+    )
+    enhanced = np.concatenate(list(blocks))[: len(frames)]
+    enhanced = np.pad(enhanced, ((0, len(frames) - len(enhanced)), (0, 0)))
+    return enhanced.reshape(signal.shape)
+
+
+def enhance_files(
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    model: EnhancerSource = "default",
+    config: VEMConfig | None = None,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    workers: int = 1,
+) -> EnhanceReport:
+    """Enhance files, folders and manifests into `out_dir` with a prior (the VEM with `config`, default settings if
+    None) or a supervised mask estimator (shipped name, checkpoint folder or network). Existing outputs are
+    skipped unless `overwrite`, and temporaries that a killed run left next to them are removed; failures are
+    printed on stderr, listed in OUTDIR/failed.jsonl and do not stop the run. `shard` (index, count) takes every
+    count-th file. `workers` > 1 enhances that many files at a time in processes of one CPU thread each (the outputs
     are the same)."""
     start = time.perf_counter()
-    config = config or VEMConfig()
     jobs = shard_jobs(collect_jobs(inputs, out_dir), shard)
-    check_settings(chunk_seconds, batch_size)      # before any work
+    check_settings(chunk_seconds, batch_size)  # before any work
     if workers < 1:
         raise EnhanceError(f"workers must be positive, got {workers}")
-    if not isinstance(model, (DVAE, MaskEstimator)):
-        model = load_mask_estimator(model, device) if holds_mask_estimator(model) else from_pretrained(model, device)
+    enhancer = load_enhancer(model, config, device)
     report = EnhanceReport()
     todo = []
     for job in jobs:
+        for stale in stale_temporaries(job.target):
+            stale.unlink(missing_ok=True)
+            report.removed.append(stale)
         if job.target.exists() and not overwrite:
             report.skipped.append(job.target)
         else:
             todo.append(job)
     durations = [_duration(job.source) for job in todo]
-    with tqdm(total=sum(durations), unit="s", desc="enhance", disable=not progress,
-              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]") as bar:
+    with tqdm(
+        total=sum(durations),
+        unit="s",
+        desc="enhance",
+        disable=not progress,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]",
+    ) as bar:
         if min(workers, len(todo)) > 1:
-            _run_in_processes(todo, durations, model, config, chunk_seconds, batch_size, workers, bar, report)
+            _run_in_processes(todo, durations, enhancer, chunk_seconds, batch_size, workers, bar, report)
         else:
             for job, duration in zip(todo, durations):
                 end = bar.n + duration
-                _run_job(job, model, config, chunk_seconds, batch_size, progress, partial(_advance, bar, end), report)
+                _run_job(job, enhancer, chunk_seconds, batch_size, progress, partial(_advance, bar, end), report)
                 _advance(bar, end, duration)
     report.failed_list = _write_failures(Path(out_dir), report.failed, shard)
     report.elapsed = time.perf_counter() - start
     return report
 
 
-def _run_in_processes(jobs: Sequence[Job], durations: Sequence[float], model: Enhancer, config: VEMConfig,
-                      chunk_seconds: float, batch_size: int, workers: int, bar: tqdm, report: EnhanceReport) -> None:
+def _run_in_processes(
+    jobs: Sequence[Job],
+    durations: Sequence[float],
+    enhancer: Enhancer,
+    chunk_seconds: float,
+    batch_size: int,
+    workers: int,
+    bar: tqdm,
+    report: EnhanceReport,
+) -> None:
     """Enhance `jobs` in `workers` processes, longest first; each job's outcome joins `report` as it ends."""
     order = sorted(range(len(jobs)), key=lambda i: -durations[i])
-    context = multiprocessing.get_context("spawn")      # torch's thread pools do not survive a fork
-    settings = (model, config, chunk_seconds, batch_size)
+    context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive a fork
+    settings = (enhancer, chunk_seconds, batch_size)
     with ProcessPoolExecutor(min(workers, len(jobs)), context, _init_worker, settings) as pool:
         running = {pool.submit(_worker_job, jobs[i]): i for i in order}
         for future in as_completed(running):
@@ -430,15 +561,24 @@ def _run_in_processes(jobs: Sequence[Job], durations: Sequence[float], model: En
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(model: Enhancer, config: VEMConfig, chunk_seconds: float, batch_size: int) -> None:
+def _init_worker(enhancer: Enhancer, chunk_seconds: float, batch_size: int) -> None:
+    """Set up a pool process: one torch thread and the enhancer, received once."""
     torch.set_num_threads(1)
-    _WORKER.update(model=model, config=config, chunk_seconds=chunk_seconds, batch_size=batch_size)
+    _WORKER.update(enhancer=enhancer, chunk_seconds=chunk_seconds, batch_size=batch_size)
 
 
 def _worker_job(job: Job) -> EnhanceReport:
+    """One job in a pool process, its outcome as a report of its own."""
     report = EnhanceReport()
-    _run_job(job, _WORKER["model"], _WORKER["config"], _WORKER["chunk_seconds"],    # type: ignore[arg-type]
-             _WORKER["batch_size"], False, lambda seconds: None, report)           # type: ignore[arg-type]
+    _run_job(
+        job,
+        _WORKER["enhancer"],
+        _WORKER["chunk_seconds"],
+        _WORKER["batch_size"],  # type: ignore[arg-type]
+        False,
+        lambda seconds: None,
+        report,
+    )
     return report
 
 
@@ -447,12 +587,20 @@ def _advance(bar: tqdm, end: float, seconds: float) -> None:
     bar.update(max(0.0, min(seconds, end - bar.n)))
 
 
-def _run_job(job: Job, model: Enhancer, config: VEMConfig, chunk_seconds: float, batch_size: int,
-             progress: bool, on_progress: Callable[[float], None], report: EnhanceReport) -> None:
+def _run_job(
+    job: Job,
+    enhancer: Enhancer,
+    chunk_seconds: float,
+    batch_size: int,
+    progress: bool,
+    on_progress: Callable[[float], None],
+    report: EnhanceReport,
+) -> None:
     """Enhance one job into the report; a failure is recorded and printed, never raised."""
     try:
-        report.audio_seconds += enhance_file(job.source, job.target, model, config, chunk_seconds, batch_size,
-                                             job.key, progress, on_progress)
+        report.audio_seconds += enhance_file(
+            job.source, job.target, enhancer, chunk_seconds, batch_size, job.key, progress, on_progress
+        )
         report.written.append(job.target)
     except (ValueError, RuntimeError, OSError, MemoryError) as err:
         reason = str(err) if str(job.source) in str(err) else f"{job.source}: {err}"
@@ -493,10 +641,8 @@ def _write_failures(out_dir: Path, failed: list[dict[str, str]], shard: tuple[in
     return path
 
 
-# -- command line ----------------------------------------------------------------------------------
-
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """"I/N" -> (I, N); None -> the torchrun rank, if any."""
+    """ "I/N" -> (I, N); None -> the torchrun rank, if any."""
     if text is None:
         return shard_from_env()
     try:
@@ -528,23 +674,3 @@ def set_threads(device: str | torch.device | None, threads: int | None) -> None:
     on_cpu = torch.device(device if device is not None else default_device()).type == "cpu"
     if threads is not None or on_cpu:
         torch.set_num_threads(threads or 1)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `speechdvae enhance`; exit status 1 if any file failed."""
-    from ..cli import UserError
-
-    try:
-        config = config_from_args(args)
-    except ValueError as err:
-        raise UserError(f"VEM settings: {err}") from err
-    device = worker_device(args.device)
-    set_threads(device, args.threads)
-    try:
-        report = enhance_files(args.inputs, args.out, args.model, config, args.chunk_seconds,
-                               args.batch_size, device, not args.no_progress, args.overwrite,
-                               parse_shard(args.shard), default_workers(device, args.workers))
-    except (EnhanceError, CheckpointError, ManifestError) as err:
-        raise UserError(str(err)) from err
-    print(report.summary())
-    return 1 if report.failed else 0

@@ -1,0 +1,187 @@
+"""The command lines that regenerate reports: the options that VEM settings map to, and each evaluation's
+`speechdvae eval ...` command rebuilt from its arguments (written at the top of every report). The command-line
+parsers (`speechdvae.cli`) define their VEM options from the same table."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .enhancement.vem import VEMConfig
+    from .evaluate.generation import GenerationSettings
+
+
+@dataclass(frozen=True)
+class VEMOption:
+    """The command-line option setting one `VEMConfig` field."""
+
+    field: str
+    flag: str
+    type: type
+    help: str
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        """The attribute of the parsed arguments holding the option's value."""
+        return self.flag[2:].replace("-", "_")
+
+
+# The option starting from `VEMConfig.official()` instead of the default settings.
+OFFICIAL_SETTINGS = "--official-settings"
+VEM_OPTIONS = (
+    VEMOption("niter", "--iterations", int, "maximum number of VEM iterations", "N"),
+    VEMOption("lr", "--lr", float, "Adam learning rate of the E-step"),
+    VEMOption("tol", "--tol", float, "relative loss change that stops an utterance early (0: never)"),
+    VEMOption("nmf_rank", "--nmf-rank", int, "rank of the NMF noise model", "K"),
+    VEMOption(
+        "past",
+        "--past",
+        str,
+        "past speech read by autoregressive priors: `generated`, their own generated "
+        "past (eq. 31), or `estimate`, the current clean-power estimate (decodes all frames at once)",
+        "PAST",
+    ),
+    VEMOption("seed", "--seed", int, "root of every utterance's random streams"),
+)
+
+
+def vem_arguments(config: VEMConfig) -> tuple[list[str], list[str]]:
+    """Options giving `config` (plain, or from --official-settings when that needs fewer), and the settings that
+    no option can give ("name=value")."""
+    from .enhancement.vem import VEMConfig
+
+    flags = {option.field: option.flag for option in VEM_OPTIONS}
+    best: tuple[list[str], list[str]] | None = None
+    for base, start in ((VEMConfig(), []), (VEMConfig.official(), [OFFICIAL_SETTINGS])):
+        if config.niter is None and start:
+            continue  # the official settings fix the iteration count
+        options = start + [
+            item
+            for name, flag in flags.items()
+            if getattr(config, name) != getattr(base, name)
+            for item in (flag, str(getattr(config, name)))
+        ]
+        rest = [
+            f"{f.name}={getattr(config, f.name)}"
+            for f in fields(config)
+            if f.name not in flags and getattr(config, f.name) != getattr(base, f.name)
+        ]
+        if best is None or (len(rest), len(options)) < (len(best[1]), len(best[0])):
+            best = options, rest
+    assert best is not None
+    return best
+
+
+def with_unsettable(command: str, rest: Sequence[str]) -> str:
+    """`command`, followed by the settings no option can give as a shell comment."""
+    return f"{command}  # VEM settings without an option: {', '.join(rest)}" if rest else command
+
+
+def model_arguments(models: Mapping[str, object], official: str | os.PathLike | None) -> list[str]:
+    """The --model/--official options naming `models` (in-memory models show as <in-memory model>)."""
+    argv = []
+    for label, model in models.items():
+        path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<in-memory model>"
+        argv += ["--model", f"{label}={path}"]
+    if official is not None:
+        argv += ["--official", os.fspath(official)]
+    return argv
+
+
+# -- evaluation commands -----------------------------------------------------------------------------
+
+
+def resynth_command(
+    models: Mapping[str, object],
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    limit: int | None,
+    modes: Sequence[str],
+    sample: bool,
+    seed: int,
+    oracle: bool,
+    official: str | os.PathLike | None = None,
+) -> str:
+    """The `speechdvae eval resynth` command line that reproduces an evaluation."""
+    argv = ["speechdvae", "eval", "resynth", *model_arguments(models, official)]
+    argv += ["--manifest", os.fspath(manifest), "-o", os.fspath(out_dir), "--modes", *modes]
+    if limit is not None:
+        argv += ["--limit", str(limit)]
+    if sample:
+        argv += ["--sample", "--seed", str(seed)]
+    if not oracle:
+        argv.append("--no-oracle")
+    return shlex.join(argv)
+
+
+def enhance_command(
+    models: Mapping[str, object],
+    mixtures: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    limit: int | None,
+    config: VEMConfig,
+    official: str | os.PathLike | None = None,
+    save_audio: bool = False,
+) -> str:
+    """The `speechdvae eval enhance` command line that reproduces an evaluation (in-memory models show as <...>;
+    VEM settings without an option follow in a shell comment)."""
+    argv = ["speechdvae", "eval", "enhance", *model_arguments(models, official)]
+    argv += ["--manifest", os.fspath(mixtures), "-o", os.fspath(out_dir)]
+    if limit is not None:
+        argv += ["--limit", str(limit)]
+    options, rest = vem_arguments(config)
+    argv += options
+    if save_audio:
+        argv.append("--save-audio")
+    return with_unsettable(shlex.join(argv), rest)
+
+
+def generate_command(
+    models: Mapping[str, object],
+    reference_manifest: str | os.PathLike,
+    test_manifest: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    settings: GenerationSettings,
+    official: str | os.PathLike | None = None,
+) -> str:
+    """The `speechdvae eval generate` command line that reproduces an evaluation."""
+    argv = ["speechdvae", "eval", "generate", *model_arguments(models, official)]
+    argv += ["--reference-manifest", os.fspath(reference_manifest)]
+    argv += ["--no-test"] if test_manifest is None else ["--test-manifest", os.fspath(test_manifest)]
+    for name, value in asdict(settings).items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join([*argv, "-o", os.fspath(out_dir)])
+
+
+def listen_command(
+    models: Mapping[str, object],
+    official: str | os.PathLike | None,
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    count: int,
+    generated: Sequence[str],
+    samples: int,
+    config: VEMConfig,
+) -> str:
+    """The `speechdvae eval listen` command line that rebuilds a page."""
+    argv = [
+        "speechdvae",
+        "eval",
+        "listen",
+        *model_arguments(models, official),
+        "--manifest",
+        os.fspath(manifest),
+        "--count",
+        str(count),
+    ]
+    for label in generated:
+        argv += ["--generate", label]
+    if generated:
+        argv += ["--samples", str(samples)]
+    options, rest = vem_arguments(config)
+    return with_unsettable(shlex.join([*argv, *options, "-o", os.fspath(out_dir)]), rest)
