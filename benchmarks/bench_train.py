@@ -16,6 +16,7 @@ values). Autoregressive models are also timed with feedback = 1 (own past fed ba
 of scheduled sampling's last stages. All rows come from one run, so their ratios are comparable
 even on a busy machine; absolute numbers depend on the machine's load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ from speechdvae.train import Trainer, autocast, resolve_config
 
 def time_steps(model, batch: torch.Tensor, feedback: float, steps: int, precision: str) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    for i in range(steps + 1):          # the first step warms up allocations and is not timed
+    for i in range(steps + 1):  # the first step warms up allocations and is not timed
         if i == 1:
             start = time.perf_counter()
         with autocast(batch.device, precision):
@@ -48,15 +49,22 @@ def parity(preset: str, size: str, data_root: Path, steps: int, precisions: list
     """Train `preset` for `steps` steps in every precision; print validation loss and s/step of each."""
     manifests = data_root / "manifests"
     for precision in precisions:
-        config = resolve_config(preset, size, str(manifests / "speech_train.jsonl"),
-                                str(manifests / "speech_valid.jsonl"), None,
-                                [f"train.max_steps={steps}", f"train.precision={precision}"])
+        config = resolve_config(
+            preset,
+            size,
+            str(manifests / "speech_train.jsonl"),
+            str(manifests / "speech_valid.jsonl"),
+            None,
+            [f"train.max_steps={steps}", f"train.precision={precision}"],
+        )
         with tempfile.TemporaryDirectory() as run_dir:
             trainer = Trainer(config, run_dir, progress=False)
             trainer.train()
             last = trainer.history[-1]
-        print(f"| {preset} | {precision} | {steps} | {last['valid_loss']:.1f} | {last['seconds'] / steps:.3f} |",
-              flush=True)
+        print(
+            f"| {preset} | {precision} | {steps} | {last['valid_loss']:.1f} | {last['seconds'] / steps:.3f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -68,7 +76,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=50)
     parser.add_argument("--presets", nargs="*", default=None)
     parser.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
-    parser.add_argument("--parity", type=int, metavar="STEPS", help="loss-parity check: train STEPS steps per precision")
+    parser.add_argument(
+        "--parity", type=int, metavar="STEPS", help="loss-parity check: train STEPS steps per precision"
+    )
     parser.add_argument("--data-root", type=Path, default=Path("data/open"), help="open corpus (with --parity)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,15 +90,18 @@ def main() -> None:
     torch.manual_seed(0)
     batch = torch.rand(args.batch_size, args.seq_len, 513) ** 4 * 10
     frames = args.batch_size * args.seq_len
-    print(f"| preset ({args.size}) | parameters | feedback | precision | s/step | frames/s |\n|---|---:|---:|---|---:|---:|")
+    print(f"| preset ({args.size}) | parameters | feedback | precision | s/step | frames/s |")
+    print("|---|---:|---:|---|---:|---:|")
     for name in args.presets or available_presets():
         model = build_model(load_preset(name, args.size)["model"])
         n_params = sum(p.numel() for p in model.parameters())
-        for feedback in ((0.0, 1.0) if model.autoregressive else (0.0,)):
+        for feedback in (0.0, 1.0) if model.autoregressive else (0.0,):
             for precision in args.precision:
                 seconds = time_steps(model, batch, feedback, args.steps, precision)
-                print(f"| {name} | {n_params:,} | {feedback:g} | {precision} | {seconds:.3f} | {frames / seconds:,.0f} |",
-                      flush=True)
+                print(
+                    f"| {name} | {n_params:,} | {feedback:g} | {precision} | {seconds:.3f} | {frames / seconds:,.0f} |",
+                    flush=True,
+                )
     print(f"\nB = {args.batch_size}, T = {args.seq_len}, {args.threads} thread(s), torch {torch.__version__}")
 
 

@@ -11,6 +11,7 @@ a model that fits all the data worse from one that fails on part of it.
         --model VAE=checkpoints/open-small/vae/model --model WSJ0-VAE=checkpoints/official/official-wsj-vae \
         -o docs/training_diagnosis/prior_loss.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,8 @@ def is_by_corpus_and_band(model: DVAE, data: SequenceDataset, corpus_of_file: li
     first = 0
     for batch in data.batches(256, shuffle=False):
         post, dec = model(batch, sample=False)
-        per_bin = itakura_saito(batch, dec.y_logvar).sum(1)   # (B, F), summed over frames
-        for row, file in zip(per_bin, data.file_of[first:first + len(batch)]):
+        per_bin = itakura_saito(batch, dec.y_logvar).sum(1)  # (B, F), summed over frames
+        for row, file in zip(per_bin, data.file_of[first : first + len(batch)]):
             sums[corpus_of_file[file]] += [float(row[band].sum()) for band in BANDS.values()] + [data.seq_len]
         first += len(batch)
     return {corpus: total[:-1] / total[-1] for corpus, total in sorted(sums.items())}
@@ -61,8 +62,10 @@ def main() -> None:
     data = SequenceDataset(spectra, args.seq_len)
     corpus_of_id = {r["id"]: r["corpus"] for r in map(json.loads, manifest.read_text().splitlines())}
     corpus_of_file = [corpus_of_id[i] for i in spectra.ids]
-    bands = ["| model | corpus | IS total | " + " | ".join(f"IS {b}" for b in BANDS) + " |",
-             "|---|---|---:|" + "---:|" * len(BANDS)]
+    bands = [
+        "| model | corpus | IS total | " + " | ".join(f"IS {b}" for b in BANDS) + " |",
+        "|---|---|---:|" + "---:|" * len(BANDS),
+    ]
     rows = ["| model | mode | loss (IS + β KL) | IS | KL z | KL w |", "|---|---|---:|---:|---:|---:|"]
     for item in args.model:
         label, _, path = item.partition("=")
@@ -70,13 +73,19 @@ def main() -> None:
         modes = {"GT": 0.0, "GEN": 1.0} if model.autoregressive else {"-": 0.0}
         for mode, feedback in modes.items():
             t = evaluate_elbo(model, data, args.beta, args.beta, feedback=feedback)
-            rows.append(f"| {label} | {mode} | {t['loss']:.1f} | {t['recon']:.1f} | {t['kl_z']:.1f} | {t['kl_w']:.1f} |")
+            rows.append(
+                f"| {label} | {mode} | {t['loss']:.1f} | {t['recon']:.1f} | {t['kl_z']:.1f} | {t['kl_w']:.1f} |"
+            )
             print(rows[-1], flush=True)
         for corpus, per_band in is_by_corpus_and_band(model, data, corpus_of_file).items():
-            bands.append(f"| {label} | {corpus} | {per_band.sum():.1f} | " + " | ".join(f"{v:.1f}" for v in per_band) + " |")
-    table = (f"Negative ELBO per frame on `{manifest.name}` ({len(data)} sequences of {args.seq_len} frames, "
-             f"β = {args.beta}).\n\n" + "\n".join(rows) + "\n\nIS divergence per frame by source and band "
-             "(z = posterior mean, true past):\n\n" + "\n".join(bands) + "\n")
+            bands.append(
+                f"| {label} | {corpus} | {per_band.sum():.1f} | " + " | ".join(f"{v:.1f}" for v in per_band) + " |"
+            )
+    table = (
+        f"Negative ELBO per frame on `{manifest.name}` ({len(data)} sequences of {args.seq_len} frames, "
+        f"β = {args.beta}).\n\n" + "\n".join(rows) + "\n\nIS divergence per frame by source and band "
+        "(z = posterior mean, true past):\n\n" + "\n".join(bands) + "\n"
+    )
     if args.out:
         Path(args.out).write_text(table)
 

@@ -2,13 +2,14 @@
 
 Builds the open corpus and its noisy mixtures if they are missing, imports the original authors' checkpoints
 from ../shared/official-dvae-se when they are there (without them, their rows are left out of the reports),
-optionally retrains the `small` priors (`--retrain`), then reruns each report with the command written at its top ("Regenerate with: `...`"), so the
-reports and this script cannot disagree. Shows the plan with a time estimate first (minutes measured on a 2-core
-CPU from empty caches), then each step's own progress bar and the time left. The evaluations cache their
+optionally retrains the `small` priors (`--retrain`), then reruns each report with the command written at its top
+("Regenerate with: `...`"), so the reports and this script cannot disagree. Shows the plan with a time estimate
+first (minutes measured on a 2-core CPU from empty caches), then each step's own progress bar and the time left. The evaluations cache their
 results, so an interrupted run continues where it stopped.
 
     python recipes/reproduce.py [--retrain] [--only generation enhancement ...] [--dry-run]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = "data/open"
 MANIFESTS = f"{DATA}/manifests"
-OFFICIAL_SOURCE = "../shared/official-dvae-se"     # the authors' release (GPL-3.0), not part of this repository
-OFFICIAL_DIR = "checkpoints/official"              # where `speechdvae import-official` converts it
+OFFICIAL_SOURCE = "../shared/official-dvae-se"  # the authors' release (GPL-3.0), not part of this repository
+OFFICIAL_DIR = "checkpoints/official"  # where `speechdvae import-official` converts it
 COMMAND = re.compile(r"Regenerate with:? (?:<code>|`)(.+?)(?:</code>|`)")
 
 
@@ -55,8 +56,8 @@ STEPS = (
     Step("generation", "docs/generation/generation.md", 25),
     Step("listening", "docs/listen/index.html", 3),
 )
-DATA_MINUTES = 15          # download + conversion of the open corpus and the two mixture sets
-RETRAIN_MINUTES = 400      # recipes/train_small.sh, two runs at a time
+DATA_MINUTES = 15  # download + conversion of the open corpus and the two mixture sets
+RETRAIN_MINUTES = 400  # recipes/train_small.sh, two runs at a time
 
 
 def report_command(report: Path) -> list[str]:
@@ -72,8 +73,14 @@ def report_command(report: Path) -> list[str]:
 def step_command(step: Step, official: bool) -> list[str]:
     """The step's command; without the official checkpoints (`official` False), minus the models among them."""
     if step.name == "training":
-        return [sys.executable, "recipes/training_report.py", "checkpoints/open-paper", "checkpoints/open-small",
-                "-o", "docs/training.md"]
+        return [
+            sys.executable,
+            "recipes/training_report.py",
+            "checkpoints/open-paper",
+            "checkpoints/open-small",
+            "-o",
+            "docs/training.md",
+        ]
     command = report_command(ROOT / step.report)
     return command if official else without_official_models(command)
 
@@ -99,8 +106,11 @@ def runnable(command: list[str]) -> list[str]:
 
 def official_available() -> bool:
     """Whether the official checkpoints are imported, or can be (their release is in ../shared)."""
-    return (ROOT / OFFICIAL_DIR).is_dir() and any((ROOT / OFFICIAL_DIR).glob("official-*")) \
+    return (
+        (ROOT / OFFICIAL_DIR).is_dir()
+        and any((ROOT / OFFICIAL_DIR).glob("official-*"))
         or (ROOT / OFFICIAL_SOURCE).is_dir()
+    )
 
 
 def data_commands() -> list[list[str]]:
@@ -110,15 +120,29 @@ def data_commands() -> list[list[str]]:
         commands.append(["speechdvae", "data", "open", "--root", DATA])
     for split in ("valid", "test"):
         if not (ROOT / DATA / "mixtures" / split / "manifest.jsonl").is_file():
-            commands.append(["speechdvae", "data", "mix", "--speech", f"{MANIFESTS}/speech_{split}.jsonl",
-                             "--noise", f"{MANIFESTS}/noise_{split}.jsonl", "-o", f"{DATA}/mixtures/{split}"])
+            commands.append(
+                [
+                    "speechdvae",
+                    "data",
+                    "mix",
+                    "--speech",
+                    f"{MANIFESTS}/speech_{split}.jsonl",
+                    "--noise",
+                    f"{MANIFESTS}/noise_{split}.jsonl",
+                    "-o",
+                    f"{DATA}/mixtures/{split}",
+                ]
+            )
     if not any((ROOT / OFFICIAL_DIR).glob("official-*")) and (ROOT / OFFICIAL_SOURCE).is_dir():
         commands.append(["speechdvae", "import-official", OFFICIAL_SOURCE, "-o", OFFICIAL_DIR])
     return commands
 
 
 def retrain_commands() -> list[list[str]]:
-    return [["bash", "recipes/train_small.sh", "runs/small", DATA], ["bash", "recipes/publish_runs.sh", "runs/small", "checkpoints/open-small"]]
+    return [
+        ["bash", "recipes/train_small.sh", "runs/small", DATA],
+        ["bash", "recipes/publish_runs.sh", "runs/small", "checkpoints/open-small"],
+    ]
 
 
 def main() -> int:
@@ -127,8 +151,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=[s.name for s in STEPS], help="run only these reports")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands only")
     args = parser.parse_args()
-    steps = [s for s in STEPS if (not args.only or s.name in args.only)
-             and (not s.needs or (ROOT / s.needs).exists())]
+    steps = [s for s in STEPS if (not args.only or s.name in args.only) and (not s.needs or (ROOT / s.needs).exists())]
     plan = [("data", c, DATA_MINUTES / 3) for c in data_commands()]
     plan += [("retraining", c, RETRAIN_MINUTES / 2) for c in retrain_commands()] if args.retrain else []
     official = official_available()
@@ -148,8 +171,11 @@ def main() -> int:
             print(f"{name} failed: {shlex.join(command)}", file=sys.stderr)
             return 1
         left -= minutes
-        print(f"[{i}/{len(plan)}] {name} done; {(time.monotonic() - start) / 60:.1f} min so far, "
-              f"about {max(left, 0):.0f} min left", flush=True)
+        print(
+            f"[{i}/{len(plan)}] {name} done; {(time.monotonic() - start) / 60:.1f} min so far, "
+            f"about {max(left, 0):.0f} min left",
+            flush=True,
+        )
     return 0
 
 

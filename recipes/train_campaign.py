@@ -17,6 +17,7 @@ stage: same settings, a fresh optimiser, no second KL warm-up. A lineage whose l
 
 Lanes run side by side, one thread each; the runs of a lane one after the other. Logs: RUNS_DIR/STAGE.log.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,9 @@ def stopped_early(run: Path) -> bool:
     return patience is not None and rows[-1]["epoch"] - best >= patience
 
 
-def stage_command(lineage: str, preset: str, overrides: list[str], runs: Path, published: Path,
-                  data: Path) -> tuple[str, list[str]] | None:
+def stage_command(
+    lineage: str, preset: str, overrides: list[str], runs: Path, published: Path, data: Path
+) -> tuple[str, list[str]] | None:
     """The stage to run next for a lineage and its `speechdvae train` command; None when the lineage is done."""
     committed = last_stage(published, lineage, "model")
     running = last_stage(runs, lineage, "state.pt")
@@ -72,8 +74,20 @@ def stage_command(lineage: str, preset: str, overrides: list[str], runs: Path, p
         if committed:
             start = published / stage_name(lineage, committed) / "model"
             settings += [f"train.init_from={start}", "train.kl_warmup_epochs=0"]
-    command = ["speechdvae", "train", "--preset", preset, "--size", "paper", "--data-root", str(data),
-               "-o", str(runs / name), "--no-progress", *extra]
+    command = [
+        "speechdvae",
+        "train",
+        "--preset",
+        preset,
+        "--size",
+        "paper",
+        "--data-root",
+        str(data),
+        "-o",
+        str(runs / name),
+        "--no-progress",
+        *extra,
+    ]
     for setting in settings:
         command += ["--set", setting]
     return name, command
@@ -88,15 +102,21 @@ def run_lane(lane: list[tuple[str, str, list[str]]], args: argparse.Namespace) -
         name, command = stage
         print(f"{name}: {' '.join(command)}", flush=True)
         with open(args.runs / f"{name}.log", "a") as log:
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            code = subprocess.call(
+                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+            )
         print(f"{name}: exit {code}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/paper"), help="run folders (default: runs/paper)")
-    parser.add_argument("--published", type=Path, default=Path("checkpoints/open-paper"),
-                        help="committed stages (default: checkpoints/open-paper)")
+    parser.add_argument(
+        "--published",
+        type=Path,
+        default=Path("checkpoints/open-paper"),
+        help="committed stages (default: checkpoints/open-paper)",
+    )
     parser.add_argument("--data", type=Path, default=Path("data/open"), help="open corpus (default: data/open)")
     args = parser.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ Runs of the supervised baseline (no `train` section in their model metadata) are
 
     python recipes/training_report.py checkpoints/open-paper checkpoints/open-small -o docs/training.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,7 +87,8 @@ def main() -> None:
                 f"| {folder.name} | {run.name} | {starts_from(training)} | "
                 f"{parameters(run / 'model' / 'model.safetensors'):,} | {rows[-1]['epoch'] + 1} | {rows[-1]['step']} | "
                 f"{best['epoch']} | {best['valid_loss']:.1f} | {best['valid_recon']:.1f} | "
-                f"{cpu_hours(rows[-1], training):.2f} | {status(rows, training)} |")
+                f"{cpu_hours(rows[-1], training):.2f} | {status(rows, training)} |"
+            )
             ax.plot([cpu_hours(r, training) for r in rows], [r["valid_loss"] for r in rows], label=run.name)
         ax.set(title=folder.name, xlabel="CPU-hours", ylabel="validation loss per frame", yscale="log")
         ax.grid(True, which="both", alpha=0.3)

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tone_burst
 
 from speechdvae import audio, stft
 from speechdvae.data.manifest import write_manifest
 from speechdvae.data.sequences import SequenceDataset, SpectrogramCache, preprocess
-from conftest import tone_burst
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_cache_holds_trimmed_normalised_spectrograms(manifest, tmp_path):
     start, end = audio.trim_bounds(x)
     direct = stft.power_spectrogram(torch.from_numpy(x[start:end] / np.abs(x[start:end]).max()).double())
     np.testing.assert_allclose(expected, direct.float().numpy(), rtol=1e-5, atol=1e-6)
-    got = cache.frames[cache.offsets[1]:cache.offsets[1] + cache.lengths[1]]
+    got = cache.frames[cache.offsets[1] : cache.offsets[1] + cache.lengths[1]]
     np.testing.assert_array_equal(got, expected)
     # a second instance reuses the cache without reading audio
     again = SpectrogramCache(manifest, tmp_path / "cache", show_progress=False)
@@ -50,7 +50,7 @@ def test_non_overlapping_chunks_and_batches(manifest, tmp_path):
     seqs = torch.cat(seen)
     assert seqs.shape[0] == len(data)
     # every chunk appears exactly once and equals the cached frames at its start
-    expected = torch.stack([torch.from_numpy(np.array(cache.frames[s:s + 20])) for s in data.starts])
+    expected = torch.stack([torch.from_numpy(np.array(cache.frames[s : s + 20])) for s in data.starts])
     order = [next(i for i in range(len(expected)) if torch.equal(expected[i], s)) for s in seqs]
     assert sorted(order) == list(range(len(data)))
     # the order depends only on (seed, epoch), and skipping batches resumes it

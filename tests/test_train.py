@@ -16,8 +16,17 @@ from speechdvae.data.sequences import SequenceDataset, SpectrogramCache
 from speechdvae.train import ConfigError, TrainConfig, Trainer, evaluate_elbo, resolve_config, resolve_precision
 
 TINY_VAE = {"name": "vae", "z_dim": 4, "dense_x_z": [16]}
-TINY_SRNN = {"name": "srnn", "z_dim": 4, "dense_x_h": [16], "dim_rnn_h": 8, "dense_hx_g": [16], "dim_rnn_g": 8,
-             "dense_gz_z": [8], "dense_hz_x": [16], "dense_hz_z": [8]}
+TINY_SRNN = {
+    "name": "srnn",
+    "z_dim": 4,
+    "dense_x_h": [16],
+    "dim_rnn_h": 8,
+    "dense_hx_g": [16],
+    "dim_rnn_g": 8,
+    "dense_gz_z": [8],
+    "dense_hz_x": [16],
+    "dense_hz_z": [8],
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +38,9 @@ def corpus(tmp_path_factory):
         records = []
         for i in range(n):
             t = np.arange(24000) / 16000
-            x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 900) * t) * (1 + np.sin(2 * np.pi * 3 * t)) \
-                + 0.01 * rng.standard_normal(len(t))
+            x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 900) * t) * (
+                1 + np.sin(2 * np.pi * 3 * t)
+            ) + 0.01 * rng.standard_normal(len(t))
             path = root / f"{split}{i}.flac"
             audio.write_audio(path, x, subtype="PCM_24")
             records.append({"id": f"{split}{i}", "path": str(path), "sha256": f"{split}{i}"})
@@ -39,12 +49,26 @@ def corpus(tmp_path_factory):
 
 
 def make_config(corpus, tmp_path, model=TINY_VAE, **train):
-    options = {"lr": 1e-3, "batch_size": 4, "seq_len": 10, "epochs": 3, "beta_z": 0.5,
-               "checkpoint_every": 2, "valid_batch_size": 8, **train}
+    options = {
+        "lr": 1e-3,
+        "batch_size": 4,
+        "seq_len": 10,
+        "epochs": 3,
+        "beta_z": 0.5,
+        "checkpoint_every": 2,
+        "valid_batch_size": 8,
+        **train,
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"model": model, "train": options}))
-    return resolve_config(None, "small", str(corpus / "train.jsonl"), str(corpus / "valid.jsonl"),
-                          str(corpus / "cache"), config_file=str(path))
+    return resolve_config(
+        None,
+        "small",
+        str(corpus / "train.jsonl"),
+        str(corpus / "valid.jsonl"),
+        str(corpus / "cache"),
+        config_file=str(path),
+    )
 
 
 def weights(path):
@@ -72,8 +96,14 @@ def test_bad_configuration_fails_before_any_work(corpus, tmp_path):
     with pytest.raises(ConfigError, match="invalid model"):
         make_config(corpus, tmp_path, model={"name": "nope"})
     with pytest.raises(ConfigError, match="manifest not found"):
-        resolve_config(None, "small", str(tmp_path / "missing.jsonl"), str(corpus / "valid.jsonl"), None,
-                       config_file=str(tmp_path / "config.yaml"))
+        resolve_config(
+            None,
+            "small",
+            str(tmp_path / "missing.jsonl"),
+            str(corpus / "valid.jsonl"),
+            None,
+            config_file=str(tmp_path / "config.yaml"),
+        )
     with pytest.raises(ConfigError, match="unknown preset"):
         resolve_config("nope", "small", str(corpus / "train.jsonl"), str(corpus / "valid.jsonl"), None)
     with pytest.raises(ConfigError, match="not enough"):
@@ -83,12 +113,22 @@ def test_bad_configuration_fails_before_any_work(corpus, tmp_path):
 
 def test_overrides_are_read_as_their_options_types(corpus):
     # YAML reads "5e-4" as a string and "100" as an int where a float is meant: --set must not care.
-    cfg = resolve_config("vae", "small", str(corpus / "train.jsonl"), str(corpus / "valid.jsonl"), None,
-                         ["train.lr=5e-4", "train.grad_clip=1", "train.warmup_steps=100", "train.max_steps=null"])
+    cfg = resolve_config(
+        "vae",
+        "small",
+        str(corpus / "train.jsonl"),
+        str(corpus / "valid.jsonl"),
+        None,
+        ["train.lr=5e-4", "train.grad_clip=1", "train.warmup_steps=100", "train.max_steps=null"],
+    )
     assert cfg.train.lr == 5e-4 and isinstance(cfg.train.grad_clip, float) and cfg.train.warmup_steps == 100
     assert cfg.train.max_steps is None
-    for bad, message in (("train.lr=fast", "lr must be float"), ("train.batch_size=3.5", "batch_size must be int"),
-                         ("train.random_crop=maybe", "random_crop must be bool"), ("train.epochs=null", "epochs")):
+    for bad, message in (
+        ("train.lr=fast", "lr must be float"),
+        ("train.batch_size=3.5", "batch_size must be int"),
+        ("train.random_crop=maybe", "random_crop must be bool"),
+        ("train.epochs=null", "epochs"),
+    ):
         with pytest.raises(ConfigError, match=message):
             resolve_config("vae", "small", str(corpus / "train.jsonl"), str(corpus / "valid.jsonl"), None, [bad])
 
@@ -110,7 +150,7 @@ def test_training_lowers_the_loss_and_exports_the_best_copy(corpus, tmp_path):
     assert Path(meta["training_data"]["valid"]).name == "valid.jsonl"
     assert '"/' not in (model_dir / "config.json").read_text()
     for k, v in exported.state_dict().items():
-        assert torch.equal(v, trainer.best_state[k])     # the best weights, not the live ones
+        assert torch.equal(v, trainer.best_state[k])  # the best weights, not the live ones
     if trainer.best_epoch < 5:
         assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in trainer.best_state.items())
     assert (tmp_path / "run" / "log.csv").read_text().startswith("epoch,")
@@ -120,8 +160,9 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("model, extra", [(TINY_VAE, {}), (TINY_SRNN, {"ss_start_epoch": 1, "ss_step": 0.5,
-                                                                          "ss_epochs_per_step": 1})])
+@pytest.mark.parametrize(
+    "model, extra", [(TINY_VAE, {}), (TINY_SRNN, {"ss_start_epoch": 1, "ss_step": 0.5, "ss_epochs_per_step": 1})]
+)
 def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch, model, extra):
     torch.set_num_threads(1)
     config = make_config(corpus, tmp_path, model=model, **extra)
@@ -130,7 +171,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path, monk
     original = Trainer._train_step
 
     def crashing(self, *args):
-        if self.step == 7:           # dies mid-epoch, one step after the state saved at step 6
+        if self.step == 7:  # dies mid-epoch, one step after the state saved at step 6
             raise Crash()
         return original(self, *args)
 
@@ -145,14 +186,25 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path, monk
     a, b = weights(tmp_path / "straight" / "state.pt"), weights(tmp_path / "crashed" / "state.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7)
-    log = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in p.read_text().splitlines()]
+
+    def log(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()]
+
     assert log(tmp_path / "straight" / "log.jsonl") == log(tmp_path / "crashed" / "log.jsonl")
 
 
 def test_scheduled_sampling_selects_only_fully_generative_epochs(corpus, tmp_path):
     torch.set_num_threads(1)
-    config = make_config(corpus, tmp_path, model=TINY_SRNN, epochs=4, ss_start_epoch=1, ss_step=0.5,
-                         ss_epochs_per_step=1, early_stop_patience=1)
+    config = make_config(
+        corpus,
+        tmp_path,
+        model=TINY_SRNN,
+        epochs=4,
+        ss_start_epoch=1,
+        ss_step=0.5,
+        ss_epochs_per_step=1,
+        early_stop_patience=1,
+    )
     trainer = Trainer(config, tmp_path / "run", progress=False)
     trainer.train()
     feedback = [h["feedback"] for h in trainer.history]
@@ -176,21 +228,63 @@ def test_ddp_two_processes_train_in_sync(corpus, tmp_path):
     each step consumes one global batch, and the result is not that of one process on its shard."""
     make_config(corpus, tmp_path, epochs=2)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    common = ["--config", str(tmp_path / "config.yaml"), "--train", str(corpus / "train.jsonl"), "--valid",
-              str(corpus / "valid.jsonl"), "--cache", str(corpus / "cache"), "--no-progress"]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "speechdvae", "train", *common, "-o", str(tmp_path / "ddp")],
-                   check=True, env=env, capture_output=True, timeout=300)
+    common = [
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "--train",
+        str(corpus / "train.jsonl"),
+        "--valid",
+        str(corpus / "valid.jsonl"),
+        "--cache",
+        str(corpus / "cache"),
+        "--no-progress",
+    ]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "speechdvae",
+            "train",
+            *common,
+            "-o",
+            str(tmp_path / "ddp"),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     shard = tmp_path / "shard.yaml"
     shard.write_text((tmp_path / "config.yaml").read_text().replace("batch_size: 4", "batch_size: 2"))
-    subprocess.run([sys.executable, "-m", "speechdvae", "train", *common[:-1], "--config", str(shard),
-                    "--no-progress", "-o", str(tmp_path / "single")], check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "speechdvae",
+            "train",
+            *common[:-1],
+            "--config",
+            str(shard),
+            "--no-progress",
+            "-o",
+            str(tmp_path / "single"),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     ddp = torch.load(tmp_path / "ddp" / "state.pt", weights_only=False)
     single = torch.load(tmp_path / "single" / "state.pt", weights_only=False)
     meta = json.loads((tmp_path / "ddp" / "model" / "config.json").read_text())
     assert json.dumps(meta).count('"processes": 2') == 1
     n = len(SequenceDataset(SpectrogramCache(corpus / "train.jsonl", corpus / "cache", show_progress=False), 10))
-    assert ddp["step"] == 2 * ((n // 2) // 2)        # 2 epochs of global batches of 4 (2 per process)
+    assert ddp["step"] == 2 * ((n // 2) // 2)  # 2 epochs of global batches of 4 (2 per process)
     assert single["step"] == 2 * (n // 2)
     assert any(not torch.allclose(ddp["model"][k], single["model"][k]) for k in ddp["model"])
 
@@ -201,8 +295,11 @@ def test_fine_tuning_starts_from_a_checkpoint(corpus, tmp_path):
     start = checkpoints.load_model(first, device="cpu").state_dict()
     assert all(torch.equal(v, tuned.model.state_dict()[k]) for k, v in start.items())
     with pytest.raises(ConfigError, match="different architecture"):
-        Trainer(make_config(corpus, tmp_path, model={**TINY_VAE, "z_dim": 3}, init_from=str(first)),
-                tmp_path / "other", progress=False)
+        Trainer(
+            make_config(corpus, tmp_path, model={**TINY_VAE, "z_dim": 3}, init_from=str(first)),
+            tmp_path / "other",
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="no checkpoint"):
         make_config(corpus, tmp_path, init_from=str(tmp_path / "nowhere"))
 
@@ -210,7 +307,7 @@ def test_fine_tuning_starts_from_a_checkpoint(corpus, tmp_path):
 def test_best_model_is_exported_while_the_run_goes_on(corpus, tmp_path):
     torch.set_num_threads(1)
     trainer = Trainer(make_config(corpus, tmp_path, epochs=4, lr=3e-3), tmp_path / "run", progress=False)
-    exported = []   # (epoch, weights) of every export, read back from the model folder
+    exported = []  # (epoch, weights) of every export, read back from the model folder
     export = trainer._export
 
     def recording_export():
@@ -222,7 +319,7 @@ def test_best_model_is_exported_while_the_run_goes_on(corpus, tmp_path):
     trainer.train()
     improving = [h["epoch"] for h in trainer.history if h["best"]]
     assert len(improving) >= 2
-    assert [epoch for epoch, _ in exported[:-1]] == improving   # one export per improvement, then the final one
+    assert [epoch for epoch, _ in exported[:-1]] == improving  # one export per improvement, then the final one
     assert any(not torch.equal(v, exported[0][1][k]) for k, v in exported[-1][1].items())
 
 
@@ -246,10 +343,11 @@ def test_precision(corpus, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     losses = {}
     for precision in ("float32", "bfloat16"):
-        trainer = Trainer(make_config(corpus, tmp_path, epochs=4, lr=3e-3, precision=precision),
-                          tmp_path / precision, progress=False)
+        trainer = Trainer(
+            make_config(corpus, tmp_path, epochs=4, lr=3e-3, precision=precision), tmp_path / precision, progress=False
+        )
         trainer.train()
         assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
         losses[precision] = trainer.best_loss
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.1)
-    assert losses["bfloat16"] != losses["float32"]   # autocast did run in bf16
+    assert losses["bfloat16"] != losses["float32"]  # autocast did run in bf16

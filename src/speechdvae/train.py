@@ -10,6 +10,7 @@ same weights as an uninterrupted one.
 Under `torchrun --nproc_per_node N` the same code trains with DistributedDataParallel: every
 process reads its own shard of each batch, gradients are averaged, rank 0 writes the files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,12 +30,11 @@ import torch
 from torch import nn
 
 from . import checkpoints
-from .data.sequences import SequenceDataset, SpectrogramCache
 from .atomic import atomic_path, write_json_atomic, write_text_atomic
+from .data.sequences import SequenceDataset, SpectrogramCache
 from .errors import SpeechDVAEError
 from .models import DVAE, build_model, load_preset
 from .models.losses import elbo_loss
-
 
 # Options that may change when a run is resumed: they extend or shorten it without changing
 # what one step computes.
@@ -51,7 +51,7 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> "bfloat16" on hardware with native bf16, else "float32"; other values pass through."""
+    """ "auto" -> "bfloat16" on hardware with native bf16, else "float32"; other values pass through."""
     if precision == "auto":
         return "bfloat16" if native_bf16(device) else "float32"
     return precision
@@ -72,12 +72,12 @@ class ConfigError(SpeechDVAEError, ValueError):
 class TrainConfig:
     """Optimisation settings. Epoch-based quantities count passes over the training sequences."""
 
-    optimizer: str = "adam"                 # "adam" or "adamw"
+    optimizer: str = "adam"  # "adam" or "adamw"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
-    lr_schedule: str = "constant"           # "constant" or "warmup_cosine" (LigHT-DVAE paper)
+    lr_schedule: str = "constant"  # "constant" or "warmup_cosine" (LigHT-DVAE paper)
     warmup_steps: int = 0
     cosine_steps: int = 0
     lr_min: float = 0.0
@@ -85,31 +85,33 @@ class TrainConfig:
     seq_len: int = 50
     random_crop: bool = False
     epochs: int = 300
-    max_steps: int | None = None            # stop after this many optimiser steps (None: no limit)
+    max_steps: int | None = None  # stop after this many optimiser steps (None: no limit)
     beta_z: float = 1.0
     beta_w: float = 1.0
-    kl_warmup_epochs: int = 0               # KL weight epoch / kl_warmup_epochs, then 1 (0: off)
+    kl_warmup_epochs: int = 0  # KL weight epoch / kl_warmup_epochs, then 1 (0: off)
     early_stop_patience: int | None = None  # epochs without validation improvement
-    grad_clip: float | None = None          # max global gradient norm
+    grad_clip: float | None = None  # max global gradient norm
     # Scheduled sampling for autoregressive models: feedback probability 0 before
     # `ss_start_epoch`, then `ss_step`, 2 * `ss_step`, ... every `ss_epochs_per_step` epochs, up to 1.
     ss_start_epoch: int | None = None
     ss_step: float = 0.2
     ss_epochs_per_step: int = 50
     seed: int = 0
-    init_from: str | None = None            # checkpoint folder whose weights start the run (fine-tuning)
-    checkpoint_every: int = 200             # steps between state saves (also saved at every epoch end)
+    init_from: str | None = None  # checkpoint folder whose weights start the run (fine-tuning)
+    checkpoint_every: int = 200  # steps between state saves (also saved at every epoch end)
     valid_batch_size: int = 256
     # "bfloat16": forward passes under bf16 autocast (loss, gradients and weights stay float32); "auto": bf16
     # where it pays (CPUs with AMX, GPUs with bf16), else float32.
     precision: str = "auto"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"unknown training option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
+            )
         types = {f.name: f.type for f in fields(cls)}
         cfg = cls(**{k: _typed(k, v, types[k]) for k, v in d.items()})
         cfg.validate()
@@ -196,8 +198,15 @@ def _typed(name: str, value: Any, annotation: str) -> Any:
     raise ConfigError(f"training option {name} must be {annotation}, got {value!r}")
 
 
-def resolve_config(preset: str | None, size: str, train_manifest: str | None, valid_manifest: str | None,
-                   cache_dir: str | None, overrides: list[str] = (), config_file: str | None = None) -> RunConfig:
+def resolve_config(
+    preset: str | None,
+    size: str,
+    train_manifest: str | None,
+    valid_manifest: str | None,
+    cache_dir: str | None,
+    overrides: list[str] = (),
+    config_file: str | None = None,
+) -> RunConfig:
     """Preset (or a YAML/JSON config file) + `section.key=value` overrides -> a checked RunConfig."""
     import yaml
 
@@ -230,14 +239,18 @@ def resolve_config(preset: str | None, size: str, train_manifest: str | None, va
         build_model(raw["model"])
     except (ValueError, KeyError) as err:
         raise ConfigError(f"invalid model section: {err}") from None
-    return RunConfig(model=raw["model"], train=TrainConfig.from_dict(raw["train"]),
-                     train_manifest=str(Path(train_manifest).resolve()),
-                     valid_manifest=str(Path(valid_manifest).resolve()),
-                     cache_dir=str(Path(cache_dir or Path(train_manifest).resolve().parent.parent / "cache" / "spectrograms")),
-                     preset=preset)
+    return RunConfig(
+        model=raw["model"],
+        train=TrainConfig.from_dict(raw["train"]),
+        train_manifest=str(Path(train_manifest).resolve()),
+        valid_manifest=str(Path(valid_manifest).resolve()),
+        cache_dir=str(Path(cache_dir or Path(train_manifest).resolve().parent.parent / "cache" / "spectrograms")),
+        preset=preset,
+    )
 
 
 # -- run files -----------------------------------------------------------------------------
+
 
 def save_state(path: Path, state: dict) -> None:
     """`torch.save` a training state atomically: a kill leaves the previous state intact."""
@@ -260,6 +273,7 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 # -- distributed helpers -------------------------------------------------------------------
 
+
 @dataclass
 class Dist:
     rank: int = 0
@@ -271,7 +285,7 @@ class Dist:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> "Dist":
+    def from_env(cls) -> Dist:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
@@ -299,9 +313,18 @@ class Dist:
 
 # -- the training criterion on held-out data ----------------------------------------------
 
+
 @torch.no_grad()
-def evaluate_elbo(model: DVAE, data: SequenceDataset, beta_z: float, beta_w: float, feedback: float = 0.0,
-                  batch_size: int = 256, seed: int = 1, dist: Dist | None = None) -> dict[str, float]:
+def evaluate_elbo(
+    model: DVAE,
+    data: SequenceDataset,
+    beta_z: float,
+    beta_w: float,
+    feedback: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 1,
+    dist: Dist | None = None,
+) -> dict[str, float]:
     """The trainer's criterion (negative ELBO per frame: IS + beta-weighted KL) of `model` on every sequence
     of `data`, z sampled under a fixed seed; shared by validation and by comparisons of checkpoints."""
     dist = dist or Dist()
@@ -322,11 +345,13 @@ def evaluate_elbo(model: DVAE, data: SequenceDataset, beta_z: float, beta_w: flo
 
 # -- the trainer ---------------------------------------------------------------------------
 
+
 class Trainer:
     """Trains one model as described by a RunConfig, writing into `run_dir`."""
 
-    def __init__(self, config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
-                 progress: bool = True) -> None:
+    def __init__(
+        self, config: RunConfig, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True
+    ) -> None:
         self.config = config
         self.cfg = config.train
         self.run_dir = Path(run_dir)
@@ -335,7 +360,9 @@ class Trainer:
         self.progress = progress and self.dist.main
         state_path = self.run_dir / "state.pt"
         if state_path.exists() and not resume:
-            raise ConfigError(f"{self.run_dir} already holds a run: pass --resume to continue it, or choose another folder")
+            raise ConfigError(
+                f"{self.run_dir} already holds a run: pass --resume to continue it, or choose another folder"
+            )
         if resume and not state_path.exists() and (self.run_dir / "config.json").exists():
             raise ConfigError(f"{self.run_dir} has no state to resume from")
 
@@ -346,22 +373,34 @@ class Trainer:
             if start.config != self.model.config:
                 raise ConfigError(f"init_from: {self.cfg.init_from} holds a different architecture ({start.config})")
             self.model.load_state_dict(start.state_dict())
-        torch.manual_seed(self.cfg.seed + self.dist.rank)   # same initial weights, independent sampling noise
-        self.train_data = SequenceDataset(SpectrogramCache(config.train_manifest, config.cache_dir, show_progress=self.progress),
-                                          self.cfg.seq_len, random_crop=self.cfg.random_crop)
-        self.valid_data = SequenceDataset(SpectrogramCache(config.valid_manifest, config.cache_dir, show_progress=self.progress),
-                                          self.cfg.seq_len)
+        torch.manual_seed(self.cfg.seed + self.dist.rank)  # same initial weights, independent sampling noise
+        self.train_data = SequenceDataset(
+            SpectrogramCache(config.train_manifest, config.cache_dir, show_progress=self.progress),
+            self.cfg.seq_len,
+            random_crop=self.cfg.random_crop,
+        )
+        self.valid_data = SequenceDataset(
+            SpectrogramCache(config.valid_manifest, config.cache_dir, show_progress=self.progress), self.cfg.seq_len
+        )
         for label, data in (("training", self.train_data), ("validation", self.valid_data)):
             if len(data) < self.dist.world_size:
-                raise ConfigError(f"the {label} manifest yields {len(data)} sequences of {self.cfg.seq_len} frames: "
-                                  "not enough to train (shorter seq_len or more data needed)")
+                raise ConfigError(
+                    f"the {label} manifest yields {len(data)} sequences of {self.cfg.seq_len} frames: "
+                    "not enough to train (shorter seq_len or more data needed)"
+                )
         self.module = self.model
         if self.dist.world_size > 1:
             self.module = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=self.cfg.learning_rate(0), betas=self.cfg.betas,
-                                 eps=self.cfg.eps, weight_decay=self.cfg.weight_decay)
+        self.optimizer = opt_cls(
+            self.model.parameters(),
+            lr=self.cfg.learning_rate(0),
+            betas=self.cfg.betas,
+            eps=self.cfg.eps,
+            weight_decay=self.cfg.weight_decay,
+        )
         self.epoch = 0
         self.batch_in_epoch = 0
         self.step = 0
@@ -370,7 +409,7 @@ class Trainer:
         self.best_state: dict | None = None
         self.stale_epochs = 0
         self.history: list[dict] = []
-        self.epoch_sums = np.zeros(4)   # running sums of the epoch's training loss terms
+        self.epoch_sums = np.zeros(4)  # running sums of the epoch's training loss terms
         self.elapsed = 0.0
         if resume and state_path.exists():
             self._load_state(state_path)
@@ -380,14 +419,23 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------
     def _state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-                "best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_state": self.best_state,
-                "stale_epochs": self.stale_epochs, "history": self.history, "elapsed": self.elapsed,
-                "epoch_sums": self.epoch_sums,
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "config": self.config.to_json()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "stale_epochs": self.stale_epochs,
+            "history": self.history,
+            "elapsed": self.elapsed,
+            "epoch_sums": self.epoch_sums,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "config": self.config.to_json(),
+        }
 
     def _save_state(self) -> None:
         if not self.dist.main:
@@ -400,14 +448,26 @@ class Trainer:
         saved, current = state["config"], self.config.to_json()
         budget = {k: current["train"][k] for k in BUDGET_OPTIONS}
         if dict(saved, train=dict(saved["train"], **budget)) != current:
-            raise ConfigError(f"{path} was written with a different configuration; resume with the same options "
-                              f"(only {', '.join(BUDGET_OPTIONS)} may change)")
+            raise ConfigError(
+                f"{path} was written with a different configuration; resume with the same options "
+                f"(only {', '.join(BUDGET_OPTIONS)} may change)"
+            )
         if self.dist.main:
             write_json_atomic(self.run_dir / "config.json", current)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for key in ("epoch", "batch_in_epoch", "step", "best_loss", "best_epoch", "best_state",
-                    "stale_epochs", "history", "elapsed", "epoch_sums"):
+        for key in (
+            "epoch",
+            "batch_in_epoch",
+            "step",
+            "best_loss",
+            "best_epoch",
+            "best_state",
+            "stale_epochs",
+            "history",
+            "elapsed",
+            "epoch_sums",
+        ):
             setattr(self, key, state[key])
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] is not None and torch.cuda.is_available():
@@ -417,8 +477,11 @@ class Trainer:
     def _finished(self) -> bool:
         out_of_steps = self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
         patience = self.cfg.early_stop_patience
-        stopped = (patience is not None and self.stale_epochs >= patience
-                   and self.cfg.feedback(self.epoch) >= self.cfg.final_feedback())
+        stopped = (
+            patience is not None
+            and self.stale_epochs >= patience
+            and self.cfg.feedback(self.epoch) >= self.cfg.final_feedback()
+        )
         return self.epoch >= self.cfg.epochs or out_of_steps or stopped
 
     def train(self) -> Path:
@@ -429,13 +492,25 @@ class Trainer:
         while not self._finished():
             feedback, kl_weight = self.cfg.feedback(self.epoch), self.cfg.kl_weight(self.epoch)
             self.model.train()
-            bar = tqdm(total=n_batches, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}",
-                       unit="batch", disable=not self.progress, leave=False)
+            bar = tqdm(
+                total=n_batches,
+                initial=self.batch_in_epoch,
+                desc=f"epoch {self.epoch}",
+                unit="batch",
+                disable=not self.progress,
+                leave=False,
+            )
             t0 = time.time()
-            for batch in self.train_data.batches(self._local_batch(), shuffle=True, seed=self.cfg.seed,
-                                                 epoch=self.epoch, rank=self.dist.rank,
-                                                 world_size=self.dist.world_size, drop_last=True,
-                                                 skip=self.batch_in_epoch):
+            for batch in self.train_data.batches(
+                self._local_batch(),
+                shuffle=True,
+                seed=self.cfg.seed,
+                epoch=self.epoch,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                drop_last=True,
+                skip=self.batch_in_epoch,
+            ):
                 terms = self._train_step(batch.to(self.device), feedback, kl_weight)
                 self.epoch_sums += [terms[k] for k in ("loss", "recon", "kl_z", "kl_w")]
                 self.batch_in_epoch += 1
@@ -473,8 +548,16 @@ class Trainer:
 
     def validate(self, feedback: float) -> dict[str, float]:
         """Validation ELBO terms (per frame), with a fixed seed so epochs compare fairly."""
-        return evaluate_elbo(self.model, self.valid_data, self.cfg.beta_z, self.cfg.beta_w, feedback=feedback,
-                             batch_size=self.cfg.valid_batch_size, seed=self.cfg.seed + 1, dist=self.dist)
+        return evaluate_elbo(
+            self.model,
+            self.valid_data,
+            self.cfg.beta_z,
+            self.cfg.beta_w,
+            feedback=feedback,
+            batch_size=self.cfg.valid_batch_size,
+            seed=self.cfg.seed + 1,
+            dist=self.dist,
+        )
 
     def _end_epoch(self, train_sums: np.ndarray, feedback: float, complete: bool) -> None:
         train_means = [float(v) for v in train_sums]
@@ -485,19 +568,34 @@ class Trainer:
         if improved:
             self.best_loss, self.best_epoch, self.stale_epochs = valid["loss"], self.epoch, 0
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self._export()   # the best model so far is usable (and committable) while the run goes on
+            self._export()  # the best model so far is usable (and committable) while the run goes on
         elif selectable:
             self.stale_epochs += 1
-        self.history.append({
-            "epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-            "feedback": feedback, "kl_weight": self.cfg.kl_weight(self.epoch),
-            "train_loss": train_means[0], "train_recon": train_means[1], "train_kl_z": train_means[2],
-            "train_kl_w": train_means[3], "valid_loss": valid["loss"], "valid_recon": valid["recon"],
-            "valid_kl_z": valid["kl_z"], "valid_kl_w": valid["kl_w"], "best": improved,
-            "seconds": round(self.elapsed, 1)})
+        self.history.append(
+            {
+                "epoch": self.epoch,
+                "step": self.step,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "feedback": feedback,
+                "kl_weight": self.cfg.kl_weight(self.epoch),
+                "train_loss": train_means[0],
+                "train_recon": train_means[1],
+                "train_kl_z": train_means[2],
+                "train_kl_w": train_means[3],
+                "valid_loss": valid["loss"],
+                "valid_recon": valid["recon"],
+                "valid_kl_z": valid["kl_z"],
+                "valid_kl_w": valid["kl_w"],
+                "best": improved,
+                "seconds": round(self.elapsed, 1),
+            }
+        )
         if self.dist.main:
-            print(f"epoch {self.epoch}: train {train_means[0]:.4f}  valid {valid['loss']:.4f}"
-                  f"{'  *' if improved else ''}  feedback {feedback:.1f}  ({self.elapsed:.0f} s)", flush=True)
+            print(
+                f"epoch {self.epoch}: train {train_means[0]:.4f}  valid {valid['loss']:.4f}"
+                f"{'  *' if improved else ''}  feedback {feedback:.1f}  ({self.elapsed:.0f} s)",
+                flush=True,
+            )
         if complete:
             self.epoch += 1
             self.batch_in_epoch = 0
@@ -521,12 +619,21 @@ class Trainer:
         if self.dist.main:
             model = build_model(self.config.model)
             model.load_state_dict(self.best_state if self.best_state is not None else self.model.state_dict())
-            data = checkpoints.manifest_provenance({"train": self.config.train_manifest,
-                                                    "valid": self.config.valid_manifest})
-            meta = {"training_data": data,
-                    "training": {"preset": self.config.preset, "best_epoch": self.best_epoch,
-                                 "best_valid_loss": self.best_loss, "steps": self.step, "epochs": self.epoch,
-                                 "seconds": round(self.elapsed, 1), "processes": self.dist.world_size,
-                                 "train": self.config.to_json()["train"]}}
+            data = checkpoints.manifest_provenance(
+                {"train": self.config.train_manifest, "valid": self.config.valid_manifest}
+            )
+            meta = {
+                "training_data": data,
+                "training": {
+                    "preset": self.config.preset,
+                    "best_epoch": self.best_epoch,
+                    "best_valid_loss": self.best_loss,
+                    "steps": self.step,
+                    "epochs": self.epoch,
+                    "seconds": round(self.elapsed, 1),
+                    "processes": self.dist.world_size,
+                    "train": self.config.to_json()["train"],
+                },
+            }
             checkpoints.save_model(model, out, metadata=meta)
         return out

@@ -229,6 +229,7 @@ def plan_mixtures(
 
 # -------------------------------------------------------------------------------------- execution
 
+
 def file_stems(ids: Sequence[str]) -> list[str]:
     """File-system-safe names for ids; raises MixError if two ids map to the same name."""
     stems = [re.sub(r"[^\w.-]+", "_", i) for i in ids]
@@ -308,9 +309,14 @@ def _mix_job(job: dict, noise: np.ndarray, allow_loop: bool) -> dict:
 
 def output_jobs(plan: Sequence[dict], out_dir: Path) -> list[dict]:
     """Plan entries with their output paths `out_dir/noisy/<id>.flac` and `out_dir/clean/<id>.flac`."""
-    return [{**entry, "path": str(out_dir / "noisy" / f"{stem}.flac"),
-             "clean_path": str(out_dir / "clean" / f"{stem}.flac")}
-            for entry, stem in zip(plan, file_stems([entry["id"] for entry in plan]))]
+    return [
+        {
+            **entry,
+            "path": str(out_dir / "noisy" / f"{stem}.flac"),
+            "clean_path": str(out_dir / "clean" / f"{stem}.flac"),
+        }
+        for entry, stem in zip(plan, file_stems([entry["id"] for entry in plan]))
+    ]
 
 
 def run_jobs(jobs: Sequence[dict], manifest_path: Path, allow_loop: bool = True) -> Path:

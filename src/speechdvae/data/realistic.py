@@ -20,17 +20,18 @@ mixtures (the long condition's plan uses seed + 1). Output: OUT/noisy/, OUT/clea
 in OUT/speech/ and OUT/utterances.jsonl. Every step is idempotent: packages, conversions, joined
 utterances and mixtures already done are reused, so an interrupted build resumes.
 """
+
 from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, AudioError, noise_floor_db, read_audio, write_audio
-from .manifest import REQUIRED_FIELDS, ManifestError, read_manifest, sha256_file, write_manifest
+from ..audio import SAMPLE_RATE, noise_floor_db, read_audio, write_audio
+from .manifest import REQUIRED_FIELDS, read_manifest, sha256_file, write_manifest
 from .mix import DEFAULT_SNRS, MANIFEST_NAME, MixError, file_stems, output_jobs, plan_mixtures, run_jobs
 from .open_corpus import Package, PackageToolError, Source, audio_path, convert_package, fetch_package
 
@@ -73,8 +74,10 @@ HELDOUT_NOISE: dict[str, dict[str, str]] = {
 
 # ------------------------------------------------------------------------------- held-out noise
 
+
 def heldout_package(name: str, files: dict[str, str]) -> Package:
     """A noise package of which only `files` (path in the package -> kind) are unpacked and used."""
+
     def lister(root: Path) -> Iterator[Source]:
         for member, kind in sorted(files.items()):
             path = root / member
@@ -82,6 +85,7 @@ def heldout_package(name: str, files: dict[str, str]) -> Package:
                 raise PackageToolError(f"{path} is missing: delete {root} to unpack {name} again")
             sid = f"heldout/{name}/{Path(member).stem}"
             yield Source(sid, str(path), "soundfile", "noise", sid, "none", "heldout", kind)
+
     return Package(name, lister, members=tuple(f"./{member}" for member in sorted(files)))
 
 
@@ -97,26 +101,42 @@ def fetch_heldout_noise(root: Path, workers: int = 1, packages: Sequence[Package
         for s in sources:
             entry = entries[s.id]
             if entry["status"] != "ok":
-                raise PackageToolError(f"{s.locator}: cannot convert ({entry['reason']}); delete "
-                                   f"{root / 'cache' / (pkg.name + '.jsonl')} to try again")
-            records.append({"id": s.id, "path": str(audio_path(root, s)), "duration": round(entry["duration"], 4),
-                            "speaker": s.speaker, "language": s.language, "split": s.split,
-                            "sha256": entry["sha256"], "corpus": pkg.name, "package": pkg.name,
-                            "recording": s.speaker, "noise_type": s.noise_type,
-                            "noise_floor_db": entry["noise_floor_db"]})
+                raise PackageToolError(
+                    f"{s.locator}: cannot convert ({entry['reason']}); delete "
+                    f"{root / 'cache' / (pkg.name + '.jsonl')} to try again"
+                )
+            records.append(
+                {
+                    "id": s.id,
+                    "path": str(audio_path(root, s)),
+                    "duration": round(entry["duration"], 4),
+                    "speaker": s.speaker,
+                    "language": s.language,
+                    "split": s.split,
+                    "sha256": entry["sha256"],
+                    "corpus": pkg.name,
+                    "package": pkg.name,
+                    "recording": s.speaker,
+                    "noise_type": s.noise_type,
+                    "noise_floor_db": entry["noise_floor_db"],
+                }
+            )
     write_manifest(root / "manifests" / HELDOUT_MANIFEST, records)
     return records
 
 
 # ---------------------------------------------------------------------------------------- speech
 
+
 def read_validation_speech(manifests: Sequence[str | Path]) -> list[dict]:
     """Records of the speech manifests; MixError unless every one is validation speech with a unique id."""
     records = [r for path in manifests for r in read_manifest(path, REQUIRED_FIELDS)]
     for r in records:
         if r["split"] not in VALID_SPLITS:
-            raise MixError(f"{r['id']} belongs to split {r['split']!r}: the benchmark takes validation speech "
-                           f"only ({', '.join(VALID_SPLITS)})")
+            raise MixError(
+                f"{r['id']} belongs to split {r['split']!r}: the benchmark takes validation speech "
+                f"only ({', '.join(VALID_SPLITS)})"
+            )
     duplicates = sorted(i for i, c in Counter(r["id"] for r in records).items() if c > 1)
     if duplicates:
         raise MixError(f"duplicate speech ids: {', '.join(duplicates[:5])}")
@@ -131,16 +151,26 @@ def _utterance(length: str, parts: list[dict], gaps: list[int]) -> dict:
     """One benchmark utterance made of `parts` (prompts of one speaker) separated by `gaps` (samples)."""
     first = parts[0]
     suffix = f"+{len(parts) - 1}" if len(parts) > 1 else ""
-    return {"id": f"{length}/{first['id']}{suffix}", "length": length,
-            "duration": (sum(_samples(p) for p in parts) + sum(gaps)) / SAMPLE_RATE,
-            "speaker": first["speaker"], "language": first["language"], "split": first["split"],
-            "parts": [p["id"] for p in parts], "part_paths": [p["path"] for p in parts],
-            "part_sha256": [p["sha256"] for p in parts], "gaps": gaps}
+    return {
+        "id": f"{length}/{first['id']}{suffix}",
+        "length": length,
+        "duration": (sum(_samples(p) for p in parts) + sum(gaps)) / SAMPLE_RATE,
+        "speaker": first["speaker"],
+        "language": first["language"],
+        "split": first["split"],
+        "parts": [p["id"] for p in parts],
+        "part_paths": [p["path"] for p in parts],
+        "part_sha256": [p["sha256"] for p in parts],
+        "gaps": gaps,
+    }
 
 
-def joined_utterances(records: Sequence[dict], rng: np.random.Generator,
-                      seconds: tuple[float, float] = LONG_SECONDS,
-                      gap_seconds: tuple[float, float] = GAP_SECONDS) -> list[dict]:
+def joined_utterances(
+    records: Sequence[dict],
+    rng: np.random.Generator,
+    seconds: tuple[float, float] = LONG_SECONDS,
+    gap_seconds: tuple[float, float] = GAP_SECONDS,
+) -> list[dict]:
     """Runs of consecutive prompts (by id) of one speaker, each joined to a drawn length within `seconds`.
 
     Runs never overlap; a run that cannot reach the minimum without passing the maximum is dropped.
@@ -173,8 +203,11 @@ def joined_utterances(records: Sequence[dict], rng: np.random.Generator,
 
 def single_utterances(records: Sequence[dict], seconds: tuple[float, float] = SHORT_SECONDS) -> list[dict]:
     """Single prompts lasting within `seconds`, as utterances of the short condition."""
-    return [_utterance("short", [r], []) for r in sorted(records, key=lambda r: r["id"])
-            if seconds[0] <= float(r["duration"]) <= seconds[1]]
+    return [
+        _utterance("short", [r], [])
+        for r in sorted(records, key=lambda r: r["id"])
+        if seconds[0] <= float(r["duration"]) <= seconds[1]
+    ]
 
 
 def choose(candidates: Sequence[dict], n: int, rng: np.random.Generator) -> list[dict]:
@@ -191,8 +224,10 @@ def choose(candidates: Sequence[dict], n: int, rng: np.random.Generator) -> list
         pool = by_split[split]
         if count > len(pool):
             length = candidates[0]["length"]
-            raise MixError(f"only {len(pool)} {length} utterances can be made from split {split!r}, "
-                           f"{count} are needed: lower --per-cell")
+            raise MixError(
+                f"only {len(pool)} {length} utterances can be made from split {split!r}, "
+                f"{count} are needed: lower --per-cell"
+            )
         chosen += [pool[i] for i in sorted(rng.choice(len(pool), size=count, replace=False))]
     return sorted(chosen, key=lambda c: c["id"])
 
@@ -226,8 +261,12 @@ def write_utterances(utterances: Sequence[dict], out_dir: Path) -> list[dict]:
             continue
         path = out_dir / "speech" / f"{stems[u['id']]}.flac"
         old = previous.get(u["id"])
-        if (old is None or any(old.get(k) != u[k] for k in ("parts", "part_sha256", "gaps"))
-                or not path.is_file() or sha256_file(path) != old.get("sha256")):
+        if (
+            old is None
+            or any(old.get(k) != u[k] for k in ("parts", "part_sha256", "gaps"))
+            or not path.is_file()
+            or sha256_file(path) != old.get("sha256")
+        ):
             pieces = []
             for k, part_path in enumerate(u["part_paths"]):
                 part = read_audio(part_path)[0]
@@ -244,9 +283,17 @@ def write_utterances(utterances: Sequence[dict], out_dir: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------- the build
 
-def build_benchmark(root: str | Path, out_dir: str | Path, speech_manifests: Sequence[str | Path] | None = None,
-                    per_cell: int = DEFAULT_PER_CELL, snrs: Sequence[float] = DEFAULT_SNRS, seed: int = 0,
-                    workers: int = 1, packages: Sequence[Package] = HELDOUT_PACKAGES) -> Path:
+
+def build_benchmark(
+    root: str | Path,
+    out_dir: str | Path,
+    speech_manifests: Sequence[str | Path] | None = None,
+    per_cell: int = DEFAULT_PER_CELL,
+    snrs: Sequence[float] = DEFAULT_SNRS,
+    seed: int = 0,
+    workers: int = 1,
+    packages: Sequence[Package] = HELDOUT_PACKAGES,
+) -> Path:
     """Fetch the held-out noise into `root`, make the utterances and mixtures in `out_dir`; returns the manifest."""
     root, out_dir = Path(root), Path(out_dir).resolve()
     if per_cell < 1:
@@ -263,22 +310,27 @@ def build_benchmark(root: str | Path, out_dir: str | Path, speech_manifests: Seq
     for k, length in enumerate(LENGTHS):
         chosen = {u["id"]: u for u in utterances if u["length"] == length}
         plan = plan_mixtures(chosen.values(), noise, snrs, seed + k)
-        jobs += output_jobs([{**entry, "length": length, "parts": chosen[entry["id"]]["parts"]} for entry in plan],
-                            out_dir)
+        jobs += output_jobs(
+            [{**entry, "length": length, "parts": chosen[entry["id"]]["parts"]} for entry in plan], out_dir
+        )
     return run_jobs(jobs, out_dir / MANIFEST_NAME, allow_loop=True)
 
 
 def format_summary(records: Sequence[dict]) -> str:
     """Markdown table of the mixtures per noise kind and length, with their duration and speech splits."""
-    lines = ["| length | noise kind | mixtures | SNRs (dB) | minutes | valid / valid_unseen |",
-             "|---|---|---:|---|---:|---|"]
+    lines = [
+        "| length | noise kind | mixtures | SNRs (dB) | minutes | valid / valid_unseen |",
+        "|---|---|---:|---|---:|---|",
+    ]
     cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         cells[(r["length"], r["noise_type"])].append(r)
     for (length, kind), rs in sorted(cells.items()):
         snrs = Counter(r["snr"] for r in rs)
         splits = Counter(r["split"] for r in rs)
-        lines.append(f"| {length} | {kind} | {len(rs)} | "
-                     + ", ".join(f"{s:g}: {c}" for s, c in sorted(snrs.items()))
-                     + f" | {sum(r['duration'] for r in rs) / 60:.1f} | {splits['valid']} / {splits['valid_unseen']} |")
+        lines.append(
+            f"| {length} | {kind} | {len(rs)} | "
+            + ", ".join(f"{s:g}: {c}" for s, c in sorted(snrs.items()))
+            + f" | {sum(r['duration'] for r in rs) / 60:.1f} | {splits['valid']} / {splits['valid_unseen']} |"
+        )
     return "\n".join(lines)

@@ -7,14 +7,15 @@ drawn anew each epoch. The spectrograms of all files are stored back to back in 
 file of shape (frames, 513) under the cache folder, keyed by the manifest content and the
 preprocessing settings, so a second run (or another process) reuses them at no cost.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -38,12 +39,21 @@ def preprocess(x: np.ndarray, trim: bool = True) -> np.ndarray:
 class SpectrogramCache:
     """All spectrograms of a manifest, back to back in one memory-mapped (frames, F) array."""
 
-    def __init__(self, manifest: str | os.PathLike, cache_dir: str | os.PathLike, trim: bool = True,
-                 show_progress: bool = True) -> None:
+    def __init__(
+        self, manifest: str | os.PathLike, cache_dir: str | os.PathLike, trim: bool = True, show_progress: bool = True
+    ) -> None:
         records = read_manifest(manifest)
-        key = hashlib.sha256(json.dumps({
-            "version": CACHE_VERSION, "trim": trim, "n_fft": stft.N_FFT, "hop": stft.HOP_LENGTH,
-            "files": [(r["id"], r.get("sha256") or r["path"]) for r in records]}).encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            json.dumps(
+                {
+                    "version": CACHE_VERSION,
+                    "trim": trim,
+                    "n_fft": stft.N_FFT,
+                    "hop": stft.HOP_LENGTH,
+                    "files": [(r["id"], r.get("sha256") or r["path"]) for r in records],
+                }
+            ).encode()
+        ).hexdigest()[:16]
         self.folder = Path(cache_dir) / f"{Path(manifest).stem}-{key}"
         if not (self.folder / "index.json").is_file():
             self._build(records, trim, show_progress)
@@ -53,8 +63,11 @@ class SpectrogramCache:
         self.lengths = np.asarray(index["lengths"], dtype=np.int64)
         self.skipped: list[str] = index["skipped"]
         total = int(self.lengths.sum())
-        self.frames = np.memmap(self.folder / "spec.f32", dtype=np.float32, mode="r",
-                                shape=(total, stft.N_FREQ)) if total else np.zeros((0, stft.N_FREQ), np.float32)
+        self.frames = (
+            np.memmap(self.folder / "spec.f32", dtype=np.float32, mode="r", shape=(total, stft.N_FREQ))
+            if total
+            else np.zeros((0, stft.N_FREQ), np.float32)
+        )
 
     def _build(self, records: list[dict], trim: bool, show_progress: bool) -> None:
         from tqdm import tqdm
@@ -73,10 +86,13 @@ class SpectrogramCache:
                 ids.append(r["id"])
                 lengths.append(spec.shape[0])
         if skipped:
-            warnings.warn(f"{len(skipped)} file(s) skipped while computing spectrograms, e.g. {skipped[0]}")
+            warnings.warn(
+                f"{len(skipped)} file(s) skipped while computing spectrograms, e.g. {skipped[0]}", stacklevel=2
+            )
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist() if lengths else []
-        write_json_atomic(self.folder / "index.json",
-                          {"ids": ids, "offsets": offsets, "lengths": lengths, "skipped": skipped})
+        write_json_atomic(
+            self.folder / "index.json", {"ids": ids, "offsets": offsets, "lengths": lengths, "skipped": skipped}
+        )
 
 
 class SequenceDataset:
@@ -111,9 +127,17 @@ class SequenceDataset:
         span = self.cache.lengths[files] - self.seq_len
         return self.cache.offsets[files] + (rng.random(len(files)) * (span + 1)).astype(np.int64)
 
-    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                rank: int = 0, world_size: int = 1, drop_last: bool = False,
-                skip: int = 0) -> Iterator[torch.Tensor]:
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        skip: int = 0,
+    ) -> Iterator[torch.Tensor]:
         """Yield (B, T, F) float32 tensors; the order depends only on (seed, epoch), so it can resume.
 
         `skip` batches are skipped without being read (resuming mid-epoch).
@@ -125,7 +149,7 @@ class SequenceDataset:
         n_batches = len(order) // batch_size if drop_last else -(-len(order) // batch_size)
         window = np.arange(self.seq_len)
         for b in range(skip, n_batches):
-            idx = starts[order[b * batch_size:(b + 1) * batch_size]]
+            idx = starts[order[b * batch_size : (b + 1) * batch_size]]
             yield torch.from_numpy(np.ascontiguousarray(self.cache.frames[idx[:, None] + window]))
 
     def num_batches(self, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:

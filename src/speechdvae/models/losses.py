@@ -21,16 +21,16 @@ def itakura_saito(x: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     Written as x/v + log v - log x - 1, which saves a division and a clamp on the hot path of
     training; EPS is the papers' code's floor on the variance.
     """
-    v = logvar.float().exp() + EPS   # float32 even when the decoder ran under bf16 autocast
+    v = logvar.float().exp() + EPS  # float32 even when the decoder ran under bf16 autocast
     return x / v + torch.log(v) - torch.log(x.clamp_min(1e-30)) - 1.0
 
 
-def gaussian_kl(mean_q: torch.Tensor, logvar_q: torch.Tensor,
-                mean_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
+def gaussian_kl(
+    mean_q: torch.Tensor, logvar_q: torch.Tensor, mean_p: torch.Tensor, logvar_p: torch.Tensor
+) -> torch.Tensor:
     """Element-wise KL(N(mean_q, exp(logvar_q)) || N(mean_p, exp(logvar_p))), in float32."""
     mean_q, logvar_q, mean_p, logvar_p = (t.float() for t in (mean_q, logvar_q, mean_p, logvar_p))
-    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mean_q - mean_p).square())
-                  / (logvar_p.exp() + EPS) - 1.0)
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mean_q - mean_p).square()) / (logvar_p.exp() + EPS) - 1.0)
 
 
 def kl_terms(post: Posterior, dec: Decoded) -> tuple[torch.Tensor, torch.Tensor]:
