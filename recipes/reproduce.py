@@ -4,8 +4,8 @@ Builds the open corpus and its noisy mixtures if they are missing, imports the o
 from ../shared/official-dvae-se when they are there (without them, their rows are left out of the reports),
 optionally retrains the `small` priors (`--retrain`), then reruns each report with the command written at its top
 ("Regenerate with: `...`"), so the reports and this script cannot disagree. Shows the plan with a time estimate
-first (minutes measured on a 2-core CPU from empty caches), then each step's own progress bar and the time left. The evaluations cache their
-results, so an interrupted run continues where it stopped.
+first (minutes measured on a 2-core CPU from empty caches), then each step's own progress bar and the time left.
+The evaluations cache their results, so an interrupted run continues where it stopped.
 
     python recipes/reproduce.py [--retrain] [--only generation enhancement ...] [--dry-run]
 """
