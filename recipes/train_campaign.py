@@ -5,8 +5,8 @@ Every prior follows the official DVAE configuration (Adam 1e-3, β 0.01, KL warm
 128 × 50 frames) and stops early after 30 epochs without a better validation loss. An epoch of the open corpus is
 about 90 steps, a tenth of a WSJ0 epoch, so the epoch budget is raised to 3000 and early stopping ends the runs.
 The priors read log-compressed power (`model.log_input=true`, the "-log" runs): fed raw power as in the official
-code, the first tanh layer starts saturated and training crawls (docs/training_diagnosis.md); `vae` is the pilot
-with the official configuration unchanged.
+code, the first tanh layer starts saturated and training crawls (docs/training_diagnosis.md, with the pilot `vae`
+trained in the official configuration unchanged).
 
 A prior is a lineage of stages NAME, NAME.2, NAME.3, ... Within a working session a stage resumes exactly from its
 state in RUNS_DIR (`--resume`); the state (optimiser included) is never committed, so a new session continues the
@@ -30,9 +30,8 @@ from pathlib import Path
 LOG_INPUT = ["model.log_input=true"]
 # lanes of (lineage, preset, overrides)
 LANES = [
-    [("vae", "vae", []), ("rvae-log", "rvae", LOG_INPUT)],
     [("dkf-log", "dkf", LOG_INPUT)],
-    [("vae-log", "vae", LOG_INPUT)],
+    [("vae-log", "vae", LOG_INPUT), ("rvae-log", "rvae", LOG_INPUT)],
 ]
 BUDGET = ["train.epochs=3000"]
 
