@@ -4,8 +4,8 @@ Every checkpoint (ours, or the original authors' imported with `speechdvae impor
 the trainer's own criterion: negative ELBO per frame = IS divergence summed over the 513 bins + beta-weighted KL,
 on the same non-overlapping sequences of the manifest (trimmed, peak-normalised power spectrograms), z sampled
 under one seed. Autoregressive models are scored with the true past (GT) and with their own past (GEN).
-A second table splits the IS divergence (z = posterior mean, GT) by source corpus and frequency band, to tell
-a model that fits all the data worse from one that fails on part of it.
+A second table splits the IS divergence (z = posterior mean, GT) by source corpus, by level (loud and quiet bins)
+and by frequency band, to tell a model that fits all the data worse from one that fails on part of it.
 
     python recipes/prior_loss.py --manifest data/open/manifests/speech_valid.jsonl \
         --model VAE=checkpoints/open-small/vae/model --model WSJ0-VAE=checkpoints/official/official-wsj-vae \
@@ -29,20 +29,27 @@ from speechdvae.models.losses import itakura_saito
 from speechdvae.train import evaluate_elbo
 
 BANDS = {"0-3.5 kHz": slice(0, 224), "3.5-7 kHz": slice(224, 448), "7-8 kHz": slice(448, 513)}
+LOUD_DB = 30.0  # "loud" bins lie within this many dB of the sequence's strongest bin
+PARTS = ["all", f"loud (≥ −{LOUD_DB:g} dB)", f"quiet (< −{LOUD_DB:g} dB)", *BANDS]
 
 
 @torch.no_grad()
-def is_by_corpus_and_band(model: DVAE, data: SequenceDataset, corpus_of_file: list[str]) -> dict[str, np.ndarray]:
-    """Mean IS divergence per frame of every source corpus, summed over the bins of each band."""
+def is_by_corpus_and_part(model: DVAE, data: SequenceDataset, corpus_of_file: list[str]) -> dict[str, np.ndarray]:
+    """Mean IS divergence per frame of every source corpus, summed over all bins, over the loud and the quiet bins,
+    and over the bins of each frequency band (the order of PARTS)."""
     model.eval()
-    sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(BANDS) + 1))
+    sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(PARTS) + 1))
     first = 0
     for batch in data.batches(256, shuffle=False):
         post, dec = model(batch, sample=False)
-        per_bin = itakura_saito(batch, dec.y_logvar).sum(1)  # (B, F), summed over frames
-        for row, file in zip(per_bin, data.file_of[first : first + len(batch)]):
-            sums[corpus_of_file[file]] += [float(row[band].sum()) for band in BANDS.values()] + [data.seq_len]
+        divergence = itakura_saito(batch, dec.y_logvar)  # (B, T, F)
+        loud = batch >= batch.amax(dim=(1, 2), keepdim=True) * 10 ** (-LOUD_DB / 10)
+        parts = [divergence, divergence * loud, divergence * ~loud] + [divergence[..., band] for band in BANDS.values()]
+        per_sequence = torch.stack([part.sum(dim=(1, 2)) for part in parts], dim=1)  # (B, parts)
+        for row, file in zip(per_sequence.tolist(), data.file_of[first : first + len(batch)]):
+            sums[corpus_of_file[file]] += row + [data.seq_len]
         first += len(batch)
+    sums["all sources"] = sum(sums.values())
     return {corpus: total[:-1] / total[-1] for corpus, total in sorted(sums.items())}
 
 
@@ -63,8 +70,8 @@ def main() -> None:
     corpus_of_id = {r["id"]: r["corpus"] for r in map(json.loads, manifest.read_text().splitlines())}
     corpus_of_file = [corpus_of_id[i] for i in spectra.ids]
     bands = [
-        "| model | corpus | IS total | " + " | ".join(f"IS {b}" for b in BANDS) + " |",
-        "|---|---|---:|" + "---:|" * len(BANDS),
+        "| model | source | " + " | ".join(f"IS {part}" for part in PARTS) + " |",
+        "|---|---|" + "---:|" * len(PARTS),
     ]
     rows = ["| model | mode | loss (IS + β KL) | IS | KL z | KL w |", "|---|---|---:|---:|---:|---:|"]
     for item in args.model:
@@ -77,13 +84,12 @@ def main() -> None:
                 f"| {label} | {mode} | {t['loss']:.1f} | {t['recon']:.1f} | {t['kl_z']:.1f} | {t['kl_w']:.1f} |"
             )
             print(rows[-1], flush=True)
-        for corpus, per_band in is_by_corpus_and_band(model, data, corpus_of_file).items():
-            bands.append(
-                f"| {label} | {corpus} | {per_band.sum():.1f} | " + " | ".join(f"{v:.1f}" for v in per_band) + " |"
-            )
+        for corpus, per_part in is_by_corpus_and_part(model, data, corpus_of_file).items():
+            bands.append(f"| {label} | {corpus} | " + " | ".join(f"{v:.1f}" for v in per_part) + " |")
     table = (
         f"Negative ELBO per frame on `{manifest.name}` ({len(data)} sequences of {args.seq_len} frames, "
-        f"β = {args.beta}).\n\n" + "\n".join(rows) + "\n\nIS divergence per frame by source and band "
+        f"β = {args.beta}).\n\n" + "\n".join(rows) + "\n\nIS divergence per frame by source, "
+        f"by level (bins within {LOUD_DB:g} dB of the sequence's strongest bin, and the others) and by band "
         "(z = posterior mean, true past):\n\n" + "\n".join(bands) + "\n"
     )
     if args.out:

@@ -49,13 +49,13 @@ def cpu_hours(row: dict, training: dict) -> float:
 
 
 def status(rows: list[dict], training: dict) -> str:
-    """Whether the run stopped early (patience met), ran out of budget, or is still improving."""
+    """ "early-stopped" once `early_stop_patience` epochs brought no better validation loss, else how many epochs
+    have passed since the best one (0: the run was still improving when it stopped or was published)."""
     patience = training["train"].get("early_stop_patience")
-    best_epoch = max(r["epoch"] for r in rows if r["best"])
-    stale = rows[-1]["epoch"] - best_epoch
+    stale = rows[-1]["epoch"] - max(r["epoch"] for r in rows if r["best"])
     if patience and stale >= patience:
         return "early-stopped"
-    return f"running ({stale} epochs since best)" if stale else "improving"
+    return "best at last epoch" if stale == 0 else f"{stale} epochs since best"
 
 
 def main() -> None:
@@ -69,7 +69,8 @@ def main() -> None:
         f"Regenerate with `python recipes/training_report.py {' '.join(map(str, args.folders))} -o {args.out}`. "
         "Losses are per frame (IS divergence summed over the 513 bins + β-weighted KL, β = 0.01) on the open corpus "
         "validation split; CPU-hours are the run's own wall-clock time × processes, one thread each, on a shared "
-        "2-core CPU (a run that starts from another one counts only its own).\n",
+        "2-core CPU (a run that starts from another one counts only its own in the table; the figure draws it after "
+        "the run it starts from).\n",
         f"![validation loss against CPU-hours]({figure.name})\n",
         "| folder | run | starts from | parameters | epochs | steps | best epoch | best validation loss | "
         "validation IS at best | CPU-hours | status |",
@@ -77,11 +78,20 @@ def main() -> None:
     ]
     fig, axes = plt.subplots(1, len(args.folders), figsize=(6.5 * len(args.folders), 4.5), squeeze=False)
     for folder, ax in zip(args.folders, axes[0]):
-        for run in sorted(p for p in folder.iterdir() if p.is_dir()):
-            training = training_metadata(run)
-            if training is None:
-                continue
+        ends: dict[str, float] = {}  # CPU-hours at the end of each run, where the runs started from it begin
+        runs = [(run, training_metadata(run)) for run in sorted(p for p in folder.iterdir() if p.is_dir())]
+        runs = [(r, t) for r, t in runs if t is not None]
+        parent = {run.name: starts_from(training) for run, training in runs}
+
+        def depth(name: str) -> int:
+            return 1 + depth(parent[name]) if parent.get(name) in parent else 0
+
+        runs.sort(key=lambda rt: depth(rt[0].name))
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+        for run, training in runs:
             rows = history(run)
+            start = ends.get(starts_from(training), 0.0)
+            ends[run.name] = start + cpu_hours(rows[-1], training)
             best = min((r for r in rows if r["best"]), key=lambda r: r["valid_loss"])
             lines.append(
                 f"| {folder.name} | {run.name} | {starts_from(training)} | "
@@ -89,7 +99,8 @@ def main() -> None:
                 f"{best['epoch']} | {best['valid_loss']:.1f} | {best['valid_recon']:.1f} | "
                 f"{cpu_hours(rows[-1], training):.2f} | {status(rows, training)} |"
             )
-            ax.plot([cpu_hours(r, training) for r in rows], [r["valid_loss"] for r in rows], label=run.name)
+            hours = [start + cpu_hours(r, training) for r in rows]
+            ax.plot(hours, [r["valid_loss"] for r in rows], label=run.name)
         ax.set(title=folder.name, xlabel="CPU-hours", ylabel="validation loss per frame", yscale="log")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
