@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # from pulling a multi-GB CUDA build to satisfy the package's torch requirement.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test quick lint demo bench clean
+.PHONY: venv test quick lint demo reproduce clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,11 @@ lint: venv
 demo: venv
 	$(BIN)/speechdvae demo -o demo_output
 
-# Every table and figure of both papers on the open corpus, from the committed checkpoints; BENCH_ARGS=--retrain
-# retrains the priors first, BENCH_ARGS="--only enhancement" reruns one report.
-bench: venv
+# Every table and figure of both papers on the open corpus, from the committed checkpoints; ARGS=--retrain
+# retrains the priors first, ARGS="--only enhancement" reruns one report. Speed is measured in benchmarks/.
+reproduce: venv
 	$(BIN)/pip install -q -e ".[eval,data,dnsmos]"
-	$(BIN)/python recipes/reproduce.py $(BENCH_ARGS)
+	$(BIN)/python recipes/reproduce.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache demo_output

@@ -1,4 +1,4 @@
-"""Regenerate every table and figure of both papers on the open corpus (`make bench`).
+"""Regenerate every table and figure of both papers on the open corpus (`make reproduce`).
 
 Builds the open corpus and its noisy mixtures if they are missing, imports the original authors' checkpoints
 from ../shared/official-dvae-se when they are there (without them, their rows are left out of the reports),

@@ -1,4 +1,4 @@
-"""`make bench` (recipes/reproduce.py): every committed report names a command the CLI accepts, and the plan
+"""`make reproduce` (recipes/reproduce.py): every committed report names a command the CLI accepts, and the plan
 lists them all."""
 
 from __future__ import annotations
