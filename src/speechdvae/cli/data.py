@@ -53,35 +53,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mixing.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder")
     mixing.set_defaults(func=run_mix)
 
-    bench = data_sub.add_parser(
+    realistic_bench = data_sub.add_parser(
         "realistic",
         help="validation benchmark: held-out noise sources, 4-12-s and 1-3-s utterances",
         description=realistic.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument(
+    realistic_bench.add_argument(
         "--root",
         required=True,
         type=Path,
         help="open corpus folder: held-out noise is added to it, speech manifests are read from it",
     )
-    bench.add_argument(
+    realistic_bench.add_argument(
         "-o", "--out", type=Path, metavar="OUTDIR", help="output folder (default: ROOT/mixtures/valid_realistic)"
     )
-    bench.add_argument(
+    realistic_bench.add_argument(
         "--speech",
         nargs="+",
         metavar="MANIFEST",
         help="validation speech manifests (default: ROOT/manifests/speech_valid.jsonl and speech_valid_unseen.jsonl)",
     )
-    bench.add_argument(
+    realistic_bench.add_argument(
         "--per-cell",
         type=int,
         default=realistic.DEFAULT_PER_CELL,
         metavar="N",
         help=f"mixtures per (noise kind, SNR, length) cell (default: {realistic.DEFAULT_PER_CELL})",
     )
-    bench.add_argument(
+    realistic_bench.add_argument(
         "--snrs",
         type=float,
         nargs="+",
@@ -89,9 +89,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="DB",
         help="target SNRs in dB, BS.1770 loudness difference (default: -5 0 5)",
     )
-    bench.add_argument("--seed", type=int, default=0, help="seed of the utterances and mixing plan (default: 0)")
-    bench.add_argument("--workers", type=int, default=1, help="noise conversion processes (default: 1)")
-    bench.set_defaults(func=run_realistic)
+    realistic_bench.add_argument(
+        "--seed", type=int, default=0, help="seed of the utterances and mixing plan (default: 0)"
+    )
+    realistic_bench.add_argument("--workers", type=int, default=1, help="noise conversion processes (default: 1)")
+    realistic_bench.set_defaults(func=run_realistic)
 
     scan = data_sub.add_parser(
         "scan",
