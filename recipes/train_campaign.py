@@ -29,7 +29,7 @@ from pathlib import Path
 # lanes of (lineage, preset, overrides)
 LANES = [
     [("dkf", "dkf", [])],
-    [("vae", "vae", []), ("rvae", "rvae", [])],
+    [("rvae", "rvae", []), ("vae", "vae", [])],
 ]
 BUDGET = ["train.epochs=3000"]
 
