@@ -11,7 +11,11 @@ setting's (the official one's) on the same mixture, ± 1.57·IQR/√n. `--iterat
 with N iterations. `--profile` also shows where the time of the default settings goes on the first mixture
 (the VEM phases labelled in `speechdvae.enhancement.vem`), and `--past-cost` times instead one E-step (forward and
 backward) of each autoregressive prior on the first mixture with each past: generated frame by frame under
-autograd, generated in two passes (as the VEM does), estimated. Prints Markdown tables.
+autograd, generated in two passes (as the VEM does), estimated. `--long-file PATH` instead times
+`speechdvae enhance` on that one recording (default settings, 20-s chunks) with one worker and with `--cores`
+workers, which share its chunks, and checks that both write the same samples. Prints Markdown tables.
+
+    python benchmarks/bench_enhance.py --long-file ten-minutes.wav --model default=default
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 
 from speechdvae import stft
 from speechdvae.checkpoints import from_pretrained, load_model
 from speechdvae.enhancement import vem
 from speechdvae.enhancement.enhancer import enhance_waves
+from speechdvae.enhancement.files import enhance_files
 from speechdvae.evaluate.enhancement import UTTERANCES_NAME, evaluate_enhancement
 from speechdvae.evaluate.metrics import median_ci
 from speechdvae.evaluate.mixtures import balanced_subset, read_mixtures, read_pair
@@ -122,9 +129,26 @@ def estep_seconds(model: DVAE, power: torch.Tensor, past: str, repeats: int = 3)
     return sorted(times)[len(times) // 2]
 
 
+def long_file_walls(model: DVAE, path: str, cores: int) -> list[tuple[int, float]]:
+    """(workers, wall time) of enhancing the file at `path` with 1 and with `cores` workers into fresh folders;
+    an error if the outputs differ."""
+    walls, outputs = [], []
+    with tempfile.TemporaryDirectory() as out:
+        for workers in (1, cores):
+            start = time.perf_counter()
+            report = enhance_files([path], Path(out) / str(workers), model, progress=False, workers=workers)
+            walls.append((workers, time.perf_counter() - start))
+            if report.failed:
+                raise SystemExit(report.failed[0]["error"])
+            outputs.append(sf.read(report.written[0])[0])
+    if not np.array_equal(*outputs):
+        raise SystemExit(f"{path}: {cores} workers wrote other samples than one")
+    return walls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--manifest", help="mixtures to time (required unless --long-file)")
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=PATH|default")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
@@ -138,8 +162,25 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="also profile the default settings' VEM phases")
     parser.add_argument("--past-cost", action="store_true", help="only time one E-step with each past")
+    parser.add_argument("--long-file", metavar="PATH", help="only time one long recording on 1 and on all cores")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.long_file:
+        seconds = sf.info(args.long_file).duration
+        print(f"`{args.long_file}` ({seconds:.1f} s of audio), torch {torch.__version__}\n")
+        print("| prior | workers | wall time (s) | RTF | speed-up |")
+        print("|---|---:|---:|---:|---:|")
+        for spec in args.model:
+            label, model = load(spec)
+            walls = long_file_walls(model, args.long_file, args.cores)
+            for workers, wall in walls:
+                print(
+                    f"| {label} | {workers} | {wall:.1f} | {wall / seconds:.2f} | {walls[0][1] / wall:.2f}x |",
+                    flush=True,
+                )
+        return
+    if not args.manifest:
+        parser.error("--manifest is required unless --long-file is given")
     records = balanced_subset(read_mixtures(args.manifest), args.limit)
     seconds = sum(len(read_pair(r)[0]) for r in records) / 16000
     print(

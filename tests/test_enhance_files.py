@@ -147,6 +147,61 @@ def test_processes_write_the_same_outputs_and_report_the_same_failures(tmp_path,
     assert len(again.skipped) == len(GOOD) and not again.written
 
 
+class RecordingEnhancer:
+    """A VEM enhancer that notes which process enhances each chunk (files KEY@PID in `log`) and fails the chunk
+    `fail`; each call waits (at most a minute) until `processes` processes have started one, so that a run's
+    chunks must be shared by that many."""
+
+    def __init__(self, inner, log: Path, processes: int, fail: str) -> None:
+        self.inner, self.log, self.processes, self.fail = inner, log, processes, fail
+        self.network, self.prior, self.settings = inner.network, inner.prior, inner.settings
+
+    def gains(self, spectra, keys, progress=False):
+        for key in keys:
+            (self.log / f"{key}@{os.getpid()}").touch()
+        deadline = time.monotonic() + 60
+        while len(self.processes_of("")) < self.processes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.fail in keys:
+            raise RuntimeError("simulated failure")
+        return self.inner.gains(spectra, keys, progress)
+
+    def processes_of(self, name: str) -> set[int]:
+        """The processes that enhanced chunks of the file `name` (of any file if empty)."""
+        return {int(p.name.split("@")[1]) for p in self.log.iterdir() if p.name.startswith(name)}
+
+
+@pytest.mark.slow
+def test_workers_share_the_chunks_of_long_files_and_write_what_one_process_writes(tmp_path, tiny_vae, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    stereo = tone_in_noise(10.0, 44100)
+    sf.write(folder / "a.wav", np.stack([stereo, 0.5 * stereo], axis=1), 44100, subtype="FLOAT")  # 5 chunks of 3 s
+    sf.write(folder / "b.flac", tone_in_noise(8.0, seed=1), SR)
+    sf.write(folder / "broken.wav", tone_in_noise(9.0, seed=2), SR, subtype="FLOAT")  # its chunk 2 fails
+    nan = tone_in_noise(7.0, seed=3)
+    nan[5 * SR] = np.nan
+    sf.write(folder / "nan.wav", nan, SR, subtype="FLOAT")
+    enhancers = {}
+    for workers in (1, 2):
+        (tmp_path / f"log{workers}").mkdir()
+        enhancer = RecordingEnhancer(tiny_vae.enhancer(FAST), tmp_path / f"log{workers}", workers, "broken.wav#2")
+        monkeypatch.setattr(files, "load_enhancer", lambda *args, enhancer=enhancer: enhancer)
+        out = tmp_path / f"out{workers}"
+        report = enhance_files([folder], out, None, chunk_seconds=3.0, progress=False, workers=workers)
+        assert sorted(p.name for p in report.written) == ["a.wav", "b.flac"]
+        failed = {Path(f["input"]).name: f["error"] for f in report.failed}
+        assert set(failed) == {"broken.wav", "nan.wav"}
+        assert "simulated failure" in failed["broken.wav"] and "NaN" in failed["nan.wav"]
+        assert sorted(p.name for p in out.iterdir()) == ["a.wav", "b.flac", "failed.jsonl"]
+        enhancers[workers] = enhancer
+    for name in ("a.wav", "b.flac"):
+        np.testing.assert_array_equal(sf.read(tmp_path / "out1" / name)[0], sf.read(tmp_path / "out2" / name)[0])
+    assert enhancers[1].processes_of("") == {os.getpid()}
+    assert not enhancers[1].processes_of("broken.wav#3")  # a failed file is read no further
+    assert len(enhancers[2].processes_of("a.wav")) == 2 and os.getpid() not in enhancers[2].processes_of("")
+
+
 def enhance_args(inputs, out, model, *options: str) -> argparse.Namespace:
     """The namespace `speechdvae enhance` builds, with 2 VEM iterations."""
     return build_parser().parse_args(

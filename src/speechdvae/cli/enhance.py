@@ -49,7 +49,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         metavar="N",
-        help="files enhanced at a time, in processes of one thread each (default: one per core on CPU, 1 on a GPU)",
+        help="processes of one thread each that share the chunks of all files, those of one long file included "
+        "(default: one per core on CPU, 1 on a GPU)",
     )
     enhance.add_argument(
         "--threads",

@@ -9,23 +9,30 @@ then the gain.
 
 Long files are cut into overlapping chunks at 16 kHz, enhanced a group at a time and joined with
 raised-cosine cross-fades while the output is written, so memory does not grow with the file's
-length. Outputs are written atomically, existing outputs are skipped (resume), and a file that cannot
-be enhanced (unreadable, silent, too short, NaN) is reported while the others are processed.
+length. With several workers, the groups of every file are the units of work: the main process reads
+them, the workers enhance them, and the main process joins them in order, so one long file keeps all
+cores busy. Outputs are written atomically, existing outputs are skipped (resume), and a file that
+cannot be enhanced (unreadable, silent, too short, NaN) is reported while the others are processed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from functools import partial
-from itertools import islice
+from itertools import groupby, islice
+from operator import itemgetter
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -71,6 +78,12 @@ MANIFEST_SUFFIX = ".jsonl"
 DEFAULT_CHUNK_SECONDS = 20.0
 DEFAULT_OVERLAP_SECONDS = 1.0
 READ_BLOCK_FRAMES = 1 << 16
+# What enhancing one file can fail with; such a failure is reported and the other files go on.
+FILE_ERRORS = (ValueError, RuntimeError, OSError, MemoryError)
+# Chunk groups each worker has queued beyond the one it enhances: enough to stay busy while the main
+# process writes, few enough to bound the memory held for results waiting to be joined in order.
+GROUPS_AHEAD_PER_WORKER = 2
+T = TypeVar("T")
 
 
 class EnhanceError(SpeechDVAEError, ValueError):
@@ -145,6 +158,10 @@ class Chunking:
     @property
     def hop(self) -> int:
         return self.length - self.overlap
+
+    def count(self, samples: int) -> int:
+        """The number of chunks `overlapping_chunks` cuts from a stream of `samples` samples."""
+        return max(1, math.ceil((samples - self.overlap) / self.hop))
 
 
 # -- inputs and outputs --------------------------------------------------------------------------
@@ -345,6 +362,36 @@ class _Sink:
 # -- enhancement -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ChunkGroup:
+    """Consecutive 16 kHz chunks (frames, channels) of one stream, enhanced together: the unit of work the workers
+    share. `lasts` marks the stream's last chunk and `seconds` is the input the group completes."""
+
+    chunks: list[np.ndarray]
+    keys: list[str]
+    lasts: list[bool]
+    seconds: float
+
+
+# Submits a chunk group and its scale for enhancement; the future gives the group enhanced.
+Submit = Callable[[ChunkGroup, float], Future[ChunkGroup]]
+
+
+def chunk_groups(
+    blocks: Iterable[np.ndarray], rate: int, channels: int, chunking: Chunking, batch_size: int, key: str
+) -> Iterator[ChunkGroup]:
+    """The stream of (frames, channels) blocks at `rate` as groups of `batch_size` overlapping chunks at 16 kHz,
+    keyed KEY#<chunk index> so that each chunk draws the same random numbers wherever it is enhanced."""
+    chunks = enumerate(overlapping_chunks(_to_16k(blocks, rate, channels), chunking))
+    while group := list(islice(chunks, batch_size)):
+        yield ChunkGroup(
+            [chunk for _, (chunk, _) in group],
+            [f"{key}#{index}" for index, _ in group],
+            [last for _, (_, last) in group],
+            sum(len(chunk) if last else chunking.hop for _, (chunk, last) in group) / SAMPLE_RATE,
+        )
+
+
 def enhance_chunks(
     enhancer: Enhancer, chunks: Sequence[np.ndarray], keys: Sequence[str], scale: float, progress: bool = False
 ) -> list[np.ndarray]:
@@ -355,6 +402,30 @@ def enhance_chunks(
     return [istft(s * g, length=len(chunk)).T.numpy() for s, g, chunk in zip(spectra, gains, chunks)]
 
 
+def enhance_group(enhancer: Enhancer, group: ChunkGroup, scale: float, progress: bool = False) -> ChunkGroup:
+    """The group with its chunks enhanced (see `enhance_chunks`)."""
+    return replace(group, chunks=enhance_chunks(enhancer, group.chunks, group.keys, scale, progress))
+
+
+def joined_blocks(
+    groups: Iterable[ChunkGroup],
+    rate: int,
+    channels: int,
+    chunking: Chunking,
+    on_progress: Callable[[float], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """Enhanced chunk groups of one stream, in order, as blocks at `rate`: cross-faded, then resampled (a few frames
+    may be left out at the end by the resampler); `on_progress` receives the input seconds of each group."""
+    to_input_rate = _Resampler(SAMPLE_RATE, rate, channels)
+    fader = CrossFader(chunking.overlap)
+    for group in groups:
+        for signal, last in zip(group.chunks, group.lasts):
+            yield to_input_rate(fader.push(signal, last))
+        if on_progress is not None:
+            on_progress(group.seconds)
+    yield to_input_rate.flush()
+
+
 def check_settings(chunk_seconds: float, batch_size: int) -> Chunking:
     """The chunking of `chunk_seconds`; EnhanceError for unusable chunk or batch sizes."""
     if batch_size < 1:
@@ -362,34 +433,34 @@ def check_settings(chunk_seconds: float, batch_size: int) -> Chunking:
     return Chunking.from_seconds(chunk_seconds)
 
 
-def enhanced_blocks(
-    blocks: Iterable[np.ndarray],
-    rate: int,
-    channels: int,
-    enhancer: Enhancer,
-    scale: float,
+def _open(source: Path, target: Path) -> tuple[sf._SoundFileInfo, float]:
+    """The input's header and the scale that peak-normalises its channel mean; an error if it cannot be enhanced."""
+    if target.exists() and target.resolve() == source.resolve():
+        raise EnhanceError(f"{target}: refusing to replace the input file with its enhanced version")
+    info = _inspect(source)
+    return info, 1.0 / mono_peak(source)
+
+
+def _write(
+    target: Path,
+    info: sf._SoundFileInfo,
+    groups: Iterable[ChunkGroup],
     chunking: Chunking,
-    batch_size: int = 1,
-    key: str = "",
-    progress: bool = False,
     on_progress: Callable[[float], None] | None = None,
-) -> Iterator[np.ndarray]:
-    """The enhanced stream of (frames, channels) blocks at `rate`, as blocks at `rate` (a few frames may be left
-    out at the end by the resampler): chunks of `batch_size` are enhanced at a time (keys KEY#<chunk index>) with
-    the gains of their channel mean times `scale`; `on_progress` receives the input seconds done per group."""
-    to_input_rate = _Resampler(SAMPLE_RATE, rate, channels)
-    fader = CrossFader(chunking.overlap)
-    chunks = enumerate(overlapping_chunks(_to_16k(blocks, rate, channels), chunking))
-    while group := list(islice(chunks, batch_size)):
-        enhanced = enhance_chunks(
-            enhancer, [chunk for _, (chunk, _) in group], [f"{key}#{index}" for index, _ in group], scale, progress
-        )
-        for (_, (_, last)), signal in zip(group, enhanced):
-            yield to_input_rate(fader.push(signal, last))
-        if on_progress is not None:
-            done = sum(len(chunk) if last else chunking.hop for _, (chunk, last) in group)
-            on_progress(done / SAMPLE_RATE)
-    yield to_input_rate.flush()
+) -> float:
+    """Join the enhanced chunk groups of the input described by `info` into `target` (format from its suffix,
+    written atomically, replaced if present); returns the input's duration in seconds."""
+    fmt = OUTPUT_FORMATS.get(target.suffix.lower(), "WAV")
+    subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
+    with (
+        atomic_path(target) as tmp,
+        sf.SoundFile(str(tmp), "w", info.samplerate, info.channels, subtype, format=fmt) as out,
+    ):
+        sink = _Sink(out, info.frames)
+        for block in joined_blocks(groups, info.samplerate, info.channels, chunking, on_progress):
+            sink.write(block)
+        sink.finish()
+    return info.frames / info.samplerate
 
 
 def enhance_file(
@@ -402,37 +473,14 @@ def enhance_file(
     progress: bool = False,
     on_progress: Callable[[float], None] | None = None,
 ) -> float:
-    """Enhance one file into `target` (format from its suffix, written atomically, replaced if present);
-    returns the input's duration in seconds. `key` names the random streams (default: the file name),
+    """Enhance one file into `target` (format from its suffix, written atomically, replaced if present) in this
+    process; returns the input's duration in seconds. `key` names the random streams (default: the file name),
     `on_progress` receives the seconds of input done after each group of `batch_size` chunks."""
     source, target = Path(source), Path(target)
-    if target.exists() and target.resolve() == source.resolve():
-        raise EnhanceError(f"{target}: refusing to replace the input file with its enhanced version")
     chunking = check_settings(chunk_seconds, batch_size)
-    info = _inspect(source)
-    scale = 1.0 / mono_peak(source)
-    fmt = OUTPUT_FORMATS.get(target.suffix.lower(), "WAV")
-    subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
-    with (
-        atomic_path(target) as tmp,
-        sf.SoundFile(str(tmp), "w", info.samplerate, info.channels, subtype, format=fmt) as out,
-    ):
-        sink = _Sink(out, info.frames)
-        for block in enhanced_blocks(
-            _blocks(source),
-            info.samplerate,
-            info.channels,
-            enhancer,
-            scale,
-            chunking,
-            batch_size,
-            key or source.name,
-            progress,
-            on_progress,
-        ):
-            sink.write(block)
-        sink.finish()
-    return info.frames / info.samplerate
+    info, scale = _open(source, target)
+    groups = chunk_groups(_blocks(source), info.samplerate, info.channels, chunking, batch_size, key or source.name)
+    return _write(target, info, (enhance_group(enhancer, g, scale, progress) for g in groups), chunking, on_progress)
 
 
 def enhance_wave(
@@ -463,20 +511,12 @@ def enhance_wave(
     peak = float(np.abs(frames.mean(1)).max())
     if peak == 0.0:
         raise AudioError("the waveform is silent (all samples are zero)")
-    blocks = enhanced_blocks(
-        [frames],
-        sample_rate,
-        frames.shape[1],
-        enhancer,
-        1.0 / peak,
-        check_settings(chunk_seconds, batch_size),
-        batch_size,
-        key,
-        progress,
-    )
-    enhanced = np.concatenate(list(blocks))[: len(frames)]
-    enhanced = np.pad(enhanced, ((0, len(frames) - len(enhanced)), (0, 0)))
-    return enhanced.reshape(signal.shape)
+    chunking = check_settings(chunk_seconds, batch_size)
+    groups = chunk_groups([frames], sample_rate, frames.shape[1], chunking, batch_size, key)
+    enhanced = (enhance_group(enhancer, group, 1.0 / peak, progress) for group in groups)
+    joined = np.concatenate(list(joined_blocks(enhanced, sample_rate, frames.shape[1], chunking)))[: len(frames)]
+    joined = np.pad(joined, ((0, len(frames) - len(joined)), (0, 0)))
+    return joined.reshape(signal.shape)
 
 
 def enhance_files(
@@ -496,11 +536,11 @@ def enhance_files(
     None) or a supervised mask estimator (shipped name, checkpoint folder or network). Existing outputs are
     skipped unless `overwrite`, and temporaries that a killed run left next to them are removed; failures are
     printed on stderr, listed in OUTDIR/failed.jsonl and do not stop the run. `shard` (index, count) takes every
-    count-th file. `workers` > 1 enhances that many files at a time in processes of one CPU thread each (the outputs
-    are the same)."""
+    count-th file. `workers` > 1 shares the chunk groups of all files, the chunks of one long file included, among
+    that many processes of one CPU thread each (the outputs are the same)."""
     start = time.perf_counter()
     jobs = shard_jobs(collect_jobs(inputs, out_dir), shard)
-    check_settings(chunk_seconds, batch_size)  # before any work
+    chunking = check_settings(chunk_seconds, batch_size)  # before any work
     if workers < 1:
         raise EnhanceError(f"workers must be positive, got {workers}")
     enhancer = load_enhancer(model, config, device)
@@ -514,72 +554,109 @@ def enhance_files(
             report.skipped.append(job.target)
         else:
             todo.append(job)
-    durations = [_duration(job.source) for job in todo]
-    with tqdm(
-        total=sum(durations),
-        unit="s",
-        desc="enhance",
-        disable=not progress,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]",
-    ) as bar:
-        if min(workers, len(todo)) > 1:
-            _run_in_processes(todo, durations, enhancer, chunk_seconds, batch_size, workers, bar, report)
-        else:
-            for job, duration in zip(todo, durations):
-                end = bar.n + duration
-                _run_job(job, enhancer, chunk_seconds, batch_size, progress, partial(_advance, bar, end), report)
-                _advance(bar, end, duration)
+    durations = {job: _duration(job.source) for job in todo}
+    todo.sort(key=lambda job: -durations[job])  # longest first: the workers finish close together
+    groups = sum(math.ceil(chunking.count(round(d * SAMPLE_RATE)) / batch_size) for d in durations.values())
+    workers = min(workers, groups)
+    with (
+        tqdm(
+            total=sum(durations.values()),
+            unit="s",
+            desc="enhance",
+            disable=not progress,
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]",
+        ) as bar,
+        _submitter(workers, enhancer, progress) as submit,
+    ):
+        failed: set[Job] = set()
+        submitted = _submitted(todo, chunking, batch_size, submit, failed)
+        ahead = GROUPS_AHEAD_PER_WORKER * workers if workers > 1 else 0
+        for job, parts in groupby(_ahead(submitted, ahead), itemgetter(0)):
+            end = bar.n + durations[job]
+            try:
+                enhanced = (future.result() for _, future in parts)
+                report.audio_seconds += _write(
+                    job.target, _inspect(job.source), enhanced, chunking, partial(_advance, bar, end)
+                )
+                report.written.append(job.target)
+            except FILE_ERRORS as err:
+                failed.add(job)
+                _report_failure(report, job, err)
+            _advance(bar, end, durations[job])
     report.failed_list = _write_failures(Path(out_dir), report.failed, shard)
     report.elapsed = time.perf_counter() - start
     return report
 
 
-def _run_in_processes(
-    jobs: Sequence[Job],
-    durations: Sequence[float],
-    enhancer: Enhancer,
-    chunk_seconds: float,
+def _submitted(
+    jobs: Iterable[Job],
+    chunking: Chunking,
     batch_size: int,
-    workers: int,
-    bar: tqdm,
-    report: EnhanceReport,
-) -> None:
-    """Enhance `jobs` in `workers` processes, longest first; each job's outcome joins `report` as it ends."""
-    order = sorted(range(len(jobs)), key=lambda i: -durations[i])
+    submit: Submit,
+    failed: set[Job],
+) -> Iterator[tuple[Job, Future[ChunkGroup]]]:
+    """The chunk groups of each job in order, submitted for enhancement as they are read; a job whose input cannot
+    be read ends with the error in place of a result, and one that has failed meanwhile is read no further."""
+    for job in jobs:
+        try:
+            info, scale = _open(job.source, job.target)
+            for group in chunk_groups(
+                _blocks(job.source), info.samplerate, info.channels, chunking, batch_size, job.key
+            ):
+                if job in failed:
+                    break
+                yield job, submit(group, scale)
+        except FILE_ERRORS as err:
+            error: Future[ChunkGroup] = Future()
+            error.set_exception(err)
+            yield job, error
+
+
+def _ahead(items: Iterable[T], count: int) -> Iterator[T]:
+    """`items` in order, each handed on once `count` more have been drawn: work submitted ahead of the one being
+    written keeps the workers busy."""
+    waiting: deque[T] = deque()
+    for item in items:
+        waiting.append(item)
+        if len(waiting) > count:
+            yield waiting.popleft()
+    yield from waiting
+
+
+@contextmanager
+def _submitter(workers: int, enhancer: Enhancer, progress: bool) -> Iterator[Submit]:
+    """A function that submits a chunk group and its scale for enhancement: to `workers` processes of one thread
+    holding the enhancer, or, with one worker, to this process (with the enhancer's own progress bar)."""
+    if workers <= 1:
+        yield partial(_run_here, partial(enhance_group, enhancer, progress=progress))
+        return
     context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive a fork
-    settings = (enhancer, chunk_seconds, batch_size)
-    with ProcessPoolExecutor(min(workers, len(jobs)), context, _init_worker, settings) as pool:
-        running = {pool.submit(_worker_job, jobs[i]): i for i in order}
-        for future in as_completed(running):
-            part = future.result()
-            report.written += part.written
-            report.failed += part.failed
-            report.audio_seconds += part.audio_seconds
-            bar.update(durations[running[future]])
+    with ProcessPoolExecutor(workers, context, _init_worker, (enhancer,)) as pool:
+        yield partial(pool.submit, _enhance_in_worker)
 
 
-_WORKER: dict[str, object] = {}
+def _run_here(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """`fn(*args)` run now, as a finished future whose `result()` raises its error, as a worker's would."""
+    future: Future[T] = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as err:  # noqa: BLE001 - raised again by result(), where the caller handles it
+        future.set_exception(err)
+    return future
 
 
-def _init_worker(enhancer: Enhancer, chunk_seconds: float, batch_size: int) -> None:
+_WORKER: dict[str, Enhancer] = {}
+
+
+def _init_worker(enhancer: Enhancer) -> None:
     """Set up a pool process: one torch thread and the enhancer, received once."""
     torch.set_num_threads(1)
-    _WORKER.update(enhancer=enhancer, chunk_seconds=chunk_seconds, batch_size=batch_size)
+    _WORKER["enhancer"] = enhancer
 
 
-def _worker_job(job: Job) -> EnhanceReport:
-    """One job in a pool process, its outcome as a report of its own."""
-    report = EnhanceReport()
-    _run_job(
-        job,
-        _WORKER["enhancer"],
-        _WORKER["chunk_seconds"],
-        _WORKER["batch_size"],  # type: ignore[arg-type]
-        False,
-        lambda seconds: None,
-        report,
-    )
-    return report
+def _enhance_in_worker(group: ChunkGroup, scale: float) -> ChunkGroup:
+    """One chunk group enhanced in a pool process."""
+    return enhance_group(_WORKER["enhancer"], group, scale)
 
 
 def _advance(bar: tqdm, end: float, seconds: float) -> None:
@@ -587,25 +664,11 @@ def _advance(bar: tqdm, end: float, seconds: float) -> None:
     bar.update(max(0.0, min(seconds, end - bar.n)))
 
 
-def _run_job(
-    job: Job,
-    enhancer: Enhancer,
-    chunk_seconds: float,
-    batch_size: int,
-    progress: bool,
-    on_progress: Callable[[float], None],
-    report: EnhanceReport,
-) -> None:
-    """Enhance one job into the report; a failure is recorded and printed, never raised."""
-    try:
-        report.audio_seconds += enhance_file(
-            job.source, job.target, enhancer, chunk_seconds, batch_size, job.key, progress, on_progress
-        )
-        report.written.append(job.target)
-    except (ValueError, RuntimeError, OSError, MemoryError) as err:
-        reason = str(err) if str(job.source) in str(err) else f"{job.source}: {err}"
-        report.failed.append({"input": str(job.source), "output": str(job.target), "error": reason})
-        tqdm.write(f"speechdvae: failed: {reason}", file=sys.stderr)
+def _report_failure(report: EnhanceReport, job: Job, err: Exception) -> None:
+    """Record a job's failure in the report and print it."""
+    reason = str(err) if str(job.source) in str(err) else f"{job.source}: {err}"
+    report.failed.append({"input": str(job.source), "output": str(job.target), "error": reason})
+    tqdm.write(f"speechdvae: failed: {reason}", file=sys.stderr)
 
 
 def _duration(path: Path) -> float:
