@@ -52,11 +52,12 @@ STEPS = (
     Step("enhancement-valid-stop", "docs/enhancement_valid/stop-1e-3/enhancement.md", 6),
     Step("enhancement-valid-official", "docs/enhancement_valid/official-settings/enhancement.md", 65),
     Step("enhancement-valid", "docs/enhancement_valid/enhancement.md", 25),
+    Step("enhancement-realistic-defaults", "docs/enhancement_realistic/defaults-before/enhancement.md", 20),
     Step("enhancement", "docs/enhancement/enhancement.md", 70),
     Step("generation", "docs/generation/generation.md", 25),
     Step("listening", "docs/listen/index.html", 3),
 )
-DATA_MINUTES = 15  # download + conversion of the open corpus and the two mixture sets
+DATA_MINUTES = 19  # download + conversion of the open corpus, the two mixture sets and the realistic benchmark
 RETRAIN_MINUTES = 400  # recipes/train_small.sh, two runs at a time
 
 
@@ -133,6 +134,8 @@ def data_commands() -> list[list[str]]:
                     f"{DATA}/mixtures/{split}",
                 ]
             )
+    if not (ROOT / DATA / "mixtures" / "valid_realistic" / "manifest.jsonl").is_file():
+        commands.append(["speechdvae", "data", "realistic", "--root", DATA])
     if not any((ROOT / OFFICIAL_DIR).glob("official-*")) and (ROOT / OFFICIAL_SOURCE).is_dir():
         commands.append(["speechdvae", "import-official", OFFICIAL_SOURCE, "-o", OFFICIAL_DIR])
     return commands
@@ -152,7 +155,7 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands only")
     args = parser.parse_args()
     steps = [s for s in STEPS if (not args.only or s.name in args.only) and (not s.needs or (ROOT / s.needs).exists())]
-    plan = [("data", c, DATA_MINUTES / 3) for c in data_commands()]
+    plan = [("data", c, DATA_MINUTES / 4) for c in data_commands()]
     plan += [("retraining", c, RETRAIN_MINUTES / 2) for c in retrain_commands()] if args.retrain else []
     official = official_available()
     if not official:
