@@ -9,24 +9,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import SRNN_CONFIG, VAE_CONFIG
 
 from speechdvae import audio, checkpoints
 from speechdvae.data.manifest import write_manifest
 from speechdvae.data.sequences import SequenceDataset, SpectrogramCache
 from speechdvae.train import ConfigError, TrainConfig, Trainer, evaluate_elbo, resolve_config, resolve_precision
-
-TINY_VAE = {"name": "vae", "z_dim": 4, "dense_x_z": [16]}
-TINY_SRNN = {
-    "name": "srnn",
-    "z_dim": 4,
-    "dense_x_h": [16],
-    "dim_rnn_h": 8,
-    "dense_hx_g": [16],
-    "dim_rnn_g": 8,
-    "dense_gz_z": [8],
-    "dense_hz_x": [16],
-    "dense_hz_z": [8],
-}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +36,7 @@ def corpus(tmp_path_factory):
     return root
 
 
-def make_config(corpus, tmp_path, model=TINY_VAE, **train):
+def make_config(corpus, tmp_path, model=VAE_CONFIG, **train):
     options = {
         "lr": 1e-3,
         "batch_size": 4,
@@ -161,7 +149,7 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize(
-    "model, extra", [(TINY_VAE, {}), (TINY_SRNN, {"ss_start_epoch": 1, "ss_step": 0.5, "ss_epochs_per_step": 1})]
+    "model, extra", [(VAE_CONFIG, {}), (SRNN_CONFIG, {"ss_start_epoch": 1, "ss_step": 0.5, "ss_epochs_per_step": 1})]
 )
 def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch, model, extra):
     torch.set_num_threads(1)
@@ -198,7 +186,7 @@ def test_scheduled_sampling_selects_only_fully_generative_epochs(corpus, tmp_pat
     config = make_config(
         corpus,
         tmp_path,
-        model=TINY_SRNN,
+        model=SRNN_CONFIG,
         epochs=4,
         ss_start_epoch=1,
         ss_step=0.5,
@@ -296,7 +284,7 @@ def test_fine_tuning_starts_from_a_checkpoint(corpus, tmp_path):
     assert all(torch.equal(v, tuned.model.state_dict()[k]) for k, v in start.items())
     with pytest.raises(ConfigError, match="different architecture"):
         Trainer(
-            make_config(corpus, tmp_path, model={**TINY_VAE, "z_dim": 3}, init_from=str(first)),
+            make_config(corpus, tmp_path, model={**VAE_CONFIG, "z_dim": 3}, init_from=str(first)),
             tmp_path / "other",
             progress=False,
         )

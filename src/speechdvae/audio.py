@@ -13,6 +13,31 @@ from .atomic import atomic_path
 from .errors import SpeechDVAEError
 
 SAMPLE_RATE = 16000
+# File suffixes of audio searched in folders (case-insensitive): the formats libsndfile reads, plus the NIST
+# SPHERE names used by LDC corpora.
+AUDIO_SUFFIXES = frozenset(
+    {
+        ".wav",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".au",
+        ".snd",
+        ".caf",
+        ".w64",
+        ".rf64",
+        ".sph",
+        ".nist",
+        ".voc",
+        ".wv1",
+        ".wv2",
+    }
+)
 # Defaults of librosa.effects.trim, which the papers' preprocessing used.
 TRIM_TOP_DB = 30.0
 TRIM_FRAME_LENGTH = 2048

@@ -20,32 +20,9 @@ import soundfile as sf
 from tqdm import tqdm
 
 from ..atomic import write_text_atomic
-from ..audio import SAMPLE_RATE, AudioError, read_audio, write_audio
+from ..audio import AUDIO_SUFFIXES, SAMPLE_RATE, AudioError, read_audio, write_audio
 from .manifest import ManifestError, sha256_file, write_manifest
 
-# Extensions of the formats soundfile reads, plus the NIST SPHERE names used by LDC corpora.
-AUDIO_EXTENSIONS = frozenset(
-    {
-        ".wav",
-        ".flac",
-        ".ogg",
-        ".oga",
-        ".opus",
-        ".mp3",
-        ".aif",
-        ".aiff",
-        ".aifc",
-        ".au",
-        ".snd",
-        ".caf",
-        ".w64",
-        ".rf64",
-        ".sph",
-        ".nist",
-        ".wv1",
-        ".wv2",
-    }
-)
 SPHERE_MAGIC = b"NIST_1A"
 # SPHERE sample codings that libsndfile cannot decode.
 COMPRESSED_SPHERE_CODINGS = ("shorten", "wavpack", "shortpack")
@@ -154,7 +131,7 @@ def audio_files(folder: Path, recursive: bool = True) -> list[Path]:
     else:
         candidates = folder.iterdir()
     return sorted(
-        p for p in candidates if p.suffix.lower() in AUDIO_EXTENSIONS and not _is_hidden(p.name) and p.is_file()
+        p for p in candidates if p.suffix.lower() in AUDIO_SUFFIXES and not _is_hidden(p.name) and p.is_file()
     )
 
 
@@ -404,7 +381,7 @@ def scan_folder(root: str | os.PathLike, split: str = "test", language: str = "u
     root = _require_dir(root, "audio")
     files = audio_files(root)
     if not files:
-        raise CorpusError(f"{root}: no audio files found (extensions {', '.join(sorted(AUDIO_EXTENSIONS))})")
+        raise CorpusError(f"{root}: no audio files found (extensions {', '.join(sorted(AUDIO_SUFFIXES))})")
     candidates: list[tuple[Path, dict]] = []
     skipped: list[Skipped] = []
     taken: dict[str, Path] = {}

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, stale_temporaries, write_text_atomic
-from ..audio import SAMPLE_RATE, AudioError
+from ..audio import AUDIO_SUFFIXES, SAMPLE_RATE, AudioError
 from ..checkpoints import default_device
 from ..data.manifest import read_manifest
 from ..errors import SpeechDVAEError
@@ -49,28 +49,6 @@ from ..stft import HOP_LENGTH, N_FFT, istft, min_samples, stft
 from .enhancer import Enhancer, EnhancerSource, load_enhancer
 from .vem import VEMConfig
 
-# Suffixes searched in folders (case-insensitive): the formats libsndfile reads.
-AUDIO_SUFFIXES = frozenset(
-    {
-        ".wav",
-        ".flac",
-        ".ogg",
-        ".oga",
-        ".opus",
-        ".mp3",
-        ".aif",
-        ".aiff",
-        ".aifc",
-        ".au",
-        ".snd",
-        ".caf",
-        ".w64",
-        ".rf64",
-        ".sph",
-        ".nist",
-        ".voc",
-    }
-)
 # Output formats kept from the input; any other input is written as WAV.
 OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE", "VORBIS", "OPUS"})
