@@ -32,10 +32,12 @@ from speechdvae.evaluate.enhancement import (
     SNR_FIGURE_NAME,
     SUMMARY_NAME,
     UTTERANCES_NAME,
+    EnhancementError,
     audio_path,
     evaluate_enhancement,
     improvement_stats,
     result_key,
+    snapshot_label,
 )
 from speechdvae.evaluate.metrics import estoi, si_sdr
 from speechdvae.evaluate.mixtures import Mixture, balanced_subset, identify, read_mixtures, share_out
@@ -200,9 +202,9 @@ def test_rerun_reuses_results_and_recomputes_only_what_is_missing(
     enhanced: list[list[str]] = []
     original = enhancer.enhance_spectrogram
 
-    def counting(model, X, config, lengths=None, keys=None, progress=False):
+    def counting(model, X, config, lengths=None, keys=None, progress=False, snapshots=()):
         enhanced.append(list(keys))
-        return original(model, X, config, lengths=lengths, keys=keys)
+        return original(model, X, config, lengths=lengths, keys=keys, snapshots=snapshots)
 
     monkeypatch.setattr(enhancer, "enhance_spectrogram", counting)
     run = dict(config=CONFIG, batch_size=4, workers=1, save_audio=True, progress=False)
@@ -354,6 +356,49 @@ def test_priors_run_their_own_iterations_unless_given(tiny: dict[str, Path], man
         {"plain": plain, "tuned": tuned}, manifest, tmp_path / "given", config=VEMConfig(niter=1, seed=7), **run
     )
     assert [row["mean_iterations"] for row in summary[1:]] == [1, 1]
+
+
+def test_snapshot_rows_equal_and_share_the_cache_of_shorter_runs(
+    tiny: dict[str, Path], manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = dict(limit=4, workers=1, progress=False, save_audio=True)
+    models = {"VAE": tiny["VAE"], "SRNN": tiny["SRNN"]}
+    swept = evaluate_enhancement(models, manifest, tmp_path, config=VEMConfig(niter=4, seed=3), snapshots=[2, 4], **run)
+    labels = [row["model"] for row in swept]
+    assert labels == [NOISY_LABEL, "VAE", snapshot_label("VAE", 2), "SRNN", snapshot_label("SRNN", 2)]
+    short = {row["model"]: row for row in swept}
+    assert short[snapshot_label("VAE", 2)]["mean_iterations"] == 2 and short["VAE"]["mean_iterations"] == 4
+    assert 0 < short[snapshot_label("SRNN", 2)]["seconds_per_utterance"] < short["SRNN"]["seconds_per_utterance"]
+    assert "--snapshots 2 4" in (tmp_path / MARKDOWN_NAME).read_text()
+
+    calls: list[int] = []
+    original = enhancer.enhance_spectrogram
+
+    def counting(model, X, config, lengths=None, keys=None, progress=False, snapshots=()):
+        calls.append(config.niter)
+        return original(model, X, config, lengths=lengths, keys=keys, snapshots=snapshots)
+
+    monkeypatch.setattr(enhancer, "enhance_spectrogram", counting)
+    separate = tmp_path / "separate"
+    evaluate_enhancement(models, manifest, separate, config=VEMConfig(niter=2, seed=3), **run)
+    assert calls  # computed afresh: the rows of two iterations equal the snapshots
+    rows = [row for row in read_rows(tmp_path / UTTERANCES_NAME) if row["model"] != "VAE" and row["model"] != "SRNN"]
+    renamed = [{**row, "model": row["model"].split(" · ")[0]} for row in rows]
+    assert_rows_close(renamed, read_rows(separate / UTTERANCES_NAME))
+    for label in models:
+        for name in ("m1", "m2"):
+            np.testing.assert_array_equal(
+                read_audio(audio_path(tmp_path, snapshot_label(label, 2), name))[0],
+                read_audio(audio_path(separate, label, name))[0],
+            )
+    calls.clear()
+    shutil.copy(tmp_path / CACHE_NAME, separate / CACHE_NAME)
+    evaluate_enhancement(
+        models, manifest, separate, config=VEMConfig(niter=4, seed=3), limit=4, workers=1, progress=False
+    )
+    assert calls == []  # the runs of four iterations are cached under the same keys
+    with pytest.raises(EnhancementError, match="positive"):
+        evaluate_enhancement(models, manifest, tmp_path, config=VEMConfig(niter=4), snapshots=[0], **run)
 
 
 def test_settings_and_command_line(

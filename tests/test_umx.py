@@ -99,8 +99,8 @@ def test_a_padded_batch_gives_the_masks_of_one_at_a_time() -> None:
 def test_estimates_keep_the_input_length_and_apply_the_mask_to_the_noisy_stft() -> None:
     waves = [hiss(seconds, i).astype(np.float32) for i, seconds in enumerate((0.05, 0.5, 1.0001))]
     keys = [str(i) for i in range(len(waves))]
-    passed = enhance_waves(MaskEnhancer(constant_mask(30.0)), waves, keys)[0]
-    muted = enhance_waves(MaskEnhancer(constant_mask(-30.0)), waves, keys)[0]
+    passed = enhance_waves(MaskEnhancer(constant_mask(30.0)), waves, keys).waves
+    muted = enhance_waves(MaskEnhancer(constant_mask(-30.0)), waves, keys).waves
     for x, y, z in zip(waves, passed, muted):
         assert len(y) == len(x) == len(z) and y.dtype == np.float32
         np.testing.assert_allclose(y, x, atol=1e-5)
@@ -325,7 +325,7 @@ def test_eval_enhance_scores_a_mask_estimator_next_to_a_prior(
         noisy, clean = read_pair(record)
         row = rows["UMX", record["id"]]
         assert float(row["si_sdr"]) == pytest.approx(
-            si_sdr(clean, enhance_waves(model.enhancer(), [noisy], [record["id"]])[0][0]), abs=1e-4
+            si_sdr(clean, enhance_waves(model.enhancer(), [noisy], [record["id"]]).waves[0]), abs=1e-4
         )
         assert row["iterations"] == "" and float(rows["VAE", record["id"]]["iterations"]) == 2
     timing = (out / MARKDOWN_NAME).read_text().split("## Model time", 1)[1]

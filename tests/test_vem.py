@@ -426,6 +426,35 @@ def test_convergence_stop_is_per_utterance() -> None:
         assert bool(stopped.losses[b, n:].isnan().all())
 
 
+@pytest.mark.parametrize("kind, past", [("dkf", "generated"), ("srnn", "generated"), ("transformer", "estimate")])
+def test_snapshots_equal_shorter_runs(kind: str, past: str) -> None:
+    lengths = [12, 9]
+    X = noisy_batch(lengths)
+    model = tiny_model(kind)
+    config = VEMConfig(niter=5, nmf_rank=3, wf_samples=2, lr=1e-2, seed=2, past=past)
+    full = enhance_spectrogram(model, X, config, lengths=lengths, snapshots=[2, 5])
+    plain = enhance_spectrogram(model, X, config, lengths=lengths)
+    torch.testing.assert_close(full.wiener_gain, plain.wiener_gain, rtol=0, atol=0)  # the run itself is unchanged
+    assert sorted(full.snapshots) == [2, 5] and full.snapshots[5][0] is full.wiener_gain
+    short = enhance_spectrogram(model, X, replace(config, niter=2), lengths=lengths)
+    torch.testing.assert_close(full.snapshots[2][0], short.wiener_gain, rtol=0, atol=0)
+    assert 0 < full.snapshots[2][1] < full.snapshots[5][1] == full.seconds
+    with pytest.raises(ValueError, match="snapshots"):
+        enhance_spectrogram(model, X, config, lengths=lengths, snapshots=[6])
+
+
+def test_snapshots_after_a_convergence_stop_equal_the_stopped_run() -> None:
+    lengths = [16, 12]
+    X = noisy_batch(lengths)
+    model = tiny_model("vae")
+    config = VEMConfig(niter=12, nmf_rank=2, lr=1e-2, tol=1.0, window=2)  # every utterance stops after 4
+    full = enhance_spectrogram(model, X, config, lengths=lengths, snapshots=[3, 8])
+    assert full.iterations.tolist() == [4, 4]
+    for k in (3, 8):
+        shorter = enhance_spectrogram(model, X, replace(config, niter=k), lengths=lengths)
+        torch.testing.assert_close(full.snapshots[k][0], shorter.wiener_gain, rtol=0, atol=0)
+
+
 def test_unset_iterations_follow_the_prior() -> None:
     model = tiny_model("vae")
     X = noisy_batch([12])

@@ -127,6 +127,7 @@ def enhance_command(
     config: VEMConfig,
     official: str | os.PathLike | None = None,
     save_audio: bool = False,
+    snapshots: Sequence[int] = (),
 ) -> str:
     """The `speechdvae eval enhance` command line that reproduces an evaluation (in-memory models show as <...>;
     VEM settings without an option follow in a shell comment)."""
@@ -136,6 +137,8 @@ def enhance_command(
         argv += ["--limit", str(limit)]
     options, rest = vem_arguments(config)
     argv += options
+    if snapshots:
+        argv += ["--snapshots", *map(str, sorted(set(snapshots)))]
     if save_audio:
         argv.append("--save-audio")
     return with_unsettable(shlex.join(argv), rest)

@@ -72,6 +72,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     add_vem_options(enhance)
     enhance.add_argument(
+        "--snapshots",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="K",
+        help="also report every prior after each K VEM iterations below its own, from the same runs (identical to "
+        "separate runs with --iterations K, and cached as them)",
+    )
+    enhance.add_argument(
         "--batch-size",
         type=int,
         default=8,
@@ -187,13 +196,16 @@ def run_enhance(args: argparse.Namespace) -> int:
 
     config = vem_config(args)
     given, models = models_from_args(args, "eval enhance")
-    command = enhance_command(given, args.manifest, args.out, args.limit, config, args.official, args.save_audio)
+    command = enhance_command(
+        given, args.manifest, args.out, args.limit, config, args.official, args.save_audio, args.snapshots
+    )
     summary = evaluate_enhancement(
         models,
         args.manifest,
         args.out,
         args.limit,
         config,
+        snapshots=args.snapshots,
         batch_size=args.batch_size,
         workers=args.workers,
         save_audio=args.save_audio,

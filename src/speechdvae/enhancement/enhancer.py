@@ -7,9 +7,11 @@ files, evaluations, the listening page, the demo and `speechdvae.enhance` use on
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,11 +27,14 @@ from .vem import VEMConfig, enhance_spectrogram
 
 @dataclass
 class Gains:
-    """What an enhancer gives a batch: one real gain (T, F) on the CPU per noisy STFT, and the VEM iterations
-    each item ran (None for enhancers that do not iterate)."""
+    """What an enhancer gives a batch: one real gain (T, F) on the CPU per noisy STFT, the VEM iterations
+    each item ran (None for enhancers that do not iterate), the enhancer's time for the batch, and the gains
+    of the snapshots asked for: what the same enhancer stopped after k iterations gives (iterative ones only)."""
 
     gains: list[torch.Tensor]
     iterations: list[int | None]
+    seconds: float = math.nan
+    snapshots: dict[int, Gains] = field(default_factory=dict)
 
 
 class Enhancer(Protocol):
@@ -39,8 +44,15 @@ class Enhancer(Protocol):
     prior: DVAE | None  # the speech prior it is built on (None for a supervised enhancer)
     settings: Any  # a dataclass of the settings besides the weights that shape results, or None
 
-    def gains(self, spectra: Sequence[torch.Tensor], keys: Sequence[str], progress: bool = False) -> Gains:
-        """Gains (T, F) of noisy STFTs (T, F) of any lengths, enhanced as one batch; `keys` name the items."""
+    def gains(
+        self,
+        spectra: Sequence[torch.Tensor],
+        keys: Sequence[str],
+        progress: bool = False,
+        snapshots: Sequence[int] = (),
+    ) -> Gains:
+        """Gains (T, F) of noisy STFTs (T, F) of any lengths, enhanced as one batch; `keys` name the items.
+        Iterative enhancers add the gains after each of `snapshots` iterations; the others ignore them."""
         ...
 
 
@@ -51,24 +63,43 @@ class VEMEnhancer:
         self.network = self.prior = prior.eval()
         self.settings = (config or VEMConfig()).for_model(prior)
 
-    def gains(self, spectra: Sequence[torch.Tensor], keys: Sequence[str], progress: bool = False) -> Gains:
+    def gains(
+        self,
+        spectra: Sequence[torch.Tensor],
+        keys: Sequence[str],
+        progress: bool = False,
+        snapshots: Sequence[int] = (),
+    ) -> Gains:
         """Wiener gains of one padded VEM batch; all-zero STFTs get zero gains without running the VEM."""
-        gains = [torch.zeros(s.shape, dtype=torch.float32) for s in spectra]
-        iterations: list[int | None] = [0] * len(spectra)
         active = [b for b, s in enumerate(spectra) if bool(s.abs().amax() > 0)]
         if not active:
-            return Gains(gains, iterations)
+            zeros = Gains([torch.zeros(s.shape, dtype=torch.float32) for s in spectra], [0] * len(spectra), 0.0)
+            return replace(zeros, snapshots=dict.fromkeys(snapshots, zeros))
         lengths = [spectra[b].shape[0] for b in active]
         X = torch.zeros(len(active), max(lengths), spectra[0].shape[-1], dtype=spectra[0].dtype)
         for j, b in enumerate(active):
             X[j, : lengths[j]] = spectra[b]
         result = enhance_spectrogram(
-            self.prior, X, self.settings, lengths=lengths, keys=[keys[b] for b in active], progress=progress
+            self.prior,
+            X,
+            self.settings,
+            lengths=lengths,
+            keys=[keys[b] for b in active],
+            progress=progress,
+            snapshots=snapshots,
         )
-        for j, b in enumerate(active):
-            gains[b] = result.wiener_gain[j, : lengths[j]].cpu()
-            iterations[b] = int(result.iterations[j])
-        return Gains(gains, iterations)
+
+        def scatter(wiener: torch.Tensor, iterations: Sequence[int], seconds: float) -> Gains:
+            out = Gains([torch.zeros(s.shape, dtype=torch.float32) for s in spectra], [0] * len(spectra), seconds)
+            for j, b in enumerate(active):
+                out.gains[b] = wiener[j, : lengths[j]].cpu()
+                out.iterations[b] = iterations[j]
+            return out
+
+        gains = scatter(result.wiener_gain, result.iterations.tolist(), result.seconds)
+        for k, (wiener, seconds) in result.snapshots.items():
+            gains.snapshots[k] = scatter(wiener, result.iterations.clamp(max=k).tolist(), seconds)
+        return gains
 
 
 class MaskEnhancer:
@@ -80,9 +111,17 @@ class MaskEnhancer:
     def __init__(self, estimator: MaskEstimator) -> None:
         self.network = estimator.eval()
 
-    def gains(self, spectra: Sequence[torch.Tensor], keys: Sequence[str], progress: bool = False) -> Gains:
+    def gains(
+        self,
+        spectra: Sequence[torch.Tensor],
+        keys: Sequence[str],
+        progress: bool = False,
+        snapshots: Sequence[int] = (),
+    ) -> Gains:
         """Masks of one padded batch (the keys are unused: the estimator draws nothing at random)."""
-        return Gains(masks(self.network, [s.abs() for s in spectra]), [None] * len(spectra))
+        start = time.perf_counter()
+        estimated = masks(self.network, [s.abs() for s in spectra])
+        return Gains(estimated, [None] * len(spectra), time.perf_counter() - start)
 
 
 EnhancerSource = str | os.PathLike | DVAE | MaskEstimator
@@ -99,14 +138,30 @@ def load_enhancer(
     return source.enhancer(config)
 
 
+@dataclass
+class Estimates:
+    """Speech estimates of a batch of waveforms (float32, each of its input's length), the VEM iterations each
+    ran (None for enhancers that do not iterate), the time of the enhancer and the inverse STFTs, and the
+    estimates of the snapshots asked for (`Gains.snapshots`)."""
+
+    waves: list[np.ndarray]
+    iterations: list[int | None]
+    seconds: float
+    snapshots: dict[int, Estimates] = field(default_factory=dict)
+
+
 def enhance_waves(
-    enhancer: Enhancer, waves: Sequence[np.ndarray], keys: Sequence[str]
-) -> tuple[list[np.ndarray], list[int | None]]:
-    """Speech estimates (float32, each of its input's length) of 16 kHz waveforms enhanced as one batch, and the
-    VEM iterations each ran (None for enhancers that do not iterate)."""
+    enhancer: Enhancer, waves: Sequence[np.ndarray], keys: Sequence[str], snapshots: Sequence[int] = ()
+) -> Estimates:
+    """Enhance 16 kHz waveforms as one batch (and, for iterative enhancers, after each of `snapshots` iterations)."""
     spectra = [stft.stft(torch.from_numpy(np.asarray(x, dtype=np.float64))) for x in waves]
-    result = enhancer.gains(spectra, keys)
-    estimates = [
-        stft.istft(s * g, length=len(x)).to(torch.float32).numpy() for s, g, x in zip(spectra, result.gains, waves)
-    ]
-    return estimates, result.iterations
+
+    def estimates(gains: Gains) -> Estimates:
+        start = time.perf_counter()
+        out = [
+            stft.istft(s * g, length=len(x)).to(torch.float32).numpy() for s, g, x in zip(spectra, gains.gains, waves)
+        ]
+        return Estimates(out, gains.iterations, gains.seconds + time.perf_counter() - start)
+
+    result = enhancer.gains(spectra, keys, snapshots=snapshots)
+    return replace(estimates(result), snapshots={k: estimates(g) for k, g in result.snapshots.items()})

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.profiler import record_function
@@ -123,6 +125,9 @@ class VEMResult:
     estep_kl: torch.Tensor  # (B, I)
     lengths: torch.Tensor  # (B,) frames
     iterations: torch.Tensor  # (B,) iterations run
+    seconds: float = math.nan  # wall time of the VEM
+    # `snapshots` asked of `enhance_spectrogram`: k -> (Wiener gain (B, T, F), seconds) of a run of k iterations
+    snapshots: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
 
     def utterance(self, index: int) -> VEMResult:
         """Utterance `index` as a batch of one, trimmed to its own frames and iterations."""
@@ -140,6 +145,8 @@ class VEMResult:
             self.estep_kl[b, :n],
             self.lengths[b],
             self.iterations[b],
+            self.seconds,
+            {k: (gain[b, :T], seconds) for k, (gain, seconds) in self.snapshots.items()},
         )
 
 
@@ -267,14 +274,23 @@ def enhance_spectrogram(
     keys: Sequence[int | str] | None = None,
     init: NMFNoise | None = None,
     progress: bool = False,
+    snapshots: Sequence[int] = (),
 ) -> VEMResult:
     """Enhance noisy STFTs X, complex (T, F) or (B, T, F) with per-utterance `lengths` in frames.
 
     An unset `config.niter` runs the prior's own number of iterations (`VEMConfig.for_model`).
     `keys` name each utterance's random stream (default: its index in the batch); `init` gives the
     initial NMF factors instead of drawing them. A (T, F) input gives a batch of one.
+
+    `snapshots` (iteration counts up to niter) adds the Wiener gains that runs of those many iterations
+    would give, identical to running them one by one (the draws of a snapshot leave the random streams as
+    they were), with the time such a run would take: one run gives a whole curve of quality against
+    iterations.
     """
     config = config.for_model(model)
+    if any(not 0 < k <= config.niter for k in snapshots):
+        raise ValueError(f"snapshots must lie in 1..{config.niter} iterations, got {sorted(snapshots)}")
+    start = time.perf_counter()
     X, lengths = _as_batch(X.to(model.device), lengths, model.x_dim)
     keys = list(range(len(lengths))) if keys is None else list(keys)
     if len(keys) != len(lengths):
@@ -303,11 +319,23 @@ def enhance_spectrogram(
         )
     state = _VEMState(init, config, power, mask)
     optimizer = torch.optim.Adam([p for u in utts for p in u.params], lr=config.lr)
-    for _ in tqdm(range(config.niter), desc="VEM", disable=not progress, leave=False):
+    taken = 0.0  # time spent on snapshots, which a run of fewer iterations does not take
+    pending = sorted(set(snapshots) - {config.niter})
+    for iteration in tqdm(range(1, config.niter + 1), desc="VEM", disable=not progress, leave=False):
         state.iterate(utts, optimizer)
+        while pending and (pending[0] == iteration or not state.active.any()):
+            began = time.perf_counter()
+            gain = state.snapshot(utts)
+            now = time.perf_counter()
+            state.snapshots[pending.pop(0)] = (gain, now - start - taken)
+            taken += now - began
         if not state.active.any():
             break
-    return state.result(utts, X, lengths)
+    result = state.result(utts, X, lengths)
+    result.seconds = time.perf_counter() - start - taken
+    if config.niter in snapshots:
+        result.snapshots[config.niter] = (result.wiener_gain, result.seconds)
+    return result
 
 
 class _VEMState:
@@ -321,6 +349,7 @@ class _VEMState:
         self.losses: list[torch.Tensor] = []
         self.recon: list[torch.Tensor] = []
         self.kl: list[torch.Tensor] = []
+        self.snapshots: dict[int, tuple[torch.Tensor, float]] = {}
 
     def iterate(self, utts: list[Utterance], optimizer: torch.optim.Optimizer) -> None:
         """E-step (Adam steps on the active encoders), a fresh draw of v_s, then the M-step."""
@@ -380,12 +409,26 @@ class _VEMState:
             before, after = recent[:window].mean(0), recent[window:].mean(0)
             self.active &= ~((before - after).abs() < self.config.tol * before.abs())
 
-    def result(self, utts: list[Utterance], X: torch.Tensor, lengths: torch.Tensor) -> VEMResult:
-        """Wiener filter (36) from a fresh draw of `wf_samples` latents per utterance."""
+    def wiener_filter(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The Wiener gain (36) from a fresh draw of `wf_samples` latents per utterance, zero beyond each
+        utterance's frames, with the drawn v_s and the noise variance."""
         speech_var = self.speech_variance(utts, self.config.wf_samples, [True] * len(utts))
         noise_var = self.nmf.variance()
+        wiener = torch.where(self.mask[..., None], wiener_gain(speech_var, self.gain, noise_var), 0.0)
+        return wiener, speech_var, noise_var
+
+    def snapshot(self, utts: list[Utterance]) -> torch.Tensor:
+        """The Wiener gain a run stopping here would give; every random stream is left as it was."""
+        states = [u.sampler.get_state() for u in utts]
+        wiener = self.wiener_filter(utts)[0]
+        for u, state in zip(utts, states):
+            u.sampler.set_state(state)
+        return wiener
+
+    def result(self, utts: list[Utterance], X: torch.Tensor, lengths: torch.Tensor) -> VEMResult:
+        """Wiener filter (36) from a fresh draw of `wf_samples` latents per utterance."""
+        wiener, speech_var, noise_var = self.wiener_filter(utts)
         frames = self.mask[..., None]
-        wiener = torch.where(frames, wiener_gain(speech_var, self.gain, noise_var), 0.0)
         scaled = self.gain[..., None] * speech_var.mean(1)
         history = [torch.stack(h, dim=1) for h in (self.losses, self.recon, self.kl)]
         return VEMResult(
@@ -398,4 +441,5 @@ class _VEMState:
             *history,
             lengths,
             (~history[0].isnan()).sum(1),
+            snapshots=self.snapshots,
         )

@@ -32,12 +32,11 @@ import math
 import multiprocessing
 import os
 import re
-import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,55 +112,72 @@ def audio_path(out_dir: Path, label: str, mixture_id: str) -> Path:
     return out_dir / AUDIO_DIR / re.sub(r"[^\w.-]+", "_", label) / relative
 
 
+def snapshot_label(label: str, iterations: int) -> str:
+    """The row of a prior stopped after `iterations` VEM iterations (`snapshots`)."""
+    return f"{label} · {iterations} it"
+
+
 @dataclass
 class _Job:
-    """A mixture and the rows (NOISY_LABEL or prior labels) it still lacks, with their cache keys."""
+    """A mixture, the cache keys of all its rows (NOISY_LABEL, enhancer labels and snapshot rows) and the rows it
+    still lacks."""
 
     mixture: Mixture
     keys: dict[str, str]
+    missing: set[str]
 
 
 @dataclass
 class _Task:
-    """One row label (a prior, or NOISY_LABEL for the input itself) on a batch of readable mixtures."""
+    """One enhancer (or NOISY_LABEL for the input itself) on a batch of readable mixtures, with the rows it gives:
+    row label -> (iterations of a snapshot, or None for the enhancer's own result; cache key per mixture)."""
 
     label: str
+    rows: dict[str, tuple[int | None, list[str]]]
     ids: list[str]
-    keys: list[str]
     signals: list[tuple[np.ndarray, np.ndarray]]  # (peak-normalised noisy, clean) per mixture
 
 
 def _run_task(task: _Task, model: Enhancer | None, audio_dir: Path | None) -> list[dict]:
     """Cache entries of a task: the model's estimates (or the noisy input) scored against the references,
-    with the wall time of the enhancement + iSTFT shared out over the mixtures by length."""
+    with the time of the enhancement + iSTFT shared out over the mixtures by length."""
     waves = [noisy for noisy, _ in task.signals]
-    timing = [{"seconds": None, "iterations": None} for _ in waves]
-    estimates = waves
+    outputs: dict[int | None, tuple[list[np.ndarray], list[dict]]] = {
+        None: (waves, [{"seconds": None, "iterations": None} for _ in waves])
+    }
     if model is not None:
-        start = time.perf_counter()
-        estimates, iterations = enhance_waves(model, waves, task.ids)
-        elapsed = time.perf_counter() - start
+        snapshots = [k for k, _ in task.rows.values() if k is not None]
+        result = enhance_waves(model, waves, task.ids, snapshots)
         total = sum(len(x) for x in waves)
-        timing = [{"seconds": elapsed * len(x) / total, "iterations": n} for x, n in zip(waves, iterations)]
-        if audio_dir is not None:
+        for k, estimates in [(None, result), *result.snapshots.items()]:
+            timing = [
+                {"seconds": estimates.seconds * len(x) / total, "iterations": n}
+                for x, n in zip(waves, estimates.iterations)
+            ]
+            outputs[k] = (estimates.waves, timing)
+    entries = []
+    for label, (k, keys) in task.rows.items():
+        estimates, timing = outputs[k]
+        if audio_dir is not None and model is not None:
             for mixture_id, estimate in zip(task.ids, estimates):
-                audio.write_audio(audio_path(audio_dir, task.label, mixture_id), estimate, subtype="FLOAT")
-    pairs = [(clean, estimate) for (_, clean), estimate in zip(task.signals, estimates)]
-    scores, reasons = metrics_with_reasons(pairs, [f"{i} ({task.label})" for i in task.ids], workers=1)
-    return [
-        {
-            "key": key,
-            "id": mixture_id,
-            "model": task.label,
-            "duration": len(estimate) / audio.SAMPLE_RATE,
-            **times,
-            **{name: score[name] for name in SCORES},
-            "error": reason,
-        }
-        for key, mixture_id, estimate, times, score, reason in zip(
-            task.keys, task.ids, estimates, timing, scores, reasons
-        )
-    ]
+                audio.write_audio(audio_path(audio_dir, label, mixture_id), estimate, subtype="FLOAT")
+        pairs = [(clean, estimate) for (_, clean), estimate in zip(task.signals, estimates)]
+        scores, reasons = metrics_with_reasons(pairs, [f"{i} ({label})" for i in task.ids], workers=1)
+        entries += [
+            {
+                "key": key,
+                "id": mixture_id,
+                "model": label,
+                "duration": len(estimate) / audio.SAMPLE_RATE,
+                **times,
+                **{name: score[name] for name in SCORES},
+                "error": reason,
+            }
+            for key, mixture_id, estimate, times, score, reason in zip(
+                keys, task.ids, estimates, timing, scores, reasons
+            )
+        ]
+    return entries
 
 
 _WORKER_STATE: dict[str, object] = {}
@@ -182,19 +198,39 @@ def _run_worker_task(task: _Task) -> list[dict]:
 
 class _Evaluation:
     """Computes the missing results of a mixture set, batch by batch and prior by prior, in `workers` processes
-    (in this one when `workers` is 1), and keeps every per-mixture result."""
+    (in this one when `workers` is 1), and keeps every per-mixture result. Each prior (an enhancer built on a
+    DVAE) also gives a row per snapshot iteration count below its own, from the same run."""
 
     def __init__(
-        self, priors: list[Labelled], cache: ResultCache, out_dir: Path, save_audio: bool, workers: int
+        self,
+        priors: list[Labelled],
+        cache: ResultCache,
+        out_dir: Path,
+        save_audio: bool,
+        workers: int,
+        snapshots: Sequence[int] = (),
     ) -> None:
         self.priors, self.cache, self.out_dir, self.workers = priors, cache, out_dir, workers
         self.audio_dir = out_dir if save_audio else None
         self.results: dict[tuple[str, str], dict] = {}  # (label, mixture id) -> result
-        self.computed = dict.fromkeys([p.label for p in priors], 0)
+        # enhancer label -> its rows: row label -> (snapshot iterations or None, settings of the row's cache key)
+        self.rows_of: dict[str, dict[str, tuple[int | None, Any]]] = {NOISY_LABEL: {NOISY_LABEL: (None, None)}}
+        for p in priors:
+            rows = {p.label: (None, p.model.settings)}
+            if p.model.prior is not None:
+                niter = p.model.settings.niter
+                rows.update(
+                    (snapshot_label(p.label, k), (k, replace(p.model.settings, niter=k)))
+                    for k in sorted(set(snapshots))
+                    if k < niter
+                )
+            self.rows_of[p.label] = rows
+        self.computed = dict.fromkeys([label for p in priors for label in self.rows_of[p.label]], 0)
 
     @property
     def labels(self) -> list[str]:
-        return [NOISY_LABEL, *(p.label for p in self.priors)]
+        """Every row: the noisy mixture, then each enhancer followed by its snapshots."""
+        return [label for rows in self.rows_of.values() for label in rows]
 
     def plan(self, mixtures: Sequence[Mixture]) -> list[_Job]:
         """Take cached results; return the work left, longest mixtures first (batches of similar lengths, and
@@ -204,9 +240,14 @@ class _Evaluation:
             if mixture.error:
                 self._unusable(mixture, self.labels, mixture.error)
                 continue
-            keys = {NOISY_LABEL: result_key(NOISY_LABEL, "", None, mixture)}
-            keys.update((p.label, result_key(p.label, p.fingerprint, p.model.settings, mixture)) for p in self.priors)
-            missing = {}
+            # a snapshot row is keyed as the run of its iterations under the prior's own label: both share results
+            fingerprints = {p.label: p.fingerprint for p in self.priors}
+            keys = {
+                label: result_key(owner, fingerprints.get(owner, ""), settings, mixture)
+                for owner, rows in self.rows_of.items()
+                for label, (_, settings) in rows.items()
+            }
+            missing = set()
             for label, key in keys.items():
                 cached = self.cache.get(key)
                 needs_audio = (
@@ -215,12 +256,21 @@ class _Evaluation:
                     and not audio_path(self.out_dir, label, mixture.id).is_file()
                 )
                 if cached is None or needs_audio:
-                    missing[label] = key
+                    missing.add(label)
                 else:
                     self.results[label, mixture.id] = cached
             if missing:
-                jobs.append(_Job(mixture, missing))
+                jobs.append(_Job(mixture, keys, missing))
         return sorted(jobs, key=lambda job: (-job.mixture.duration, job.mixture.id))
+
+    def work(self, job: _Job) -> list[str]:
+        """The enhancer rows a job computes: every row of an enhancer that lacks one of its rows."""
+        return [
+            label
+            for owner, rows in self.rows_of.items()
+            if owner != NOISY_LABEL and job.missing & set(rows)
+            for label in rows
+        ]
 
     def _unusable(self, mixture: Mixture, labels: Sequence[str], error: str) -> None:
         warnings.warn(f"{mixture.id}: {error}; its metrics are NaN", stacklevel=3)
@@ -243,15 +293,15 @@ class _Evaluation:
                 try:
                     signals[job.mixture.id] = read_pair(job.mixture.record)
                 except audio.AudioError as err:
-                    self._unusable(job.mixture, list(job.keys), str(err))
-                    progress.update(sum(label != NOISY_LABEL for label in job.keys))
-            for label in self.labels:
-                todo = [job for job in batch if label in job.keys and job.mixture.id in signals]
+                    self._unusable(job.mixture, list(job.missing), str(err))
+                    progress.update(len(self.work(job)))
+            for owner, rows in self.rows_of.items():
+                todo = [job for job in batch if job.missing & set(rows) and job.mixture.id in signals]
                 if todo:
                     yield _Task(
-                        label,
+                        owner,
+                        {label: (k, [job.keys[label] for job in todo]) for label, (k, _) in rows.items()},
                         [job.mixture.id for job in todo],
-                        [job.keys[label] for job in todo],
                         [signals[job.mixture.id] for job in todo],
                     )
 
@@ -283,10 +333,13 @@ class _Evaluation:
 
     def _done(self, task: _Task, entries: list[dict], progress: tqdm) -> None:
         for entry in entries:
-            self.results[task.label, entry["id"]] = {k: v for k, v in entry.items() if k not in ("key", "id", "model")}
+            self.results[entry["model"], entry["id"]] = {
+                k: v for k, v in entry.items() if k not in ("key", "id", "model")
+            }
+            if entry["model"] != NOISY_LABEL:
+                self.computed[entry["model"]] += 1
         self.cache.add(entries)
         if task.label != NOISY_LABEL:
-            self.computed[task.label] += len(entries)
             progress.update(len(entries))
 
     def rows(self, mixtures: Sequence[Mixture]) -> list[dict]:
@@ -320,6 +373,7 @@ def evaluate_enhancement(
     limit: int | None = None,
     config: VEMConfig = VEMConfig(),
     *,
+    snapshots: Sequence[int] = (),
     batch_size: int = BATCH_SIZE,
     workers: int | None = None,
     save_audio: bool = False,
@@ -332,6 +386,8 @@ def evaluate_enhancement(
 
     Writes the report files into `out_dir` and returns the summary: the noisy mixture then one row per prior,
     with `n`, a MetricSummary per score and per improvement, `seconds_per_utterance` and `real_time_factor`.
+    `snapshots` adds a row per prior and iteration count K below its own: the estimate after K iterations of the
+    same run, identical to (and cached as) a run with K iterations, timed as such a run would be.
     `limit` takes a subset balanced over noise type × SNR; `batch_size` mixtures share a VEM run (the results
     do not depend on it); `workers` processes (default: all cores) enhance and score the batches, one prior and
     batch at a time each. Unusable mixtures and
@@ -346,15 +402,17 @@ def evaluate_enhancement(
     priors = [Labelled(label, enhancer, model_fingerprint(enhancer.network)) for label, enhancer in enhancers.items()]
     selected = [identify(record) for record in records]
     workers = max(1, (os.cpu_count() or 1) if workers is None else workers)
-    evaluation = _Evaluation(priors, ResultCache(out_dir / CACHE_NAME), out_dir, save_audio, workers)
+    if any(k < 1 for k in snapshots):
+        raise EnhancementError(f"snapshot iteration counts must be positive, got {sorted(snapshots)}")
+    evaluation = _Evaluation(priors, ResultCache(out_dir / CACHE_NAME), out_dir, save_audio, workers, snapshots)
     jobs = evaluation.plan(selected)
-    total = sum(len(job.keys) - (NOISY_LABEL in job.keys) for job in jobs)
+    total = sum(len(evaluation.work(job)) for job in jobs)
     with torch_threads(1), tqdm(total=total, unit="enh", desc="enhancement", disable=not progress) as bar:
         evaluation.run(jobs, batch_size, bar)
     rows = evaluation.rows(selected)
     summary = _summary(rows, evaluation)
     if command is None:
-        command = enhance_command(models, mixtures, out_dir, limit, config, save_audio=save_audio)
+        command = enhance_command(models, mixtures, out_dir, limit, config, save_audio=save_audio, snapshots=snapshots)
     intro = [
         f"Regenerate with: `{command}`",
         _describe_set(mixtures, len(all_records), selected, rows, limit),
@@ -363,6 +421,7 @@ def evaluate_enhancement(
         *([SUPERVISED_NOTE] if any(p.model.prior is None for p in priors) else []),
         PESQ_NOTE,
         NAN_NOTE,
+        *([_describe_snapshots(snapshots)] if snapshots else []),
         _describe_cache(evaluation, len(selected)),
     ]
     _write_report(out_dir, rows, summary, intro, _condition_table(selected))
@@ -533,11 +592,19 @@ def _describe_vem(config: VEMConfig, batch_size: int) -> str:
     )
 
 
+def _describe_snapshots(snapshots: Sequence[int]) -> str:
+    return (
+        f'**Snapshots:** a row "MODEL · K it" (K in {", ".join(map(str, sorted(set(snapshots))))}) is the prior\'s '
+        "estimate after K iterations of the same run, identical to a run with `--iterations K` (its draws leave "
+        "the random streams as they were); its time is the time such a run takes."
+    )
+
+
 def _describe_cache(evaluation: _Evaluation, n: int) -> str:
     done = sum(evaluation.computed.values())
     return (
         f"**Cache:** `{CACHE_NAME}` keeps every result, keyed by model label, weights, VEM settings, mixture id "
-        f"and file checksums; this run enhanced {done} of {n * len(evaluation.priors)} (mixture, prior) pairs "
+        f"and file checksums; this run enhanced {done} of {n * len(evaluation.computed)} (mixture, row) pairs "
         "and reused the others."
     )
 

@@ -70,7 +70,7 @@ def mixture_section(record: dict, models: Mapping[str, Enhancer], out_dir: Path)
     noisy, clean = read_pair(record)
     signals = {"clean": clean, "noisy": noisy}
     for label, model in models.items():
-        signals[label] = enhance_waves(model, [noisy], [mixture.id])[0][0]
+        signals[label] = enhance_waves(model, [noisy], [mixture.id]).waves[0]
     scores = {label: compute_metrics(clean, x, PAGE_SCORES) for label, x in signals.items() if label != "clean"}
     name = slug(mixture.id)
     note = (
