@@ -1,0 +1,176 @@
+"""Choose each prior's VEM settings from enhancement evaluations on the same mixtures.
+
+Every row of the given `speechdvae eval enhance` reports is a candidate setting of its prior: the prior's label
+(snapshot rows "LABEL · K it" belong to LABEL, `--snapshots`), the report's VEM settings and the row's iteration
+count. The reference of a prior is its row in the report run with `--official-settings` (the first report). The
+rule: a setting passes when its median ΔSI-SDR is at most 0.2 dB and its median ΔESTOI at most 0.01 below the
+reference's; the chosen setting is the fastest that passes (lowest real-time factor, then fewest iterations).
+
+Writes a Markdown table per prior (medians over all mixtures and over the short and long ones of a manifest that
+has a `length` field, real-time factor, verdict) and a figure of median ΔSI-SDR and ΔESTOI against iterations.
+
+    python recipes/vem_settings.py docs/enhancement_realistic/iterations [OTHER_REPORTS...] \\
+        --manifest data/open/mixtures/valid_realistic/manifest.jsonl -o docs/enhancement_realistic/settings.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+NOISY = "noisy mixture"
+SNAPSHOT = re.compile(r"^(?P<label>.*) · (?P<k>\d+) it$")
+SI_SDR_MARGIN, ESTOI_MARGIN = 0.2, 0.01
+SHOWN = ("lr", "past", "tol")  # settings that vary between candidates, besides the iterations
+
+
+@dataclass
+class Candidate:
+    prior: str
+    report: Path
+    settings: dict[str, str]
+    iterations: int
+    rows: list[dict]
+
+    @property
+    def name(self) -> str:
+        shown = ", ".join(f"{k} {self.settings[k]}" for k in SHOWN if k in self.settings)
+        return f"{self.iterations} it, {shown}"
+
+    def median(self, column: str, length: str | None = None) -> float:
+        values = [float(r[column]) for r in self.rows if length in (None, r["length"]) and r[column] not in ("", "nan")]
+        return float(np.median(values)) if values else float("nan")
+
+    @property
+    def rtf(self) -> float:
+        timed = [r for r in self.rows if r["seconds"]]
+        return sum(float(r["seconds"]) for r in timed) / sum(float(r["duration"]) for r in timed)
+
+
+def report_settings(report: Path) -> tuple[dict[str, str], str]:
+    """The VEM settings line of a report as a dict, and its regenerating command."""
+    text = (report / "enhancement.md").read_text(encoding="utf-8")
+    line = re.search(r"\*\*VEM settings:\*\* ([^.;]*(?:\.\d+[^.;]*)*)", text).group(1)
+    settings = dict(item.split("=", 1) for item in line.split(", "))
+    command = re.search(r"Regenerate with: `([^`]*)`", text).group(1)
+    return settings, command
+
+
+def candidates(report: Path, lengths: dict[str, str]) -> list[Candidate]:
+    settings, _ = report_settings(report)
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    with open(report / "enhancement_utterances.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["model"] != NOISY:
+                grouped[row["model"]].append({**row, "length": lengths.get(row["id"], "all")})
+    out = []
+    for label, rows in grouped.items():
+        match = SNAPSHOT.match(label)
+        prior = match["label"] if match else label
+        iterations = int(match["k"]) if match else round(np.mean([float(r["iterations"]) for r in rows]))
+        out.append(Candidate(prior, report, settings, iterations, rows))
+    return out
+
+
+def verdicts(reference: Candidate, options: list[Candidate]) -> tuple[dict[int, bool], Candidate | None]:
+    """Whether each candidate passes the rule against the reference, and the fastest that passes."""
+    ref_si, ref_estoi = reference.median("si_sdr_improvement"), reference.median("estoi_improvement")
+    passes = {
+        id(c): c.median("si_sdr_improvement") >= ref_si - SI_SDR_MARGIN
+        and c.median("estoi_improvement") >= ref_estoi - ESTOI_MARGIN
+        for c in options
+    }
+    passing = sorted((c for c in options if passes[id(c)]), key=lambda c: (c.rtf, c.iterations))
+    return passes, passing[0] if passing else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="eval enhance folders; the first ran --official-settings")
+    parser.add_argument("--manifest", type=Path, required=True, help="the mixture manifest the reports evaluated")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="Markdown file (a PNG figure goes beside it)")
+    args = parser.parse_args()
+
+    records = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]
+    lengths = {r["id"]: r.get("length", "all") for r in records}
+    conditions = sorted({lengths[r["id"]] for r in records} - {"all"})
+    _, official_command = report_settings(args.reports[0])
+    if "--official-settings" not in official_command:
+        raise SystemExit(f"{args.reports[0]}: the first report must run --official-settings")
+    per_prior: dict[str, list[Candidate]] = defaultdict(list)
+    for report in args.reports:
+        for c in candidates(report, lengths):
+            per_prior[c.prior].append(c)
+
+    lines = [
+        "# VEM settings per prior",
+        "",
+        f"Mixtures: `{args.manifest}`. Medians over mixtures of the improvement over the noisy input; "
+        "RTF = processing seconds per second of audio, one thread per process on a shared 2-core machine (compare "
+        f"within a table). Rule: pass when the median ΔSI-SDR is at most {SI_SDR_MARGIN} dB and the median ΔESTOI "
+        f"at most {ESTOI_MARGIN} below the official settings' (300 iterations, lr 1e-3, generated past); the "
+        "chosen setting is the fastest that passes.",
+        "",
+        "Reports:",
+        "",
+        *[f"- `{report_settings(r)[1]}`" for r in args.reports],
+        "",
+        f"Regenerate with: `python recipes/vem_settings.py {' '.join(map(str, args.reports))} "
+        f"--manifest {args.manifest} -o {args.out}`",
+    ]
+    split = " | ".join(f"ΔSI-SDR {c}" for c in conditions)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    for prior, options in per_prior.items():
+        reference = next(
+            (c for c in options if c.report == args.reports[0] and not SNAPSHOT.match(c.rows[0]["model"])), None
+        )
+        passes, chosen = verdicts(reference, options) if reference else ({id(c): False for c in options}, None)
+        options.sort(key=lambda c: (c.report != args.reports[0], c.iterations))
+        lines += [
+            "",
+            f"## {prior}",
+            "",
+            *(
+                [f"No official-settings row in `{args.reports[0]}`: the rule cannot judge these settings.", ""]
+                * (not reference)
+            ),
+            f"| setting | n | ΔSI-SDR (dB) | {split} | ΔESTOI | RTF | rule |",
+            "|---|---:|---:|" + "---:|" * len(conditions) + "---:|---:|---|",
+        ]
+        for c in options:
+            verdict = (
+                "official" if c is reference else ("**chosen**" if c is chosen else "pass" if passes[id(c)] else "")
+            )
+            by_length = " | ".join(f"{c.median('si_sdr_improvement', length):+.2f}" for length in conditions)
+            lines.append(
+                f"| {c.name} | {len(c.rows)} | {c.median('si_sdr_improvement'):+.2f} | {by_length} | "
+                f"{c.median('estoi_improvement'):+.3f} | {c.rtf:.2f} | {verdict} |"
+            )
+        curve = sorted((c for c in options if c.report == args.reports[0]), key=lambda c: c.iterations)
+        for ax, column in zip(axes, ("si_sdr_improvement", "estoi_improvement")):
+            ax.plot([c.iterations for c in curve], [c.median(column) for c in curve], marker="o", label=prior)
+    for ax, title in zip(axes, ("median ΔSI-SDR (dB)", "median ΔESTOI")):
+        ax.set_xlabel("VEM iterations")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    picture = args.out.with_suffix(".png")
+    figure.savefig(picture, dpi=100)
+    lines += ["", f"![median improvement against iterations, official settings otherwise]({picture.name})", ""]
+    args.out.write_text("\n".join(lines), encoding="utf-8")
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()
