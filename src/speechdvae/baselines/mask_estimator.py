@@ -5,7 +5,7 @@ frequency with a learned shift and scale (initialised from training statistics),
 size (linear + layer norm + tanh), runs a bidirectional LSTM whose output is concatenated with its input (skip
 connection), and maps back to 513 bins (linear + layer norm + ReLU + linear); a sigmoid gives a mask in [0, 1].
 The speech estimate is mask × X (the noisy phase), inverted to the input's length. Unlike the DVAE priors it is
-trained on noisy/clean pairs (`baselines.train`) and needs no iterative inference.
+trained on noisy/clean pairs (`train.baseline`) and needs no iterative inference.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .options import DATA_ROOT, add_device, add_progress
 
 if TYPE_CHECKING:
-    from ..baselines.train import BaselineConfig
+    from ..train.baseline import BaselineConfig
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -87,7 +87,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """`speechdvae train`: resolve and check the configuration, then train."""
-    from ..train import Trainer, resolve_config
+    from ..train.dvae import Trainer, resolve_config
 
     root = Path(args.data_root)
     config = resolve_config(
@@ -108,7 +108,7 @@ def run_train(args: argparse.Namespace) -> int:
 def baseline_config(args: argparse.Namespace) -> BaselineConfig:
     """The run configuration of `speechdvae baseline train`: data under --data-root, unset options at their
     defaults."""
-    from ..baselines.train import BaselineConfig
+    from ..train.baseline import BaselineConfig
 
     root = Path(args.data_root)
     given = {f.name: getattr(args, f.name) for f in fields(BaselineConfig) if getattr(args, f.name, None) is not None}
@@ -124,8 +124,8 @@ def baseline_config(args: argparse.Namespace) -> BaselineConfig:
 
 def run_baseline(args: argparse.Namespace) -> int:
     """`speechdvae baseline train`."""
-    from ..baselines.train import BaselineTrainer
     from ..enhancement.files import set_threads
+    from ..train.baseline import BaselineTrainer
 
     set_threads(args.device, args.threads)
     trainer = BaselineTrainer(
