@@ -1,5 +1,6 @@
-"""The supervised baseline: mask shapes and range, batching, lengths, checkpoints, training (loss, resume, budget,
-command line) and its use by `eval enhance` (next to a prior, cached without VEM settings) and `enhance`."""
+"""The supervised baseline (UMX): mask shapes and range, batching, lengths, checkpoints, training (loss, resume,
+budget, export, command line) and its use by `eval enhance` (next to a prior, cached without VEM settings) and
+`enhance`."""
 
 from __future__ import annotations
 
