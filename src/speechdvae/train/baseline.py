@@ -205,7 +205,6 @@ class BaselineTrainer(RunTrainer):
     """Trains the supervised baseline (UMX) described by a BaselineConfig, writing into `run_dir`."""
 
     error = BaselineError
-    # Options that may change when a run is resumed: they extend or shorten it without changing what a step computes.
     budget = ("steps",)
     state_keys = (*RunTrainer.state_keys, "train_sum", "train_count", "best_step")
     config: BaselineConfig

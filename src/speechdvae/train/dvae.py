@@ -326,7 +326,6 @@ class Trainer(RunTrainer):
     """Trains one model as described by a RunConfig, writing into `run_dir`."""
 
     error = ConfigError
-    # Options that may change when a run is resumed: they extend or shorten it without changing what a step computes.
     budget = ("train.epochs", "train.max_steps", "train.early_stop_patience")
     state_keys = (*RunTrainer.state_keys, "epoch", "batch_in_epoch", "best_epoch", "stale_epochs", "epoch_sums")
     config: RunConfig

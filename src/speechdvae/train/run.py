@@ -83,11 +83,14 @@ class RunTrainer(abc.ABC):
     A subclass names its error class, its `budget` (the options a resumed run may change) and the attributes its
     state holds beyond the common ones (`state_keys`). Its constructor calls `_open` before reading any data,
     builds `model` and `optimizer`, then calls `_start` with what `_open` returned; it calls `_save_state` when it
-    saves, `_keep_best` when the validation loss improves and `_export` at the end.
+    saves, `_keep_best` when the validation loss improves and `_export` at the end. `_new_model` and
+    `_training_record` describe the exported model.
     """
 
     error: ClassVar[type[Exception]]  # raised for a run folder or a saved state that cannot be used
-    budget: ClassVar[tuple[str, ...]]  # keys of config.json ("option" or "section.option")
+    # The options a resumed run may change, as keys of config.json ("option" or "section.option"): they extend or
+    # shorten the run without changing what a step computes.
+    budget: ClassVar[tuple[str, ...]]
     state_keys: ClassVar[tuple[str, ...]] = ("step", "elapsed", "best_loss", "best_state", "history")
 
     config: RunConfiguration
