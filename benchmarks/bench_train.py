@@ -28,7 +28,7 @@ import torch
 
 from speechdvae.models import available_presets, build_model, load_preset
 from speechdvae.models.losses import elbo_loss
-from speechdvae.train import Trainer, autocast, resolve_config
+from speechdvae.train.dvae import Trainer, autocast, resolve_config
 
 
 def time_steps(model, batch: torch.Tensor, feedback: float, steps: int, precision: str) -> float:

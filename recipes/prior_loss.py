@@ -26,7 +26,7 @@ from speechdvae.checkpoints import load_model
 from speechdvae.data.sequences import SequenceDataset, SpectrogramCache
 from speechdvae.models import DVAE
 from speechdvae.models.losses import itakura_saito
-from speechdvae.train import evaluate_elbo
+from speechdvae.train.dvae import evaluate_elbo
 
 BANDS = {"0-3.5 kHz": slice(0, 224), "3.5-7 kHz": slice(224, 448), "7-8 kHz": slice(448, 513)}
 LOUD_DB = 30.0  # "loud" bins lie within this many dB of the sequence's strongest bin

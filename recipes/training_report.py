@@ -1,6 +1,6 @@
 """Summarise trained speech priors (folders holding `log.jsonl` and `model/`, as `speechdvae train` writes them and
 `recipes/publish_runs.sh` commits them): a Markdown table and learning curves (validation loss against CPU-hours).
-Runs of the supervised baseline (no `train` section in their model metadata) are left out.
+Runs of the supervised baseline (UMX; no `train` section in their model metadata) are left out.
 
     python recipes/training_report.py checkpoints/open-paper checkpoints/open-small -o docs/training.md
 """

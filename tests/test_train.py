@@ -14,7 +14,7 @@ from conftest import SRNN_CONFIG, VAE_CONFIG
 from speechdvae import audio, checkpoints
 from speechdvae.data.manifest import write_manifest
 from speechdvae.data.sequences import SequenceDataset, SpectrogramCache
-from speechdvae.train import ConfigError, TrainConfig, Trainer, evaluate_elbo, resolve_config, resolve_precision
+from speechdvae.train.dvae import ConfigError, TrainConfig, Trainer, evaluate_elbo, resolve_config, resolve_precision
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from speechdvae.models import Posterior, load_preset
 from speechdvae.models.losses import elbo_loss
 from speechdvae.models.transformer import TransformerDVAE, TransformerStack, sinusoidal_positions
-from speechdvae.train import TrainConfig
+from speechdvae.train.dvae import TrainConfig
 
 X, Z, W, D, FF = 12, 3, 4, 8, 16
 VARIANTS = {

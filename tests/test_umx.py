@@ -1,5 +1,6 @@
-"""The supervised baseline: mask shapes and range, batching, lengths, checkpoints, training (loss, resume, budget,
-command line) and its use by `eval enhance` (next to a prior, cached without VEM settings) and `enhance`."""
+"""The supervised baseline (UMX): mask shapes and range, batching, lengths, checkpoints, training (loss, resume,
+budget, export, command line) and its use by `eval enhance` (next to a prior, cached without VEM settings) and
+`enhance`."""
 
 from __future__ import annotations
 
@@ -16,15 +17,6 @@ import torch
 from speechdvae import stft
 from speechdvae.audio import write_audio
 from speechdvae.baselines.mask_estimator import MaskEstimator, holds_mask_estimator, load_mask_estimator, masks
-from speechdvae.baselines.train import (
-    AudioBank,
-    BaselineConfig,
-    BaselineError,
-    BaselineTrainer,
-    crop_or_pad,
-    draw_pair,
-    validation_loss,
-)
 from speechdvae.checkpoints import CheckpointError, load_model, save_model
 from speechdvae.cli import main
 from speechdvae.data.manifest import write_manifest
@@ -40,6 +32,15 @@ from speechdvae.evaluate.enhancement import (
 )
 from speechdvae.evaluate.metrics import si_sdr
 from speechdvae.evaluate.mixtures import read_mixtures, read_pair
+from speechdvae.train.baseline import (
+    AudioBank,
+    BaselineConfig,
+    BaselineError,
+    BaselineTrainer,
+    crop_or_pad,
+    draw_pair,
+    validation_loss,
+)
 
 SR = 16000
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -269,6 +270,26 @@ def test_resume_accepts_a_new_budget_only(corpus: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 20
     with pytest.raises(BaselineError, match="batch_size must be positive"):
         tiny_config(corpus, batch_size=0)
+
+
+def test_the_best_model_is_exported_while_the_run_goes_on(corpus: Path, tmp_path: Path) -> None:
+    trainer = BaselineTrainer(
+        tiny_config(corpus, steps=20, valid_every=5), tmp_path / "run", progress=False, device="cpu"
+    )
+    exported = []  # (step, best step recorded in the model folder) of every export
+    export = trainer._export
+
+    def recording_export() -> Path:
+        path = export()
+        meta = json.loads((path / "config.json").read_text())["metadata"]["training"]
+        exported.append((trainer.step, meta["best_step"]))
+        return path
+
+    trainer._export = recording_export
+    trainer.train()
+    improving = [row["step"] for row in trainer.history if row["best"]]
+    assert len(improving) >= 2
+    assert exported == [(step, step) for step in improving] + [(20, trainer.best_step)]
 
 
 def test_the_command_trains_and_exports(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

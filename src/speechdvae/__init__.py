@@ -22,8 +22,8 @@ def enhance(
     **settings: Any,
 ) -> np.ndarray:
     """Enhance a noisy waveform (frames,) or (frames, channels) at any sample rate: returns float32 speech of the
-    same shape. `model` is a shipped name, a checkpoint folder or a network (a DVAE prior or a mask estimator);
-    `settings` are VEM settings (`enhancement.vem.VEMConfig` fields, e.g. niter=100, seed=1)."""
+    same shape. `model` is a shipped name, a checkpoint folder or a network (a DVAE prior or the supervised
+    baseline (UMX)); `settings` are VEM settings (`enhancement.vem.VEMConfig` fields, e.g. niter=100, seed=1)."""
     from .enhancement.enhancer import load_enhancer
     from .enhancement.files import enhance_wave
     from .enhancement.vem import VEMConfig

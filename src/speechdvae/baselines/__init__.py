@@ -1,1 +1,1 @@
-"""The supervised baseline of the SE paper: an Open-Unmix-style mask estimator and its training."""
+"""The supervised baseline (UMX) of the SE paper: an Open-Unmix-style mask estimator, trained by `train.baseline`."""

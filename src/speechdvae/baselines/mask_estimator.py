@@ -1,11 +1,11 @@
-"""A supervised speech-enhancement baseline: an Open-Unmix-style mask estimator (SE paper Sec. V, "UMX retrain").
+"""The supervised baseline (UMX): an Open-Unmix-style mask estimator (SE paper Sec. V, "UMX retrain").
 
 The network reads the magnitude STFT |X| of a noisy mixture (the project's STFT: 513 bins), normalises every
 frequency with a learned shift and scale (initialised from training statistics), maps each frame to a hidden
 size (linear + layer norm + tanh), runs a bidirectional LSTM whose output is concatenated with its input (skip
 connection), and maps back to 513 bins (linear + layer norm + ReLU + linear); a sigmoid gives a mask in [0, 1].
 The speech estimate is mask × X (the noisy phase), inverted to the input's length. Unlike the DVAE priors it is
-trained on noisy/clean pairs (`baselines.train`) and needs no iterative inference.
+trained on noisy/clean pairs (`train.baseline`) and needs no iterative inference.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def masks(model: MaskEstimator, magnitudes: Sequence[torch.Tensor]) -> list[torc
 
 
 def holds_mask_estimator(path: str | os.PathLike) -> bool:
-    """True if `path` is a checkpoint folder of a mask estimator (rather than of a DVAE prior)."""
+    """True if `path` is a checkpoint folder of the supervised baseline (UMX) rather than of a DVAE prior."""
     try:
         model = read_checkpoint_config(path).get("model")
     except CheckpointError:
@@ -110,5 +110,6 @@ def holds_mask_estimator(path: str | os.PathLike) -> bool:
 
 
 def load_mask_estimator(path: str | os.PathLike, device: str | torch.device | None = None) -> MaskEstimator:
-    """The mask estimator stored in checkpoint folder `path`, in eval mode (default device: CUDA if available)."""
+    """The supervised baseline (UMX) stored in checkpoint folder `path`, in eval mode (default device: CUDA if
+    available)."""
     return load_weights(path, MaskEstimator.from_config, device)  # type: ignore[return-value]

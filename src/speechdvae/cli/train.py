@@ -1,4 +1,4 @@
-"""`speechdvae train` (a speech prior) and `speechdvae baseline train` (the supervised mask estimator)."""
+"""`speechdvae train` (a speech prior) and `speechdvae baseline train` (the supervised baseline (UMX))."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .options import DATA_ROOT, add_device, add_progress
 
 if TYPE_CHECKING:
-    from ..baselines.train import BaselineConfig
+    from ..train.baseline import BaselineConfig
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -48,19 +48,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     baseline = sub.add_parser(
         "baseline",
-        help="the supervised baseline: an Open-Unmix-style mask estimator",
-        description="The supervised baseline of the SE paper (UMX retrain).",
+        help="the supervised baseline (UMX): an Open-Unmix-style mask estimator",
+        description='The supervised baseline (UMX) of the SE paper ("UMX retrain"): an Open-Unmix-style mask '
+        "estimator trained on noisy/clean pairs.",
     )
     baseline_sub = baseline.add_subparsers(dest="baseline_command", metavar="ACTION", required=True)
     train_baseline = baseline_sub.add_parser(
         "train",
-        help="train the mask estimator on noisy/clean pairs mixed on the fly",
-        description="Train the mask estimator on clean training speech mixed on the fly with training noise "
-        "(-5 to 5 dB), choosing the best step on the validation mixtures; the best model is exported "
-        "to RUN_DIR/model, usable by `eval enhance --model` and `enhance --model`. Runs resume exactly "
-        "with --resume.",
+        help="train the supervised baseline (UMX) on noisy/clean pairs mixed on the fly",
+        description="Train the supervised baseline (UMX) on clean training speech mixed on the fly with training "
+        "noise (-5 to 5 dB), choosing the best step on the validation mixtures; the best model is exported to "
+        "RUN_DIR/model as soon as it improves, usable by `eval enhance --model` and `enhance --model`. Runs resume "
+        "exactly with --resume.",
     )
-    train_baseline.add_argument("-o", "--out", required=True, metavar="RUN_DIR", help="run folder (state, logs, model)")
+    train_baseline.add_argument(
+        "-o", "--out", required=True, metavar="RUN_DIR", help="run folder (state, logs, best model)"
+    )
     train_baseline.add_argument(
         "--data-root",
         default=DATA_ROOT,
@@ -87,7 +90,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """`speechdvae train`: resolve and check the configuration, then train."""
-    from ..train import Trainer, resolve_config
+    from ..train.dvae import Trainer, resolve_config
 
     root = Path(args.data_root)
     config = resolve_config(
@@ -108,7 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
 def baseline_config(args: argparse.Namespace) -> BaselineConfig:
     """The run configuration of `speechdvae baseline train`: data under --data-root, unset options at their
     defaults."""
-    from ..baselines.train import BaselineConfig
+    from ..train.baseline import BaselineConfig
 
     root = Path(args.data_root)
     given = {f.name: getattr(args, f.name) for f in fields(BaselineConfig) if getattr(args, f.name, None) is not None}
@@ -124,8 +127,8 @@ def baseline_config(args: argparse.Namespace) -> BaselineConfig:
 
 def run_baseline(args: argparse.Namespace) -> int:
     """`speechdvae baseline train`."""
-    from ..baselines.train import BaselineTrainer
     from ..enhancement.files import set_threads
+    from ..train.baseline import BaselineTrainer
 
     set_threads(args.device, args.threads)
     trainer = BaselineTrainer(

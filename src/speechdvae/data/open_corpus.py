@@ -13,7 +13,7 @@ written per split:
 Splits: train/valid = asterisk en, es, it; tuxpaint fr ca bg es be da lt nl; klettres and
 ktuberling in every language but ro, el, ru (10 % of each source held out for validation by a
 hash of the file name). Test = asterisk fr + tuxpaint ro. valid_unseen = tuxpaint el, an unseen
-speaker. Noise is split by recording (never by segment) into train (supervised baseline only),
+speaker. Noise is split by recording (never by segment) into train (supervised baseline (UMX) only),
 valid and test, within each noise type.
 
 The build is idempotent and resumable: finished conversions are logged in ROOT/cache and never

@@ -1,7 +1,7 @@
 """One interface for every way of enhancing speech: noisy STFTs in, real gains (estimate = gain × noisy STFT)
 out, each item named by a key that seeds its random streams, so results do not depend on the batching.
 
-The VEM over any DVAE prior (`VEMEnhancer`) and the supervised mask estimator (`MaskEnhancer`) implement it;
+The VEM over any DVAE prior (`VEMEnhancer`) and the supervised baseline (UMX, `MaskEnhancer`) implement it;
 files, evaluations, the listening page, the demo and `speechdvae.enhance` use only this interface.
 """
 
@@ -103,7 +103,7 @@ class VEMEnhancer:
 
 
 class MaskEnhancer:
-    """The supervised baseline: the mask a `MaskEstimator` reads from the noisy magnitudes is the gain."""
+    """The supervised baseline (UMX): the mask a `MaskEstimator` reads from the noisy magnitudes is the gain."""
 
     prior = None
     settings = None
@@ -131,7 +131,7 @@ def load_enhancer(
     source: EnhancerSource, config: VEMConfig | None = None, device: str | torch.device | None = None
 ) -> Enhancer:
     """The enhancer of a shipped name, a checkpoint folder or a network in memory: the VEM with `config` (default
-    settings if None) for a speech prior, the mask itself for a mask estimator."""
+    settings if None) for a speech prior, the mask itself for the supervised baseline (UMX)."""
     if isinstance(source, (str, os.PathLike)):
         path = checkpoint_path(source)
         source = load_mask_estimator(path, device) if holds_mask_estimator(path) else load_model(path, device)

@@ -4,7 +4,7 @@ Each file is read at its own sample rate. Its channels are averaged, resampled t
 peak-normalised for the VEM, and the Wiener gain (eq. 36) found for that mono mix is applied to the
 STFT of every channel at its original level, so the output keeps the input's sample rate, channel
 count and loudness. The prior models 16 kHz speech: content above 8 kHz is removed. Any enhancer
-(`enhancement.enhancer`) may take the place of the VEM, e.g. the supervised mask estimator, whose mask is
+(`enhancement.enhancer`) may take the place of the VEM, e.g. the supervised baseline (UMX), whose mask is
 then the gain.
 
 Long files are cut into overlapping chunks at 16 kHz, enhanced a group at a time and joined with
@@ -511,7 +511,7 @@ def enhance_files(
     workers: int = 1,
 ) -> EnhanceReport:
     """Enhance files, folders and manifests into `out_dir` with a prior (the VEM with `config`, default settings if
-    None) or a supervised mask estimator (shipped name, checkpoint folder or network). Existing outputs are
+    None) or the supervised baseline (UMX) (shipped name, checkpoint folder or network). Existing outputs are
     skipped unless `overwrite`, and temporaries that a killed run left next to them are removed; failures are
     printed on stderr, listed in OUTDIR/failed.jsonl and do not stop the run. `shard` (index, count) takes every
     count-th file. `workers` > 1 shares the chunk groups of all files, the chunks of one long file included, among

@@ -4,9 +4,9 @@ Each mixture of a mixture manifest (written by `speechdvae data mix`, or records
 `data.mix.read_official_list`) is divided by its peak absolute value, as in the official code (it is not
 trimmed), and its clean reference is scaled by the same factor. Every prior enhances it with the VEM
 (`enhancement.vem`): mixtures are enhanced a batch at a time, sorted by length, each with its own encoder copy,
-NMF and gains and a random stream named by its id, so results do not depend on the batching. A supervised mask
-estimator (`baselines.mask_estimator`, the SE paper's UMX baseline) may take the place of a prior: its mask
-multiplies the noisy STFT, and no VEM setting applies to it. The estimate is inverted to the mixture's length and
+NMF and gains and a random stream named by its id, so results do not depend on the batching. The supervised
+baseline (UMX), an Open-Unmix-style mask estimator (`baselines.mask_estimator`), may take the place of a prior: its
+mask multiplies the noisy STFT, and no VEM setting applies to it. The estimate is inverted to the mixture's length and
 scored against the clean reference: SI-SDR, PESQ (NB raw P.862, NB MOS-LQO, WB MOS-LQO) and ESTOI. The noisy
 mixture itself is scored as the first row, and each prior's improvement over it (output minus input) is kept per
 mixture for the figures.
@@ -380,9 +380,9 @@ def evaluate_enhancement(
     progress: bool = True,
     command: str | None = None,
 ) -> list[dict[str, object]]:
-    """Enhance every mixture (manifest path or records) with every prior (the VEM with `config`) or mask estimator
-    (label -> network or checkpoint folder) and score it against its clean reference, reusing the results cached
-    in `out_dir`.
+    """Enhance every mixture (manifest path or records) with every model, label -> network or checkpoint folder of
+    a prior (the VEM with `config`) or of the supervised baseline (UMX), and score it against its clean reference,
+    reusing the results cached in `out_dir`.
 
     Writes the report files into `out_dir` and returns the summary: the noisy mixture then one row per prior,
     with `n`, a MetricSummary per score and per improvement, `seconds_per_utterance` and `real_time_factor`.
@@ -542,7 +542,7 @@ METHOD_NOTE = (
     "row scores the input itself; an improvement is output minus input, per mixture."
 )
 SUPERVISED_NOTE = (
-    "**Supervised baseline:** a mask estimator (Open-Unmix style, trained on noisy/clean pairs) "
+    "**Supervised baseline (UMX):** an Open-Unmix-style mask estimator, trained on noisy/clean pairs, "
     "multiplies the noisy STFT by its mask in [0, 1]; the VEM settings do not apply to it."
 )
 PESQ_NOTE = (

@@ -163,9 +163,9 @@ def build_listening_page(
     progress: bool = True,
 ) -> Path:
     """Write OUT_DIR/index.html with its audio and pictures: `count` mixtures balanced over noise type × SNR,
-    enhanced by every model (label -> prior, mask estimator or checkpoint folder), then `samples` clips sampled
-    from each prior labelled in `generated` (random streams from the VEM seed). The page is written last, so it
-    never points to missing files."""
+    enhanced by every model (label -> prior, supervised baseline (UMX) or checkpoint folder), then `samples` clips
+    sampled from each prior labelled in `generated` (random streams from the VEM seed). The page is written last, so
+    it never points to missing files."""
     if not models:
         raise ListenError("give at least one model to enhance the mixtures with")
     if len({slug(label) for label in models} | {"clean", "noisy"}) != len(models) + 2:

@@ -1,5 +1,5 @@
-"""Training of the supervised baseline (`baselines.mask_estimator`, the SE paper's "UMX retrain") on pairs
-mixed on the fly.
+"""Training of the supervised baseline (UMX): the Open-Unmix-style mask estimator of `baselines.mask_estimator`
+(the SE paper's "UMX retrain"), on pairs mixed on the fly.
 
 Each training example is a `crop_seconds` crop of a clean training utterance (placed at a random offset in
 silence when shorter) plus a random segment of a training noise recording (looped when shorter) at an SNR drawn
@@ -10,10 +10,10 @@ The loss is the mean squared error between the masked noisy magnitude and the cl
 optimised with Adam. Every `valid_every` steps the same loss is measured on the fixed validation mixtures
 (`speechdvae data mix` output, peak-normalised as in `eval enhance`); the best weights go to RUN_DIR/model.
 
-A batch depends only on the seed and its step number, so a run continued with `--resume` after an interruption
-(even kill -9) repeats exactly what an uninterrupted run does. RUN_DIR holds config.json, state.pt (weights,
-optimizer, step, best weights and log; written atomically every `checkpoint_every` steps), log.jsonl / log.csv
-(one row per validation) and model/.
+The run folder is that of every trainer (`train.run`): config.json, state.pt (written every `checkpoint_every`
+steps and at every validation), log.jsonl / log.csv (one row per validation) and model/. A batch depends only on
+the seed and its step number, so a run continued with `--resume` after an interruption (even kill -9) repeats
+exactly what an uninterrupted run does; only `steps` may change.
 """
 
 from __future__ import annotations
@@ -24,23 +24,21 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .. import checkpoints, stft
-from ..atomic import write_json_atomic
 from ..audio import SAMPLE_RATE, AudioError, read_audio
+from ..baselines.mask_estimator import MaskEstimator, masks
 from ..data.manifest import read_manifest
 from ..data.mix import mix_at_snr, noise_segment
 from ..errors import SpeechDVAEError
 from ..evaluate.mixtures import balanced_subset, read_mixtures, read_pair
-from ..train import save_state, write_history
-from .mask_estimator import MaskEstimator, masks
+from .run import RunTrainer
 
-# Options that may change when a run is resumed: they extend or shorten it without changing what a step computes.
-BUDGET_OPTIONS = ("steps",)
 TRAIN_STREAM, STATS_STREAM = 0, 1  # random streams of the training batches and of the normalisation batches
 MAX_DRAWS = 100  # attempts at a crop pair that is not silent
 PCM16_SCALE = 32768.0
@@ -48,12 +46,12 @@ VALID_BATCH = 16
 
 
 class BaselineError(SpeechDVAEError, ValueError):
-    """Options or data that cannot train the baseline, reported before any work starts."""
+    """Options or data that cannot train the supervised baseline (UMX), reported before any work starts."""
 
 
 @dataclass(frozen=True)
 class BaselineConfig:
-    """Everything that defines a training run of the mask estimator."""
+    """Everything that defines a training run of the supervised baseline (UMX)."""
 
     speech_manifest: str
     noise_manifest: str
@@ -82,6 +80,10 @@ class BaselineConfig:
             low, high = getattr(self, name)
             if low > high:
                 raise BaselineError(f"{name}: the range ({low}, {high}) is empty")
+
+    @property
+    def manifests(self) -> dict[str, str]:
+        return {"speech": self.speech_manifest, "noise": self.noise_manifest, "validation": self.valid_manifest}
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -199,8 +201,14 @@ def validation_loss(model: MaskEstimator, pairs: Sequence[tuple[torch.Tensor, to
 # ---------------------------------------------------------------------------------------------
 
 
-class BaselineTrainer:
-    """Trains the mask estimator described by a BaselineConfig, writing into `run_dir`."""
+class BaselineTrainer(RunTrainer):
+    """Trains the supervised baseline (UMX) described by a BaselineConfig, writing into `run_dir`."""
+
+    error = BaselineError
+    budget = ("steps",)
+    state_keys = (*RunTrainer.state_keys, "train_sum", "train_count", "best_step")
+    config: BaselineConfig
+    model: MaskEstimator
 
     def __init__(
         self,
@@ -210,31 +218,20 @@ class BaselineTrainer:
         progress: bool = True,
         device: str | torch.device | None = None,
     ) -> None:
-        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
-        self.device = torch.device(device) if device is not None else checkpoints.default_device()
-        state_path = self.run_dir / "state.pt"
-        if state_path.exists() and not resume:
-            raise BaselineError(
-                f"{self.run_dir} already holds a run: pass --resume to continue it, or choose another folder"
-            )
-        if resume and not state_path.exists() and (self.run_dir / "config.json").exists():
-            raise BaselineError(f"{self.run_dir} has no state to resume from")
-        state = self._read_state(state_path) if resume and state_path.exists() else None
+        super().__init__(config, run_dir, torch.device(device) if device is not None else checkpoints.default_device())
+        self.progress = progress
+        state = self._open(resume)
         self.speech = AudioBank.from_manifest(config.speech_manifest, "speech", progress)
         self.noise = AudioBank.from_manifest(config.noise_manifest, "noise", progress)
         self.valid = read_validation(config, progress)
         torch.manual_seed(config.seed)
         self.model = MaskEstimator(hidden_size=config.hidden_size, lstm_layers=config.lstm_layers).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.step, self.train_sum, self.train_count, self.elapsed = 0, 0.0, 0, 0.0
-        self.best_loss, self.best_step = math.inf, -1
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.history: list[dict] = []
-        if state is not None:
-            self._restore(state)
-        else:
+        self.train_sum, self.train_count = 0.0, 0  # training losses since the last validation
+        self.best_step = -1
+        if state is None:
             self._init_normalisation()
-            write_json_atomic(self.run_dir / "config.json", config.to_json())
+        self._start(state)
 
     def _init_normalisation(self) -> None:
         """Input shift and scale from the magnitudes of `stats_batches` batches of training mixtures."""
@@ -244,44 +241,6 @@ class BaselineTrainer:
         ]
         self.model.init_normalisation(stft.stft(torch.cat(noisy)).abs())
 
-    # -- state -------------------------------------------------------------------------
-    def _state(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "train_sum": self.train_sum,
-            "train_count": self.train_count,
-            "elapsed": self.elapsed,
-            "best_loss": self.best_loss,
-            "best_step": self.best_step,
-            "best_state": self.best_state,
-            "history": self.history,
-            "config": self.config.to_json(),
-        }
-
-    def _save_state(self) -> None:
-        save_state(self.run_dir / "state.pt", self._state())
-        write_history(self.run_dir, self.history)
-
-    def _read_state(self, path: Path) -> dict:
-        """The saved state, checked (before any data is loaded) to come from the same configuration."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        current = self.config.to_json()
-        if dict(state["config"], **{k: current[k] for k in BUDGET_OPTIONS}) != current:
-            raise BaselineError(
-                f"{path} was written with a different configuration; resume with the same options "
-                f"(only {', '.join(BUDGET_OPTIONS)} may change)"
-            )
-        return state
-
-    def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for key in ("step", "train_sum", "train_count", "elapsed", "best_loss", "best_step", "best_state", "history"):
-            setattr(self, key, state[key])
-        write_json_atomic(self.run_dir / "config.json", self.config.to_json())
-
     # -- loop ----------------------------------------------------------------------------
     def train(self) -> Path:
         """Run to the step budget, validating every `valid_every` steps; returns the exported model folder."""
@@ -290,7 +249,7 @@ class BaselineTrainer:
             total=config.steps,
             initial=min(self.step, config.steps),
             unit="step",
-            desc="baseline",
+            desc="UMX",
             disable=not self.progress,
         )
         clock = time.time()
@@ -326,8 +285,8 @@ class BaselineTrainer:
         valid = validation_loss(self.model, self.valid)
         improved = valid < self.best_loss
         if improved:
-            self.best_loss, self.best_step = valid, self.step
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best_step = self.step
+            self._keep_best(valid)
         train = self.train_sum / self.train_count if self.train_count else math.nan
         self.history.append(
             {
@@ -344,25 +303,15 @@ class BaselineTrainer:
         self.train_sum, self.train_count = 0.0, 0
         self._save_state()
 
-    def _export(self) -> Path:
-        """Write the weights of the best validation loss as the checkpoint folder RUN_DIR/model."""
-        model = MaskEstimator.from_config(self.model.config)
-        model.load_state_dict(self.best_state)
-        config = self.config
-        manifests = {
-            "speech": config.speech_manifest,
-            "noise": config.noise_manifest,
-            "validation": config.valid_manifest,
+    def _new_model(self) -> MaskEstimator:
+        return MaskEstimator.from_config(self.model.config)
+
+    def _training_record(self) -> dict[str, Any]:
+        return {
+            "best_step": self.best_step,
+            "best_valid_loss": self.best_loss,
+            "steps": self.step,
+            "seconds": round(self.elapsed, 1),
+            "device": self.device.type,
+            "config": self.config.to_json(),
         }
-        meta = {
-            "training_data": checkpoints.manifest_provenance(manifests),
-            "training": {
-                "best_step": self.best_step,
-                "best_valid_loss": self.best_loss,
-                "steps": self.step,
-                "seconds": round(self.elapsed, 1),
-                "device": self.device.type,
-                "config": config.to_json(),
-            },
-        }
-        return checkpoints.save_model(model, self.run_dir / "model", metadata=meta)

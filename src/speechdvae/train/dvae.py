@@ -1,11 +1,11 @@
 """One trainer for every speech prior.
 
-A run is a folder holding `config.json` (the full resolved configuration), `state.pt` (the
-complete training state, rewritten atomically every `checkpoint_every` steps and at each epoch
-end), `log.jsonl` / `log.csv` (one row per epoch) and `model/` (the best model on validation,
-in the checkpoint format of `speechdvae.checkpoints`). `resume=True` continues exactly where the
-last state left off, mid-epoch included, so an interrupted run (even `kill -9`) ends with the
-same weights as an uninterrupted one.
+It writes a run folder (`train.run`): `config.json` (the full resolved configuration), `state.pt` (the complete
+training state, rewritten atomically every `checkpoint_every` steps and at each epoch end), `log.jsonl` /
+`log.csv` (one row per epoch) and `model/` (the best model on validation). `resume=True` continues exactly where
+the last state left off (mid-epoch, random number generators included), so an interrupted run (even `kill -9`)
+ends with the same weights as an uninterrupted one; only `epochs`, `max_steps` and `early_stop_patience` may
+change.
 
 Under `torchrun --nproc_per_node N` the same code trains with DistributedDataParallel: every
 process reads its own shard of each batch, gradients are averaged, rank 0 writes the files.
@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
-import io
-import json
 import math
 import os
 import time
@@ -29,16 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoints
-from .atomic import atomic_path, write_json_atomic, write_text_atomic
-from .data.sequences import SequenceDataset, SpectrogramCache
-from .errors import SpeechDVAEError
-from .models import DVAE, build_model, load_preset
-from .models.losses import elbo_loss
+from .. import checkpoints
+from ..data.sequences import SequenceDataset, SpectrogramCache
+from ..errors import SpeechDVAEError
+from ..models import DVAE, build_model, load_preset
+from ..models.losses import elbo_loss
+from .run import RunTrainer
 
-# Options that may change when a run is resumed: they extend or shorten it without changing
-# what one step computes.
-BUDGET_OPTIONS = ("epochs", "max_steps", "early_stop_patience")
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
@@ -170,6 +164,10 @@ class RunConfig:
     preset: str | None = None
     metadata: dict = field(default_factory=dict)
 
+    @property
+    def manifests(self) -> dict[str, str]:
+        return {"train": self.train_manifest, "valid": self.valid_manifest}
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["train"]["betas"] = list(self.train.betas)
@@ -249,28 +247,6 @@ def resolve_config(
     )
 
 
-# -- run files -----------------------------------------------------------------------------
-
-
-def save_state(path: Path, state: dict) -> None:
-    """`torch.save` a training state atomically: a kill leaves the previous state intact."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-
-
-def write_history(run_dir: Path, history: list[dict]) -> None:
-    """The run's log rows as `log.jsonl` and `log.csv` (from the first row on), both written atomically."""
-    write_text_atomic(run_dir / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
-    if history:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-        write_text_atomic(run_dir / "log.csv", out.getvalue())
-
-
 # -- distributed helpers -------------------------------------------------------------------
 
 
@@ -346,28 +322,26 @@ def evaluate_elbo(
 # -- the trainer ---------------------------------------------------------------------------
 
 
-class Trainer:
+class Trainer(RunTrainer):
     """Trains one model as described by a RunConfig, writing into `run_dir`."""
+
+    error = ConfigError
+    budget = ("train.epochs", "train.max_steps", "train.early_stop_patience")
+    state_keys = (*RunTrainer.state_keys, "epoch", "batch_in_epoch", "best_epoch", "stale_epochs", "epoch_sums")
+    config: RunConfig
+    model: DVAE
 
     def __init__(
         self, config: RunConfig, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True
     ) -> None:
-        self.config = config
-        self.cfg = config.train
-        self.run_dir = Path(run_dir)
         self.dist = Dist.from_env()
-        self.device = self.dist.device()
-        self.progress = progress and self.dist.main
-        state_path = self.run_dir / "state.pt"
-        if state_path.exists() and not resume:
-            raise ConfigError(
-                f"{self.run_dir} already holds a run: pass --resume to continue it, or choose another folder"
-            )
-        if resume and not state_path.exists() and (self.run_dir / "config.json").exists():
-            raise ConfigError(f"{self.run_dir} has no state to resume from")
+        super().__init__(config, run_dir, self.dist.device())
+        self.cfg = config.train
+        self.progress = progress and self.main
+        state = self._open(resume)
 
         torch.manual_seed(self.cfg.seed)
-        self.model: DVAE = build_model(config.model).to(self.device)
+        self.model = build_model(config.model).to(self.device)
         if self.cfg.init_from:
             start = checkpoints.load_model(self.cfg.init_from, device=self.device)
             if start.config != self.model.config:
@@ -403,72 +377,25 @@ class Trainer:
         )
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.step = 0
-        self.best_loss = math.inf
         self.best_epoch = -1
-        self.best_state: dict | None = None
         self.stale_epochs = 0
-        self.history: list[dict] = []
         self.epoch_sums = np.zeros(4)  # running sums of the epoch's training loss terms
-        self.elapsed = 0.0
-        if resume and state_path.exists():
-            self._load_state(state_path)
-        elif self.dist.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.run_dir / "config.json", config.to_json())
+        self._start(state)
 
-    # -- state -------------------------------------------------------------------------
+    @property
+    def main(self) -> bool:
+        return self.dist.main
+
+    # -- state: the run's, plus the random number generators -------------------------------
     def _state(self) -> dict:
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "step": self.step,
-            "best_loss": self.best_loss,
-            "best_epoch": self.best_epoch,
-            "best_state": self.best_state,
-            "stale_epochs": self.stale_epochs,
-            "history": self.history,
-            "elapsed": self.elapsed,
-            "epoch_sums": self.epoch_sums,
+            **super()._state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "config": self.config.to_json(),
         }
 
-    def _save_state(self) -> None:
-        if not self.dist.main:
-            return
-        save_state(self.run_dir / "state.pt", self._state())
-        write_history(self.run_dir, self.history)
-
-    def _load_state(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        saved, current = state["config"], self.config.to_json()
-        budget = {k: current["train"][k] for k in BUDGET_OPTIONS}
-        if dict(saved, train=dict(saved["train"], **budget)) != current:
-            raise ConfigError(
-                f"{path} was written with a different configuration; resume with the same options "
-                f"(only {', '.join(BUDGET_OPTIONS)} may change)"
-            )
-        if self.dist.main:
-            write_json_atomic(self.run_dir / "config.json", current)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for key in (
-            "epoch",
-            "batch_in_epoch",
-            "step",
-            "best_loss",
-            "best_epoch",
-            "best_state",
-            "stale_epochs",
-            "history",
-            "elapsed",
-            "epoch_sums",
-        ):
-            setattr(self, key, state[key])
+    def _restore(self, state: dict) -> None:
+        super()._restore(state)
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -566,9 +493,8 @@ class Trainer:
         selectable = feedback >= self.cfg.final_feedback()
         improved = selectable and valid["loss"] < self.best_loss
         if improved:
-            self.best_loss, self.best_epoch, self.stale_epochs = valid["loss"], self.epoch, 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self._export()  # the best model so far is usable (and committable) while the run goes on
+            self.best_epoch, self.stale_epochs = self.epoch, 0
+            self._keep_best(valid["loss"])
         elif selectable:
             self.stale_epochs += 1
         self.history.append(
@@ -590,7 +516,7 @@ class Trainer:
                 "seconds": round(self.elapsed, 1),
             }
         )
-        if self.dist.main:
+        if self.main:
             print(
                 f"epoch {self.epoch}: train {train_means[0]:.4f}  valid {valid['loss']:.4f}"
                 f"{'  *' if improved else ''}  feedback {feedback:.1f}  ({self.elapsed:.0f} s)",
@@ -612,28 +538,17 @@ class Trainer:
         if max(sums) - min(sums) > 1e-6 * max(1.0, abs(checksum)):
             raise RuntimeError(f"DDP replicas diverged (parameter checksums {sums})")
 
-    def _export(self) -> Path:
-        """Write the best model (or the last one if none was selectable) as a checkpoint; it names its manifests
-        relative to the working directory, with their content hashes."""
-        out = self.run_dir / "model"
-        if self.dist.main:
-            model = build_model(self.config.model)
-            model.load_state_dict(self.best_state if self.best_state is not None else self.model.state_dict())
-            data = checkpoints.manifest_provenance(
-                {"train": self.config.train_manifest, "valid": self.config.valid_manifest}
-            )
-            meta = {
-                "training_data": data,
-                "training": {
-                    "preset": self.config.preset,
-                    "best_epoch": self.best_epoch,
-                    "best_valid_loss": self.best_loss,
-                    "steps": self.step,
-                    "epochs": self.epoch,
-                    "seconds": round(self.elapsed, 1),
-                    "processes": self.dist.world_size,
-                    "train": self.config.to_json()["train"],
-                },
-            }
-            checkpoints.save_model(model, out, metadata=meta)
-        return out
+    def _new_model(self) -> DVAE:
+        return build_model(self.config.model)
+
+    def _training_record(self) -> dict[str, Any]:
+        return {
+            "preset": self.config.preset,
+            "best_epoch": self.best_epoch,
+            "best_valid_loss": self.best_loss,
+            "steps": self.step,
+            "epochs": self.epoch,
+            "seconds": round(self.elapsed, 1),
+            "processes": self.dist.world_size,
+            "train": self.config.to_json()["train"],
+        }
