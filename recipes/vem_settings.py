@@ -6,11 +6,14 @@ count. The reference of a prior is its row in the report run with `--official-se
 rule: a setting passes when its median ΔSI-SDR is at most 0.2 dB and its median ΔESTOI at most 0.01 below the
 reference's; the chosen setting is the fastest that passes (lowest real-time factor, then fewest iterations).
 
-Writes a Markdown table per prior (medians over all mixtures and over the short and long ones of a manifest that
-has a `length` field, real-time factor, verdict) and a figure of median ΔSI-SDR and ΔESTOI against iterations.
+Writes a Markdown table per prior (medians over all mixtures, over the short and the long ones of a manifest that
+has a `length` field, and over the mixtures whose speaker is seen or unseen in `--train-manifest`; real-time
+factor; verdict) and a figure of median ΔSI-SDR and ΔESTOI against iterations. Priors trained here have heard the
+seen speakers; the authors' WSJ0 priors have not: the unseen speakers compare them fairly.
 
     python recipes/vem_settings.py docs/enhancement_realistic/iterations [OTHER_REPORTS...] \\
-        --manifest data/open/mixtures/valid_realistic/manifest.jsonl -o docs/enhancement_realistic/settings.md
+        --manifest data/open/mixtures/valid_realistic/manifest.jsonl \\
+        --train-manifest data/open/manifests/speech_train.jsonl -o docs/enhancement_realistic/settings.md
 """
 
 from __future__ import annotations
@@ -48,14 +51,22 @@ class Candidate:
         shown = ", ".join(f"{k} {self.settings[k]}" for k in SHOWN if k in self.settings)
         return f"{self.iterations} it, {shown}"
 
-    def median(self, column: str, length: str | None = None) -> float:
-        values = [float(r[column]) for r in self.rows if length in (None, r["length"]) and r[column] not in ("", "nan")]
+    def median(self, column: str, condition: str | None = None) -> float:
+        values = [
+            float(r[column])
+            for r in self.rows
+            if condition in (None, r["length"], r["speaker"]) and r[column] not in ("", "nan")
+        ]
         return float(np.median(values)) if values else float("nan")
 
     @property
     def rtf(self) -> float:
         timed = [r for r in self.rows if r["seconds"]]
         return sum(float(r["seconds"]) for r in timed) / sum(float(r["duration"]) for r in timed)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def report_settings(report: Path) -> tuple[dict[str, str], str]:
@@ -67,13 +78,13 @@ def report_settings(report: Path) -> tuple[dict[str, str], str]:
     return settings, command
 
 
-def candidates(report: Path, lengths: dict[str, str]) -> list[Candidate]:
+def candidates(report: Path, conditions: dict[str, dict[str, str]]) -> list[Candidate]:
     settings, _ = report_settings(report)
     grouped: dict[str, list[dict]] = defaultdict(list)
     with open(report / "enhancement_utterances.csv", newline="") as f:
         for row in csv.DictReader(f):
             if row["model"] != NOISY:
-                grouped[row["model"]].append({**row, "length": lengths.get(row["id"], "all")})
+                grouped[row["model"]].append({**row, **conditions[row["id"]]})
     out = []
     for label, rows in grouped.items():
         match = SNAPSHOT.match(label)
@@ -99,18 +110,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", type=Path, help="eval enhance folders; the first ran --official-settings")
     parser.add_argument("--manifest", type=Path, required=True, help="the mixture manifest the reports evaluated")
+    parser.add_argument("--train-manifest", type=Path, help="speech the priors trained on: splits seen/unseen speakers")
     parser.add_argument("-o", "--out", type=Path, required=True, help="Markdown file (a PNG figure goes beside it)")
     args = parser.parse_args()
 
-    records = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]
-    lengths = {r["id"]: r.get("length", "all") for r in records}
-    conditions = sorted({lengths[r["id"]] for r in records} - {"all"})
+    records = read_jsonl(args.manifest)
+    seen = {r.get("speaker") for r in read_jsonl(args.train_manifest)} if args.train_manifest else set()
+    per_id = {
+        r["id"]: {
+            "length": r.get("length", ""),
+            "speaker": ("seen speaker" if r.get("speaker") in seen else "unseen speaker") if seen else "",
+        }
+        for r in records
+    }
+    conditions = [
+        value for key in ("length", "speaker") for value in sorted({c[key] for c in per_id.values()}) if value
+    ]
     _, official_command = report_settings(args.reports[0])
     if "--official-settings" not in official_command:
         raise SystemExit(f"{args.reports[0]}: the first report must run --official-settings")
     per_prior: dict[str, list[Candidate]] = defaultdict(list)
     for report in args.reports:
-        for c in candidates(report, lengths):
+        for c in candidates(report, per_id):
             per_prior[c.prior].append(c)
 
     lines = [
@@ -127,7 +148,9 @@ def main() -> None:
         *[f"- `{report_settings(r)[1]}`" for r in args.reports],
         "",
         f"Regenerate with: `python recipes/vem_settings.py {' '.join(map(str, args.reports))} "
-        f"--manifest {args.manifest} -o {args.out}`",
+        f"--manifest {args.manifest}"
+        + (f" --train-manifest {args.train_manifest}" if args.train_manifest else "")
+        + f" -o {args.out}`",
     ]
     split = " | ".join(f"ΔSI-SDR {c}" for c in conditions)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
