@@ -40,6 +40,44 @@ SRNN_CONFIG = {
     "dense_hz_z": [8],
 }
 
+DKF_CONFIG = {
+    "name": "dkf",
+    "z_dim": 4,
+    "dense_x_gx": [16],
+    "dim_rnn_gx": 8,
+    "dense_ztm1_g": [8],
+    "dense_g_z": [8],
+    "dense_z_x": [16],
+}
+RVAE_CONFIG = {"name": "rvae", "z_dim": 4, "dim_rnn_g_x": 8, "dim_rnn_g_z": 8, "dim_rnn_h": 8}
+TINY_CONFIGS = {"vae": VAE_CONFIG, "dkf": DKF_CONFIG, "rvae": RVAE_CONFIG, "srnn": SRNN_CONFIG}
+
+
+def tiny_model(kind: str):
+    """A tiny random prior of each family (`TINY_CONFIGS`, or a one-layer HiT-DVAE for "transformer"), in eval mode."""
+    from speechdvae.models import build_model
+    from speechdvae.models.transformer import TransformerDVAE
+
+    torch.manual_seed(0)
+    if kind == "transformer":
+        return TransformerDVAE(z_dim=4, w_dim=4, d_model=8, num_layers=1, dim_feedforward=16, dim_rnn_w=8).eval()
+    return build_model(TINY_CONFIGS[kind]).eval()
+
+
+def noisy_stfts(lengths: list[int], seed: int = 0) -> torch.Tensor:
+    """Complex STFTs of harmonic 'speech' plus white noise, zero-padded to the longest length."""
+    from speechdvae.stft import stft
+
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.zeros(len(lengths), max(lengths), 513, dtype=torch.complex64)
+    for b, T in enumerate(lengths):
+        n = torch.arange((T - 1) * 256, dtype=torch.float64) / 16000
+        f0 = 120.0 + 40.0 * b
+        speech = sum(torch.sin(2 * torch.pi * k * f0 * n) / k for k in range(1, 8)) * torch.sin(3 * n) ** 2
+        noise = 0.3 * torch.randn(n.shape, generator=gen, dtype=torch.float64)
+        X[b, :T] = stft((speech + noise).float())
+    return X
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -25,7 +25,7 @@ import speechdvae
 from speechdvae.audio import AudioError
 from speechdvae.checkpoints import load_model, save_model
 from speechdvae.cli import build_parser
-from speechdvae.cli.options import vem_config
+from speechdvae.cli.options import inference_config
 from speechdvae.enhancement import files
 from speechdvae.enhancement.enhancer import Gains
 from speechdvae.enhancement.files import (
@@ -37,6 +37,7 @@ from speechdvae.enhancement.files import (
     enhance_files,
     overlapping_chunks,
 )
+from speechdvae.enhancement.langevin import LangevinConfig
 from speechdvae.enhancement.vem import VEMConfig
 from speechdvae.errors import SpeechDVAEError, UserError
 from speechdvae.models import build_model
@@ -253,12 +254,12 @@ def test_command_exit_status_and_resume(tmp_path, tiny_checkpoint, capsys):
         run(enhance_args([good_only], tmp_path / "out3", tmp_path / "missing-model"))
 
 
-def test_vem_options_of_both_commands_reach_the_vem():
+def test_inference_options_of_both_commands_reach_the_engine():
     for command in (["enhance", "in.wav", "-o", "out"], ["eval", "enhance", "--manifest", "m", "-o", "out"]):
         parse = build_parser().parse_args
-        assert vem_config(parse(command)) == VEMConfig()
-        assert vem_config(parse([*command, "--official-settings"])) == VEMConfig.official()
-        tuned = vem_config(
+        assert inference_config(parse(command)) == VEMConfig()
+        assert inference_config(parse([*command, "--official-settings"])) == VEMConfig.official()
+        tuned = inference_config(
             parse(
                 [
                     *command,
@@ -278,9 +279,26 @@ def test_vem_options_of_both_commands_reach_the_vem():
             )
         )
         assert tuned == replace(VEMConfig(), niter=7, lr=0.01, tol=0.0, nmf_rank=4, past="estimate", seed=3)
-        assert vem_config(parse([*command, "--official-settings", "--iterations", "5"])) == VEMConfig.official(niter=5)
+        official = inference_config(parse([*command, "--official-settings", "--iterations", "5"]))
+        assert official == VEMConfig.official(niter=5)
+        langevin = [*command, "--inference", "langevin"]
+        assert inference_config(parse(langevin)) == LangevinConfig()
+        tuned = inference_config(
+            parse([*langevin, "--iterations", "40", "--step-size", "0.05", "--langevin-steps", "2", "--warmup", "5"])
+        )
+        assert tuned == LangevinConfig(niter=40, step_size=0.05, steps=2, warmup=5)
+        assert inference_config(parse([*langevin, "--wf-samples", "3", "--nmf-rank", "4", "--seed", "2"])) == (
+            LangevinConfig(wf_samples=3, nmf_rank=4, seed=2)
+        )
+        assert inference_config(parse([*command, "--wf-samples", "3"])) == VEMConfig(wf_samples=3)
     with pytest.raises(UserError, match="VEM settings: VEMConfig.lr must be positive"):
         run(enhance_args(["in.wav"], "out", "m", "--lr", "0"))
+    with pytest.raises(UserError, match="Langevin settings: LangevinConfig.step_size must be positive"):
+        run(enhance_args(["in.wav"], "out", "m", "--inference", "langevin", "--step-size", "0"))
+    with pytest.raises(UserError, match="--official-settings, --lr do not apply to --inference langevin"):
+        run(enhance_args(["in.wav"], "out", "m", "--inference", "langevin", "--official-settings", "--lr", "0.1"))
+    with pytest.raises(UserError, match="--step-size do not apply to --inference vem"):
+        run(enhance_args(["in.wav"], "out", "m", "--step-size", "0.1"))
 
 
 def test_shards_split_the_files_and_follow_torchrun(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from speechdvae.cli import build_parser
 from speechdvae.cli.evaluate import enhance_command
 from speechdvae.data.manifest import write_manifest
 from speechdvae.enhancement import enhancer
+from speechdvae.enhancement.langevin import LangevinConfig
 from speechdvae.enhancement.vem import VEMConfig, enhance_spectrogram
 from speechdvae.errors import SpeechDVAEError
 from speechdvae.evaluate.common import EvaluationError, model_fingerprint
@@ -408,8 +409,12 @@ def test_settings_and_command_line(
         "--limit 2 --official-settings --iterations 3"
     )
     assert enhance_command({}, manifest, "out", None, VEMConfig(nmf_rank=4)).endswith("-o out --nmf-rank 4")
-    assert enhance_command({}, manifest, "out", None, VEMConfig(wf_samples=4)).endswith(
-        "-o out  # VEM settings without an option: wf_samples=4"
+    assert enhance_command({}, manifest, "out", None, VEMConfig(mstep_samples=4)).endswith(
+        "-o out  # settings without an option: mstep_samples=4"
+    )
+    assert enhance_command({}, manifest, "out", None, LangevinConfig()).endswith("-o out --inference langevin")
+    assert enhance_command({}, manifest, "out", None, LangevinConfig(step_size=0.02, wf_samples=2)).endswith(
+        "-o out --inference langevin --step-size 0.02 --wf-samples 2"
     )
     argv = [
         "eval",
@@ -439,3 +444,23 @@ def test_settings_and_command_line(
         args = build_parser().parse_args([*argv, *bad])
         with pytest.raises(SpeechDVAEError):
             args.func(args)
+
+
+def test_langevin_results_are_kept_apart_from_the_vem(tiny: dict[str, Path], manifest: Path, tmp_path: Path) -> None:
+    """`eval enhance --inference langevin` runs posterior sampling, describes it in the report and keys its cached
+    results by its own settings: evaluating the same prior by the VEM in the same folder reuses none of them."""
+    argv = ["eval", "enhance", "--model", f"VAE={tiny['VAE']}", "--manifest", str(manifest), "-o", str(tmp_path)]
+    argv += ["--limit", "2", "--workers", "1", "--no-progress", "--iterations", "3"]
+    langevin = ["--inference", "langevin", "--warmup", "1", "--wf-samples", "2"]
+
+    def report(*options: str) -> str:
+        args = build_parser().parse_args([*argv, *options])
+        assert args.func(args) == 0
+        return (tmp_path / MARKDOWN_NAME).read_text()
+
+    first = report(*langevin)
+    assert "--limit 2 --inference langevin --iterations 3 --warmup 1 --wf-samples 2`" in first
+    assert "**Langevin settings:**" in first and "this run enhanced 2 of 2" in first
+    vem = report()
+    assert "**VEM settings:**" in vem and "this run enhanced 2 of 2" in vem
+    assert "this run enhanced 0 of 2" in report(*langevin)

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import noisy_stfts, tiny_model
 
 from speechdvae.checkpoints import load_model
+from speechdvae.enhancement.common import generated_past
 from speechdvae.enhancement.nmf import (
     INIT_FLOOR,
     NMFNoise,
@@ -21,9 +23,8 @@ from speechdvae.enhancement.nmf import (
     update_W,
     wiener_gain,
 )
-from speechdvae.enhancement.vem import DEFAULT_ITERATIONS, VEMConfig, encoder_copy, enhance_spectrogram, generated_past
+from speechdvae.enhancement.vem import DEFAULT_ITERATIONS, VEMConfig, encoder_copy, enhance_spectrogram
 from speechdvae.models import DVAE, build_model
-from speechdvae.models.transformer import TransformerDVAE
 from speechdvae.official import import_official
 from speechdvae.stft import istft, stft
 
@@ -32,30 +33,6 @@ REFERENCE = OFFICIAL / "reference"
 TAGS = [f"{corpus}_{model}" for corpus in ("wsj", "vb") for model in ("vae", "dkf", "rvae", "srnn")]
 ITERATIONS = range(1, 6)
 F = 513
-TINY = {
-    "vae": {"name": "vae", "z_dim": 4, "dense_x_z": [16]},
-    "dkf": {
-        "name": "dkf",
-        "z_dim": 4,
-        "dense_x_gx": [16],
-        "dim_rnn_gx": 8,
-        "dense_ztm1_g": [8],
-        "dense_g_z": [8],
-        "dense_z_x": [16],
-    },
-    "rvae": {"name": "rvae", "z_dim": 4, "dim_rnn_g_x": 8, "dim_rnn_g_z": 8, "dim_rnn_h": 8},
-    "srnn": {
-        "name": "srnn",
-        "z_dim": 4,
-        "dense_x_h": [16],
-        "dim_rnn_h": 8,
-        "dense_hx_g": [16],
-        "dim_rnn_g": 8,
-        "dense_gz_z": [8],
-        "dense_hz_x": [16],
-        "dense_hz_z": [8],
-    },
-}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -204,27 +181,6 @@ def test_masked_frames_do_not_touch_the_update() -> None:
 
 
 # -- the loop on tiny models ----------------------------------------------------------------------
-def tiny_model(kind: str) -> DVAE:
-    torch.manual_seed(0)
-    if kind == "transformer":
-        return TransformerDVAE(z_dim=4, w_dim=4, d_model=8, num_layers=1, dim_feedforward=16, dim_rnn_w=8).eval()
-    return build_model(TINY[kind]).eval()
-
-
-def noisy_batch(lengths: list[int], seed: int = 0) -> torch.Tensor:
-    """Complex STFTs of harmonic 'speech' plus white noise, zero-padded to the longest length."""
-    gen = torch.Generator().manual_seed(seed)
-    frames = max(lengths)
-    X = torch.zeros(len(lengths), frames, F, dtype=torch.complex64)
-    for b, T in enumerate(lengths):
-        n = torch.arange((T - 1) * 256, dtype=torch.float64) / 16000
-        f0 = 120.0 + 40.0 * b
-        speech = sum(torch.sin(2 * torch.pi * k * f0 * n) / k for k in range(1, 8)) * torch.sin(3 * n) ** 2
-        noise = 0.3 * torch.randn(n.shape, generator=gen, dtype=torch.float64)
-        X[b, :T] = stft((speech + noise).float())
-    return X
-
-
 @pytest.mark.parametrize(
     "kind, past",
     [
@@ -239,7 +195,7 @@ def noisy_batch(lengths: list[int], seed: int = 0) -> torch.Tensor:
 )
 def test_batch_equals_one_at_a_time(kind: str, past: str) -> None:
     lengths = [14, 8, 11]
-    X = noisy_batch(lengths)
+    X = noisy_stfts(lengths)
     model = tiny_model(kind)
     config = VEMConfig(niter=3, nmf_rank=3, mstep_samples=2, wf_samples=2, lr=1e-2, seed=5, past=past)
     batch = enhance_spectrogram(model, X, config, lengths=lengths)
@@ -261,7 +217,7 @@ def test_batch_equals_one_at_a_time(kind: str, past: str) -> None:
 
 def test_utterances_draw_from_their_own_streams() -> None:
     """Different keys give different draws; the global random state is neither used nor changed."""
-    X = noisy_batch([20, 20])
+    X = noisy_stfts([20, 20])
     model = tiny_model("vae")
     config = VEMConfig(niter=2, nmf_rank=2)
     before = torch.get_rng_state()
@@ -280,7 +236,7 @@ def test_caller_model_is_left_unchanged(kind: str) -> None:
     model = tiny_model(kind)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
-    result = enhance_spectrogram(model, noisy_batch([25]), VEMConfig(niter=3, nmf_rank=2, lr=0.1))
+    result = enhance_spectrogram(model, noisy_stfts([25]), VEMConfig(niter=3, nmf_rank=2, lr=0.1))
     assert result.iterations.item() == 3
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == flags
@@ -300,7 +256,7 @@ def test_encoder_copy_shares_only_the_frozen_part() -> None:
 @pytest.mark.parametrize("kind", ["vae", "rvae"])
 def test_loss_decreases_and_gains_are_valid(kind: str) -> None:
     lengths = [40]
-    X = noisy_batch(lengths, seed=2)
+    X = noisy_stfts(lengths, seed=2)
     result = enhance_spectrogram(tiny_model(kind), X, VEMConfig(niter=15, nmf_rank=4, tol=0.0, lr=1e-2))
     losses = result.losses[0]
     assert losses[-1] < losses[0] - 0.05 and (losses.diff() < 1e-3).float().mean() > 0.8
@@ -328,7 +284,7 @@ def test_rank_samples_and_iterations_are_honoured() -> None:
     model.decoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     lengths = [12, 9]
     config = VEMConfig(niter=4, nmf_rank=5, mstep_samples=2, wf_samples=3, estep_epochs=2, tol=0.0)
-    result = enhance_spectrogram(model, noisy_batch(lengths), config, lengths=lengths)
+    result = enhance_spectrogram(model, noisy_stfts(lengths), config, lengths=lengths)
     assert result.nmf.W.shape == (2, F, 5) and result.nmf.H.shape == (2, 5, 12)
     assert result.losses.shape == (2, 4) and result.iterations.tolist() == [4, 4]
     per_iteration = [1, 1, 1, 1, 2, 2]  # two E-step epochs x two utterances, then two M-step draws
@@ -343,7 +299,7 @@ def test_autoregressive_priors_read_the_generated_or_the_estimated_past(
     outputs; past="estimate" teacher-forces the noisy power in the first E-step, then the posterior clean-power
     estimate E[|s|^2 | x] of the last M-step."""
     model = tiny_model(kind)
-    X = noisy_batch([16], seed=4)
+    X = noisy_stfts([16], seed=4)
     power = X.abs().square()
     calls: list[tuple[torch.Tensor | None, float, torch.Tensor]] = []
     decode = type(model).decode
@@ -378,7 +334,7 @@ def test_generated_past_in_two_passes_equals_generation_under_autograd(kind: str
     """Decoding the generated outputs again as a teacher-forced past gives the values and the encoder gradients
     of generation mode itself, because models feed their outputs back detached."""
     model = tiny_model(kind)
-    s = noisy_batch([16], seed=5).abs().square().float()
+    s = noisy_stfts([16], seed=5).abs().square().float()
     target = torch.rand_like(s)
 
     def loss_and_grads(two_passes: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -411,7 +367,7 @@ def expected_stop(losses: list[float], tol: float, window: int) -> int:
 
 def test_convergence_stop_is_per_utterance() -> None:
     lengths = [16, 12, 14]
-    X = noisy_batch(lengths)
+    X = noisy_stfts(lengths)
     model = tiny_model("vae")
     never = enhance_spectrogram(model, X, VEMConfig(niter=8, nmf_rank=2, lr=1e-2, tol=0.0), lengths=lengths)
     assert never.iterations.tolist() == [8, 8, 8]
@@ -429,7 +385,7 @@ def test_convergence_stop_is_per_utterance() -> None:
 @pytest.mark.parametrize("kind, past", [("dkf", "generated"), ("srnn", "generated"), ("transformer", "estimate")])
 def test_snapshots_equal_shorter_runs(kind: str, past: str) -> None:
     lengths = [12, 9]
-    X = noisy_batch(lengths)
+    X = noisy_stfts(lengths)
     model = tiny_model(kind)
     config = VEMConfig(niter=5, nmf_rank=3, wf_samples=2, lr=1e-2, seed=2, past=past)
     full = enhance_spectrogram(model, X, config, lengths=lengths, snapshots=[2, 5])
@@ -445,7 +401,7 @@ def test_snapshots_equal_shorter_runs(kind: str, past: str) -> None:
 
 def test_snapshots_after_a_convergence_stop_equal_the_stopped_run() -> None:
     lengths = [16, 12]
-    X = noisy_batch(lengths)
+    X = noisy_stfts(lengths)
     model = tiny_model("vae")
     config = VEMConfig(niter=12, nmf_rank=2, lr=1e-2, tol=1.0, window=2)  # every utterance stops after 4
     full = enhance_spectrogram(model, X, config, lengths=lengths, snapshots=[3, 8])
@@ -457,7 +413,7 @@ def test_snapshots_after_a_convergence_stop_equal_the_stopped_run() -> None:
 
 def test_unset_iterations_follow_the_prior() -> None:
     model = tiny_model("vae")
-    X = noisy_batch([12])
+    X = noisy_stfts([12])
     assert VEMConfig().niter is None and VEMConfig().for_model(model).niter == DEFAULT_ITERATIONS
     model.vem_iterations = 4
     assert VEMConfig().for_model(model).niter == 4
@@ -490,8 +446,8 @@ def test_official_preset_and_validation() -> None:
     with pytest.raises(ValueError, match="complex STFT"):
         enhance_spectrogram(model, torch.zeros(10, 100, dtype=torch.complex64))
     with pytest.raises(ValueError, match="lengths"):
-        enhance_spectrogram(model, noisy_batch([10, 10]), lengths=[10, 11])
-    X = noisy_batch([10, 10])
+        enhance_spectrogram(model, noisy_stfts([10, 10]), lengths=[10, 11])
+    X = noisy_stfts([10, 10])
     with pytest.raises(ValueError, match="keys"):
         enhance_spectrogram(model, X, keys=[0])
     with pytest.raises(ValueError, match=r"utterances \[1\] are digital silence"):

@@ -1,6 +1,7 @@
-"""The command lines that regenerate reports: the options that VEM settings map to, and each evaluation's
-`speechdvae eval ...` command rebuilt from its arguments (written at the top of every report). The command-line
-parsers (`speechdvae.cli`) define their VEM options from the same table."""
+"""The command lines that regenerate reports: the options that the settings of the inference engines (the VEM,
+Langevin posterior sampling) map to, and each evaluation's `speechdvae eval ...` command rebuilt from its arguments
+(written at the top of every report). The command-line parsers (`speechdvae.cli`) define their inference options
+from the same table."""
 
 from __future__ import annotations
 
@@ -11,19 +12,25 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .enhancement.vem import VEMConfig
+    from .enhancement.enhancer import InferenceConfig
     from .evaluate.generation import GenerationSettings
+
+# The option choosing the inference engine of priors, and the engines by the name their settings carry
+# (`VEMConfig.engine`, `LangevinConfig.engine`), the default first.
+INFERENCE = "--inference"
+ENGINES = {"vem": "VEM", "langevin": "Langevin"}
 
 
 @dataclass(frozen=True)
-class VEMOption:
-    """The command-line option setting one `VEMConfig` field."""
+class InferenceOption:
+    """The command-line option setting one field of the settings of the `engines` it applies to."""
 
     field: str
     flag: str
     type: type
     help: str
     metavar: str | None = None
+    engines: tuple[str, ...] = tuple(ENGINES)
 
     @property
     def dest(self) -> str:
@@ -33,12 +40,22 @@ class VEMOption:
 
 # The option starting from `VEMConfig.official()` instead of the default settings.
 OFFICIAL_SETTINGS = "--official-settings"
-VEM_OPTIONS = (
-    VEMOption("niter", "--iterations", int, "maximum number of VEM iterations", "N"),
-    VEMOption("lr", "--lr", float, "Adam learning rate of the E-step"),
-    VEMOption("tol", "--tol", float, "relative loss change that stops an utterance early (0: never)"),
-    VEMOption("nmf_rank", "--nmf-rank", int, "rank of the NMF noise model", "K"),
-    VEMOption(
+INFERENCE_OPTIONS = (
+    InferenceOption("niter", "--iterations", int, "maximum number of iterations", "N"),
+    InferenceOption("lr", "--lr", float, "Adam learning rate of the E-step", engines=("vem",)),
+    InferenceOption(
+        "tol", "--tol", float, "relative loss change that stops an utterance early (0: never)", engines=("vem",)
+    ),
+    InferenceOption(
+        "step_size", "--step-size", float, "step size, relative to the gradient's scale", "ETA", engines=("langevin",)
+    ),
+    InferenceOption("steps", "--langevin-steps", int, "steps per iteration", "N", engines=("langevin",)),
+    InferenceOption(
+        "warmup", "--warmup", int, "first iterations that fit the noise model only", "N", engines=("langevin",)
+    ),
+    InferenceOption("wf_samples", "--wf-samples", int, "latent draws averaged in the Wiener filter", "R"),
+    InferenceOption("nmf_rank", "--nmf-rank", int, "rank of the NMF noise model", "K"),
+    InferenceOption(
         "past",
         "--past",
         str,
@@ -46,19 +63,25 @@ VEM_OPTIONS = (
         "past (eq. 31), or `estimate`, the current clean-power estimate (decodes all frames at once)",
         "PAST",
     ),
-    VEMOption("seed", "--seed", int, "root of every utterance's random streams"),
+    InferenceOption("seed", "--seed", int, "root of every utterance's random streams"),
 )
 
 
-def vem_arguments(config: VEMConfig) -> tuple[list[str], list[str]]:
-    """Options giving `config` (plain, or from --official-settings when that needs fewer), and the settings that
-    no option can give ("name=value")."""
+def inference_arguments(config: InferenceConfig) -> tuple[list[str], list[str]]:
+    """Options giving `config` (for the VEM plain, or from --official-settings when that needs fewer), and the
+    settings that no option can give ("name=value")."""
+    from .enhancement.langevin import LangevinConfig
     from .enhancement.vem import VEMConfig
 
-    flags = {option.field: option.flag for option in VEM_OPTIONS}
+    flags = {option.field: option.flag for option in INFERENCE_OPTIONS if config.engine in option.engines}
+    starts: list[tuple[InferenceConfig, list[str]]] = (
+        [(VEMConfig(), []), (VEMConfig.official(), [OFFICIAL_SETTINGS])]
+        if config.engine == "vem"
+        else [(LangevinConfig(), [INFERENCE, config.engine])]
+    )
     best: tuple[list[str], list[str]] | None = None
-    for base, start in ((VEMConfig(), []), (VEMConfig.official(), [OFFICIAL_SETTINGS])):
-        if config.niter is None and start:
+    for base, start in starts:
+        if config.niter is None and OFFICIAL_SETTINGS in start:
             continue  # the official settings fix the iteration count
         options = start + [
             item
@@ -79,7 +102,7 @@ def vem_arguments(config: VEMConfig) -> tuple[list[str], list[str]]:
 
 def with_unsettable(command: str, rest: Sequence[str]) -> str:
     """`command`, followed by the settings no option can give as a shell comment."""
-    return f"{command}  # VEM settings without an option: {', '.join(rest)}" if rest else command
+    return f"{command}  # settings without an option: {', '.join(rest)}" if rest else command
 
 
 def model_arguments(models: Mapping[str, object], official: str | os.PathLike | None) -> list[str]:
@@ -124,18 +147,18 @@ def enhance_command(
     mixtures: str | os.PathLike,
     out_dir: str | os.PathLike,
     limit: int | None,
-    config: VEMConfig,
+    config: InferenceConfig,
     official: str | os.PathLike | None = None,
     save_audio: bool = False,
     snapshots: Sequence[int] = (),
 ) -> str:
     """The `speechdvae eval enhance` command line that reproduces an evaluation (in-memory models show as <...>;
-    VEM settings without an option follow in a shell comment)."""
+    inference settings without an option follow in a shell comment)."""
     argv = ["speechdvae", "eval", "enhance", *model_arguments(models, official)]
     argv += ["--manifest", os.fspath(mixtures), "-o", os.fspath(out_dir)]
     if limit is not None:
         argv += ["--limit", str(limit)]
-    options, rest = vem_arguments(config)
+    options, rest = inference_arguments(config)
     argv += options
     if snapshots:
         argv += ["--snapshots", *map(str, sorted(set(snapshots)))]
@@ -169,7 +192,7 @@ def listen_command(
     count: int,
     generated: Sequence[str],
     samples: int,
-    config: VEMConfig,
+    config: InferenceConfig,
 ) -> str:
     """The `speechdvae eval listen` command line that rebuilds a page."""
     argv = [
@@ -186,5 +209,5 @@ def listen_command(
         argv += ["--generate", label]
     if generated:
         argv += ["--samples", str(samples)]
-    options, rest = vem_arguments(config)
+    options, rest = inference_arguments(config)
     return with_unsettable(shlex.join([*argv, *options, "-o", os.fspath(out_dir)]), rest)

@@ -16,9 +16,8 @@ import torch
 
 from .atomic import write_json_atomic
 from .audio import read_audio
-from .enhancement.enhancer import EnhancerSource, load_enhancer
+from .enhancement.enhancer import EnhancerSource, InferenceConfig, load_enhancer
 from .enhancement.files import EnhanceError, enhance_file
-from .enhancement.vem import VEMConfig
 from .evaluate.metrics import METRICS, compute_metrics
 from .evaluate.report import format_value, save_figure, spectrogram_figure
 
@@ -36,13 +35,13 @@ def run_demo(
     model: EnhancerSource = "default",
     noisy: str | os.PathLike = EXAMPLE_NOISY,
     clean: str | os.PathLike = EXAMPLE_CLEAN,
-    config: VEMConfig | None = None,
+    config: InferenceConfig | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Enhance `noisy` with `model` (the VEM with `config` for a prior) into OUT_DIR/enhanced.wav, print and
-    return the metrics of the noisy and enhanced signals against `clean`, and write OUT_DIR/spectrograms.png
-    and OUT_DIR/metrics.json."""
+    """Enhance `noisy` with `model` (for a prior, the engine `config` sets: the VEM with default settings if None)
+    into OUT_DIR/enhanced.wav, print and return the metrics of the noisy and enhanced signals against `clean`, and
+    write OUT_DIR/spectrograms.png and OUT_DIR/metrics.json."""
     out_dir, noisy, clean = Path(out_dir), Path(noisy), Path(clean)
     enhancer = load_enhancer(model, config, device)
     missing = [str(p) for p in (noisy, clean) if not p.is_file()]

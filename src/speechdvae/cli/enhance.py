@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_progress, add_vem_options, vem_config
+from .options import add_inference_options, add_progress, inference_config
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -12,7 +12,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     enhance = sub.add_parser(
         "enhance",
         help="enhance noisy recordings with a DVAE speech prior (files, folders or manifests)",
-        description="Enhance noisy speech with a DVAE speech prior and an NMF noise model (variational EM). "
+        description="Enhance noisy speech with a DVAE speech prior and an NMF noise model (variational EM, or "
+        "Langevin posterior sampling with --inference langevin). "
         "Inputs are audio files, folders (searched recursively; their structure is mirrored in "
         "OUTDIR) or JSONL manifests (written as OUTDIR/<id>). Each output keeps its input's sample "
         "rate, channel count (one Wiener gain, computed on the channel mix, applied to every "
@@ -29,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="NAME|PATH",
         help="shipped prior name or checkpoint folder (default: default)",
     )
-    add_vem_options(enhance)
+    add_inference_options(enhance)
     enhance.add_argument(
         "--chunk-seconds",
         type=float,
@@ -95,7 +96,7 @@ def run_enhance(args: argparse.Namespace) -> int:
     """`speechdvae enhance`; exit status 1 if any file failed."""
     from ..enhancement.files import default_workers, enhance_files, parse_shard, set_threads, worker_device
 
-    config = vem_config(args)
+    config = inference_config(args)
     device = worker_device(args.device)
     set_threads(device, args.threads)
     report = enhance_files(

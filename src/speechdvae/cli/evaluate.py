@@ -7,13 +7,16 @@ import argparse
 import os
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..commands import enhance_command, generate_command, listen_command, resynth_command
-from .options import DATA_ROOT, add_model_choice, add_progress, add_vem_options, models_from_args, vem_config
-
-if TYPE_CHECKING:
-    pass
+from .options import (
+    DATA_ROOT,
+    add_inference_options,
+    add_model_choice,
+    add_progress,
+    inference_config,
+    models_from_args,
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -53,9 +56,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "enhance",
         help="speech enhancement (SI-SDR, PESQ, ESTOI and improvements) of priors on noisy mixtures",
         description="Speech-enhancement evaluation (SE paper Table II, Figs. 4-5): each noisy mixture is divided by "
-        "its peak and enhanced by the VEM with every prior; the Wiener estimates and the mixtures "
-        "themselves are scored against the clean references. Results are cached in OUTDIR, so an "
-        "interrupted run continues where it stopped.",
+        "its peak and enhanced with every prior (by the VEM, or by Langevin posterior sampling with --inference "
+        "langevin); the Wiener estimates and the mixtures themselves are scored against the clean references. "
+        "Results are cached in OUTDIR, so an interrupted run continues where it stopped.",
     )
     add_model_choice(enhance)
     enhance.add_argument(
@@ -70,7 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     enhance.add_argument(
         "--limit", type=int, metavar="N", help="evaluate N mixtures balanced over noise type x SNR, evenly spaced by id"
     )
-    add_vem_options(enhance)
+    add_inference_options(enhance)
     enhance.add_argument(
         "--snapshots",
         type=int,
@@ -152,7 +155,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="also play clips sampled from the prior labelled NAME (repeatable)",
     )
     listen.add_argument("--samples", type=int, default=2, metavar="N", help="generated clips per prior (default: 2)")
-    add_vem_options(listen)
+    add_inference_options(listen)
     add_progress(listen)
     listen.set_defaults(func=run_listen)
 
@@ -194,7 +197,7 @@ def run_enhance(args: argparse.Namespace) -> int:
     """`speechdvae eval enhance`."""
     from ..evaluate.enhancement import MARKDOWN_NAME, evaluate_enhancement, scores_table
 
-    config = vem_config(args)
+    config = inference_config(args)
     given, models = models_from_args(args, "eval enhance")
     command = enhance_command(
         given, args.manifest, args.out, args.limit, config, args.official, args.save_audio, args.snapshots
@@ -250,7 +253,7 @@ def run_listen(args: argparse.Namespace) -> int:
     """`speechdvae eval listen`."""
     from ..evaluate.listen import build_listening_page
 
-    config = vem_config(args)
+    config = inference_config(args)
     given, models = models_from_args(args, "eval listen")
     command = listen_command(
         given, args.official, args.manifest, args.out, args.count, args.generate, args.samples, config

@@ -1,5 +1,5 @@
-"""Options shared by several sub-commands, each defined once: the VEM settings, the models an evaluation
-compares, the data folder and the progress bar."""
+"""Options shared by several sub-commands, each defined once: the inference engine and its settings, the models an
+evaluation compares, the data folder and the progress bar."""
 
 from __future__ import annotations
 
@@ -10,41 +10,57 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..commands import OFFICIAL_SETTINGS, VEM_OPTIONS
+from ..commands import ENGINES, INFERENCE, INFERENCE_OPTIONS, OFFICIAL_SETTINGS
 from ..errors import UserError
 
 if TYPE_CHECKING:
-    from ..enhancement.vem import VEMConfig
+    from ..enhancement.enhancer import InferenceConfig
 
 # The corpus folder built by `speechdvae data open`, read by training and evaluation defaults.
 DATA_ROOT = os.environ.get("SPEECHDVAE_DATA", "data/open")
 
 
-def add_vem_options(parser: argparse.ArgumentParser) -> None:
-    """The VEM settings options (`enhance`, `eval enhance`, `eval listen`); unset ones keep the default settings,
-    listed in the README."""
-    group = parser.add_argument_group("VEM settings (unset: the default settings)")
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """The inference engine and its settings (`enhance`, `eval enhance`, `eval listen`); unset settings keep the
+    engine's defaults, listed in the README."""
+    group = parser.add_argument_group("inference settings of priors (unset: the engine's default settings)")
+    group.add_argument(
+        INFERENCE,
+        choices=list(ENGINES),
+        default=next(iter(ENGINES)),
+        help="`vem`: the variational EM, fine-tuning the prior's encoder per recording; `langevin`: posterior "
+        "sampling of the prior's latents by Langevin dynamics, nothing fine-tuned (default: %(default)s)",
+    )
     group.add_argument(
         OFFICIAL_SETTINGS,
         action="store_true",
-        help="start from the official settings (300 iterations at lr 1e-3, no early stop, "
+        help="VEM: start from the official settings (300 iterations at lr 1e-3, no early stop, "
         "generated past) instead of the default ones",
     )
-    for option in VEM_OPTIONS:
-        group.add_argument(option.flag, type=option.type, metavar=option.metavar, help=option.help)
+    for option in INFERENCE_OPTIONS:
+        only = "" if len(option.engines) == len(ENGINES) else ", ".join(ENGINES[name] for name in option.engines) + ": "
+        group.add_argument(option.flag, type=option.type, metavar=option.metavar, help=only + option.help)
 
 
-def vem_config(args: argparse.Namespace) -> VEMConfig:
-    """The settings the VEM options give: the default or, with --official-settings, the official ones, with every
-    option that was given applied."""
+def inference_config(args: argparse.Namespace) -> InferenceConfig:
+    """The settings the inference options give: the chosen engine's default settings or, for the VEM with
+    --official-settings, the official ones, with every option that was given applied; options of another engine
+    are refused."""
+    from ..enhancement.enhancer import INFERENCE_CONFIGS
     from ..enhancement.vem import VEMConfig
 
-    base = VEMConfig.official() if args.official_settings else VEMConfig()
-    given = {option.field: getattr(args, option.dest) for option in VEM_OPTIONS}
+    engine = args.inference
+    given = {option: getattr(args, option.dest) for option in INFERENCE_OPTIONS}
+    foreign = [option.flag for option, value in given.items() if value is not None and engine not in option.engines]
+    if args.official_settings and engine != "vem":
+        foreign.insert(0, OFFICIAL_SETTINGS)
+    if foreign:
+        raise UserError(f"{', '.join(foreign)} do not apply to {INFERENCE} {engine}")
+    base = VEMConfig.official() if args.official_settings else INFERENCE_CONFIGS[engine]()
     try:
-        return replace(base, **{name: value for name, value in given.items() if value is not None})
+        return replace(base, **{option.field: value for option, value in given.items() if value is not None})
     except ValueError as err:
-        raise UserError(f"VEM settings: {err}") from err
+        raise UserError(f"{ENGINES[engine]} settings: {err}") from err
 
 
 def add_model_choice(parser: argparse.ArgumentParser) -> None:

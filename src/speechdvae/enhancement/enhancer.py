@@ -1,8 +1,9 @@
 """One interface for every way of enhancing speech: noisy STFTs in, real gains (estimate = gain × noisy STFT)
 out, each item named by a key that seeds its random streams, so results do not depend on the batching.
 
-The VEM over any DVAE prior (`VEMEnhancer`) and the supervised baseline (UMX, `MaskEnhancer`) implement it;
-files, evaluations, the listening page, the demo and `speechdvae.enhance` use only this interface.
+The VEM over any DVAE prior (`VEMEnhancer`), posterior sampling by Langevin dynamics over any DVAE prior
+(`LangevinEnhancer`) and the supervised mask estimator (`MaskEnhancer`) implement it; files, evaluations, the
+listening page, the demo and `speechdvae.enhance` use only this interface.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -22,14 +23,21 @@ from .. import stft
 from ..baselines.mask_estimator import MaskEstimator, holds_mask_estimator, load_mask_estimator, masks
 from ..checkpoints import checkpoint_path, load_model
 from ..models.base import DVAE
+from .common import EnhancementResult
+from .langevin import LangevinConfig, enhance_by_sampling
 from .vem import VEMConfig, enhance_spectrogram
+
+# The settings of an inference engine over a DVAE prior; their type chooses the engine.
+InferenceConfig = VEMConfig | LangevinConfig
+# The engines by the name their settings carry (`VEMConfig.engine`, `LangevinConfig.engine`).
+INFERENCE_CONFIGS: dict[str, type[InferenceConfig]] = {config.engine: config for config in (VEMConfig, LangevinConfig)}
 
 
 @dataclass
 class Gains:
-    """What an enhancer gives a batch: one real gain (T, F) on the CPU per noisy STFT, the VEM iterations
-    each item ran (None for enhancers that do not iterate), the enhancer's time for the batch, and the gains
-    of the snapshots asked for: what the same enhancer stopped after k iterations gives (iterative ones only)."""
+    """What an enhancer gives a batch: one real gain (T, F) on the CPU per noisy STFT, the iterations each item
+    ran (None for enhancers that do not iterate), the enhancer's time for the batch, and the gains of the
+    snapshots asked for: what the same enhancer stopped after k iterations gives (iterative enhancers only)."""
 
     gains: list[torch.Tensor]
     iterations: list[int | None]
@@ -56,6 +64,38 @@ class Enhancer(Protocol):
         ...
 
 
+# An engine run on a padded batch: (X (B, T, F), lengths, keys) -> its result.
+Engine = Callable[[torch.Tensor, list[int], list[str]], EnhancementResult]
+
+
+def engine_gains(
+    spectra: Sequence[torch.Tensor], keys: Sequence[str], engine: Engine, snapshots: Sequence[int]
+) -> Gains:
+    """Wiener gains of noisy STFTs enhanced by `engine` as one padded batch, with the `snapshots` it took; all-zero
+    STFTs get zero gains without running it."""
+    active = [b for b, s in enumerate(spectra) if bool(s.abs().amax() > 0)]
+    lengths = [spectra[b].shape[0] for b in active]
+
+    def scatter(wiener: torch.Tensor | None, iterations: Sequence[int], seconds: float) -> Gains:
+        out = Gains([torch.zeros(s.shape, dtype=torch.float32) for s in spectra], [0] * len(spectra), seconds)
+        for j, b in enumerate(active):
+            out.gains[b] = wiener[j, : lengths[j]].cpu()
+            out.iterations[b] = iterations[j]
+        return out
+
+    if not active:
+        zeros = scatter(None, [], 0.0)
+        return replace(zeros, snapshots=dict.fromkeys(snapshots, zeros))
+    X = torch.zeros(len(active), max(lengths), spectra[0].shape[-1], dtype=spectra[0].dtype)
+    for j, b in enumerate(active):
+        X[j, : lengths[j]] = spectra[b]
+    result = engine(X, lengths, [keys[b] for b in active])
+    gains = scatter(result.wiener_gain, result.iterations.tolist(), result.seconds)
+    for k, (wiener, seconds) in result.snapshots.items():
+        gains.snapshots[k] = scatter(wiener, result.iterations.clamp(max=k).tolist(), seconds)
+    return gains
+
+
 class VEMEnhancer:
     """The variational EM (SE paper, Algorithm 1) with a DVAE speech prior and an NMF noise model: Wiener gains."""
 
@@ -70,40 +110,53 @@ class VEMEnhancer:
         progress: bool = False,
         snapshots: Sequence[int] = (),
     ) -> Gains:
-        """Wiener gains of one padded VEM batch; all-zero STFTs get zero gains without running the VEM."""
-        active = [b for b, s in enumerate(spectra) if bool(s.abs().amax() > 0)]
-        if not active:
-            zeros = Gains([torch.zeros(s.shape, dtype=torch.float32) for s in spectra], [0] * len(spectra), 0.0)
-            return replace(zeros, snapshots=dict.fromkeys(snapshots, zeros))
-        lengths = [spectra[b].shape[0] for b in active]
-        X = torch.zeros(len(active), max(lengths), spectra[0].shape[-1], dtype=spectra[0].dtype)
-        for j, b in enumerate(active):
-            X[j, : lengths[j]] = spectra[b]
-        result = enhance_spectrogram(
-            self.prior,
-            X,
-            self.settings,
-            lengths=lengths,
-            keys=[keys[b] for b in active],
-            progress=progress,
-            snapshots=snapshots,
+        """Wiener gains of one padded VEM batch."""
+        return engine_gains(
+            spectra,
+            keys,
+            lambda X, lengths, names: enhance_spectrogram(
+                self.prior, X, self.settings, lengths=lengths, keys=names, progress=progress, snapshots=snapshots
+            ),
+            snapshots,
         )
 
-        def scatter(wiener: torch.Tensor, iterations: Sequence[int], seconds: float) -> Gains:
-            out = Gains([torch.zeros(s.shape, dtype=torch.float32) for s in spectra], [0] * len(spectra), seconds)
-            for j, b in enumerate(active):
-                out.gains[b] = wiener[j, : lengths[j]].cpu()
-                out.iterations[b] = iterations[j]
-            return out
 
-        gains = scatter(result.wiener_gain, result.iterations.tolist(), result.seconds)
-        for k, (wiener, seconds) in result.snapshots.items():
-            gains.snapshots[k] = scatter(wiener, result.iterations.clamp(max=k).tolist(), seconds)
-        return gains
+class LangevinEnhancer:
+    """Posterior sampling of a DVAE prior's latents by Langevin dynamics with an NMF noise model, no fine-tuning
+    (`enhancement.langevin`): Wiener gains averaged over the last samples."""
+
+    def __init__(self, prior: DVAE, config: LangevinConfig | None = None) -> None:
+        self.network = self.prior = prior.eval()
+        self.settings = config or LangevinConfig()
+
+    def gains(
+        self,
+        spectra: Sequence[torch.Tensor],
+        keys: Sequence[str],
+        progress: bool = False,
+        snapshots: Sequence[int] = (),
+    ) -> Gains:
+        """Wiener gains of one padded batch of Markov chains."""
+        return engine_gains(
+            spectra,
+            keys,
+            lambda X, lengths, names: enhance_by_sampling(
+                self.prior, X, self.settings, lengths=lengths, keys=names, progress=progress, snapshots=snapshots
+            ),
+            snapshots,
+        )
+
+
+def prior_enhancer(prior: DVAE, config: InferenceConfig | None = None) -> VEMEnhancer | LangevinEnhancer:
+    """A speech prior as an enhancer: posterior sampling with a `LangevinConfig`, else the VEM with `config`
+    (default settings if None)."""
+    if isinstance(config, LangevinConfig):
+        return LangevinEnhancer(prior, config)
+    return VEMEnhancer(prior, config)
 
 
 class MaskEnhancer:
-    """The supervised baseline (UMX): the mask a `MaskEstimator` reads from the noisy magnitudes is the gain."""
+    """The supervised baseline: the mask a `MaskEstimator` reads from the noisy magnitudes is the gain."""
 
     prior = None
     settings = None
@@ -128,10 +181,11 @@ EnhancerSource = str | os.PathLike | DVAE | MaskEstimator
 
 
 def load_enhancer(
-    source: EnhancerSource, config: VEMConfig | None = None, device: str | torch.device | None = None
+    source: EnhancerSource, config: InferenceConfig | None = None, device: str | torch.device | None = None
 ) -> Enhancer:
-    """The enhancer of a shipped name, a checkpoint folder or a network in memory: the VEM with `config` (default
-    settings if None) for a speech prior, the mask itself for the supervised baseline (UMX)."""
+    """The enhancer of a shipped name, a checkpoint folder or a network in memory: for a speech prior the engine
+    that `config` sets (the VEM with default settings if None, `prior_enhancer`), the mask itself for a mask
+    estimator."""
     if isinstance(source, (str, os.PathLike)):
         path = checkpoint_path(source)
         source = load_mask_estimator(path, device) if holds_mask_estimator(path) else load_model(path, device)
@@ -140,9 +194,9 @@ def load_enhancer(
 
 @dataclass
 class Estimates:
-    """Speech estimates of a batch of waveforms (float32, each of its input's length), the VEM iterations each
-    ran (None for enhancers that do not iterate), the time of the enhancer and the inverse STFTs, and the
-    estimates of the snapshots asked for (`Gains.snapshots`)."""
+    """Speech estimates of a batch of waveforms (float32, each of its input's length), the iterations each ran
+    (None for enhancers that do not iterate), the time of the enhancer and the inverse STFTs, and the estimates
+    of the snapshots asked for (`Gains.snapshots`)."""
 
     waves: list[np.ndarray]
     iterations: list[int | None]

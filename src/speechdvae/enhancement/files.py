@@ -46,8 +46,7 @@ from ..checkpoints import default_device
 from ..data.manifest import read_manifest
 from ..errors import SpeechDVAEError
 from ..stft import HOP_LENGTH, N_FFT, istft, min_samples, stft
-from .enhancer import Enhancer, EnhancerSource, load_enhancer
-from .vem import VEMConfig
+from .enhancer import Enhancer, EnhancerSource, InferenceConfig, load_enhancer
 
 # Output formats kept from the input; any other input is written as WAV.
 OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
@@ -501,7 +500,7 @@ def enhance_files(
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
     model: EnhancerSource = "default",
-    config: VEMConfig | None = None,
+    config: InferenceConfig | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     batch_size: int = 1,
     device: str | torch.device | None = None,
@@ -510,10 +509,10 @@ def enhance_files(
     shard: tuple[int, int] = (0, 1),
     workers: int = 1,
 ) -> EnhanceReport:
-    """Enhance files, folders and manifests into `out_dir` with a prior (the VEM with `config`, default settings if
-    None) or the supervised baseline (UMX) (shipped name, checkpoint folder or network). Existing outputs are
-    skipped unless `overwrite`, and temporaries that a killed run left next to them are removed; failures are
-    printed on stderr, listed in OUTDIR/failed.jsonl and do not stop the run. `shard` (index, count) takes every
+    """Enhance files, folders and manifests into `out_dir` with a prior (the engine `config` sets, the VEM with
+    default settings if None) or the supervised baseline (UMX) (shipped name, checkpoint folder or network). Existing
+    outputs are skipped unless `overwrite`, and temporaries that a killed run left next to them are removed; failures
+    are printed on stderr, listed in OUTDIR/failed.jsonl and do not stop the run. `shard` (index, count) takes every
     count-th file. `workers` > 1 shares the chunk groups of all files, the chunks of one long file included, among
     that many processes of one CPU thread each (the outputs are the same)."""
     start = time.perf_counter()

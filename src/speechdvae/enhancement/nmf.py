@@ -1,4 +1,5 @@
-"""NMF noise model, mixture model and M-step of the VEM (SE paper eqs. 20-22, 36, 40-44), batched.
+"""NMF noise model, mixture model and M-step of the VEM (SE paper eqs. 20-22, 36, 40-44), batched, and the
+posterior clean-power estimate.
 
 The noise variance is W H with W (B, F, K) and H (B, K, T); in the time-major layout of the rest of
 the project it is returned as (B, T, F). The multiplicative updates follow the official code: the
@@ -81,6 +82,17 @@ def wiener_gain(speech_var: torch.Tensor, gain: torch.Tensor, noise_var: torch.T
     """Speech Wiener gain (eq. 36), averaged over the R draws of v_s (B, R, T, F): mean_r g v_s / V_x."""
     scaled = gain[:, None, :, None] * speech_var
     return (scaled / (scaled + noise_var[:, None])).mean(1)
+
+
+def clean_power(
+    power: torch.Tensor, speech_var: torch.Tensor, gain: torch.Tensor, noise_var: torch.Tensor, floor: float
+) -> torch.Tensor:
+    """E[|s_t|^2 | x] (B, T, F) for the unit-gain speech s the prior models: (|G X|^2 + G W H) / g with the Wiener
+    gain G (of the R draws of v_s (B, R, T, F)), i.e. the posterior mean and variance of g^(1/2) s under the
+    current parameters, floored at `floor`."""
+    wiener = wiener_gain(speech_var, gain, noise_var)
+    scaled = wiener.square() * power + wiener * noise_var
+    return (scaled / gain[..., None]).clamp_min(floor)
 
 
 def _weights(power: torch.Tensor, vx: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,12 +13,10 @@ computed from another fresh draw. The defaults depart from them for speed (`VEMC
 from __future__ import annotations
 
 import copy
-import hashlib
-import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 from torch.profiler import record_function
@@ -26,20 +24,20 @@ from tqdm.auto import tqdm
 
 from ..models.base import DVAE, Decoded, Posterior
 from ..models.losses import kl_terms
-from .nmf import NMFNoise, m_step, mixture_loss, wiener_gain
+from .common import (
+    PASTS,
+    PER_ITERATION,
+    POWER_FLOOR,
+    Clock,
+    EnhancementResult,
+    NoisyBatch,
+    check_snapshots,
+    decode_from_past,
+    drawing_from,
+    utterance_seed,
+)
+from .nmf import NMFNoise, clean_power, m_step, mixture_loss, wiener_gain
 
-# Floor of the observed power |X|^2: frames of digital silence would otherwise drive H and g to
-# zero, V_x to zero and the updates to NaN. 1e-10 is about 200 dB below a full-scale sine's bin,
-# so it changes nothing on real (peak-normalised) recordings.
-POWER_FLOOR = 1e-10
-
-# Autoregressive priors feed their own past outputs back (generation mode, SE paper eq. 31);
-# the other priors ignore it.
-FEEDBACK = 1.0
-# What autoregressive priors read as the past speech s_{1:t-1}: their own generated past (eq. 31, the
-# official choice), or the current estimate of the clean power, E[|s_t|^2 | x] under the last M-step
-# (the noisy power before the first), which decodes all frames at once instead of frame by frame.
-PASTS = ("generated", "estimate")
 # VEM iterations of a prior whose checkpoint chose none (docs/enhancement_valid/settings.md).
 DEFAULT_ITERATIONS = 30
 
@@ -55,6 +53,8 @@ class VEMConfig:
     HiT/LigHT-DVAE about 5 times faster per iteration than generating it). The optional stop on a
     settled loss compares windows of iterations because the sampled loss fluctuates by ~5e-4 from one
     iteration to the next."""
+
+    engine: ClassVar[str] = "vem"  # the name of the engine these settings run (`speechdvae ... --inference`)
 
     niter: int | None = None  # maximum number of VEM iterations; None: the prior's (`for_model`)
     lr: float = 1e-3  # Adam learning rate of the E-step
@@ -106,54 +106,14 @@ class VEMConfig:
 
 
 @dataclass
-class VEMResult:
-    """Batched outputs, B first; frames beyond an utterance's length are zero in the (B, T, F) arrays.
+class VEMResult(EnhancementResult):
+    """Batched outputs (`EnhancementResult`) and the two E-step terms per iteration: `estep_recon` is
+    sum(log V_x + |X|^2 / V_x) and `estep_kl` the summed KL, both from the E-step forward before that iteration's
+    Adam step. Our KL is the true one: the official code leaves out the -1 of each term, so its value is larger
+    by T L / 2 (gradients are equal)."""
 
-    `losses`, `estep_recon` and `estep_kl` have one column per iteration, NaN after an utterance
-    stopped. `estep_recon` is sum(log V_x + |X|^2 / V_x) and `estep_kl` the summed KL, both from
-    the E-step forward before that iteration's Adam step. Our KL is the true one: the official
-    code leaves out the -1 of each term, so its value is larger by T L / 2 (gradients are equal)."""
-
-    speech: torch.Tensor  # (B, T, F) complex: Wiener estimate of the speech STFT (36)
-    speech_var: torch.Tensor  # (B, T, F) g v_s, averaged over the Wiener-filter draws
-    noise_var: torch.Tensor  # (B, T, F) W H
-    wiener_gain: torch.Tensor  # (B, T, F) mean over draws of g v_s / V_x
-    nmf: NMFNoise  # W (B, F, K), H (B, K, T)
-    gain: torch.Tensor  # (B, T) g
-    losses: torch.Tensor  # (B, I) reported loss: mean of log V_x + |X|^2 / V_x
-    estep_recon: torch.Tensor  # (B, I)
-    estep_kl: torch.Tensor  # (B, I)
-    lengths: torch.Tensor  # (B,) frames
-    iterations: torch.Tensor  # (B,) iterations run
-    seconds: float = math.nan  # wall time of the VEM
-    # `snapshots` asked of `enhance_spectrogram`: k -> (Wiener gain (B, T, F), seconds) of a run of k iterations
-    snapshots: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)
-
-    def utterance(self, index: int) -> VEMResult:
-        """Utterance `index` as a batch of one, trimmed to its own frames and iterations."""
-        T, n = int(self.lengths[index]), int(self.iterations[index])
-        b = slice(index, index + 1)
-        return VEMResult(
-            self.speech[b, :T],
-            self.speech_var[b, :T],
-            self.noise_var[b, :T],
-            self.wiener_gain[b, :T],
-            NMFNoise(self.nmf.W[b], self.nmf.H[b, :, :T]),
-            self.gain[b, :T],
-            self.losses[b, :n],
-            self.estep_recon[b, :n],
-            self.estep_kl[b, :n],
-            self.lengths[b],
-            self.iterations[b],
-            self.seconds,
-            {k: (gain[b, :T], seconds) for k, (gain, seconds) in self.snapshots.items()},
-        )
-
-
-def utterance_seed(seed: int, key: int | str, stream: str) -> int:
-    """A 63-bit seed for one utterance's `stream`, stable across processes and batch layouts."""
-    digest = hashlib.sha256(f"{seed}/{key}/{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    estep_recon: torch.Tensor = field(metadata=PER_ITERATION)  # (B, I)
+    estep_kl: torch.Tensor = field(metadata=PER_ITERATION)  # (B, I)
 
 
 def encoder_copy(model: DVAE) -> DVAE:
@@ -167,26 +127,6 @@ def encoder_copy(model: DVAE) -> DVAE:
     return clone
 
 
-@contextmanager
-def drawing_from(generator: torch.Generator) -> Iterator[None]:
-    """Make `generator` the default random source of its device for the block, then give it the
-    advanced state back; the global random state is left as it was."""
-    device = generator.device
-    forked = [] if device.type == "cpu" else [device.index or 0]
-    with torch.random.fork_rng(devices=forked, device_type=device.type):
-        default = torch.default_generator if device.type == "cpu" else torch.cuda.default_generators[device.index or 0]
-        default.set_state(generator.get_state())
-        yield
-        generator.set_state(default.get_state())
-
-
-def generated_past(model: DVAE, post: Posterior) -> torch.Tensor:
-    """The model's own outputs exp(log v_s) decoded frame by frame from `post` (generation, eq. 31), without
-    gradients: decoded again as a teacher-forced past they give generation's values and gradients."""
-    with torch.no_grad():
-        return model.decode(post, None, feedback=FEEDBACK).y_logvar.exp()
-
-
 class Utterance:
     """One utterance's power spectrogram, fine-tuned encoder copy, random stream and, when autoregressive
     priors read an estimated past, that estimate."""
@@ -196,24 +136,17 @@ class Utterance:
         self.frames = power.shape[0]
         self.model = encoder_copy(model)
         self.params = self.model.encoder_parameters()
-        self.init_generator = torch.Generator().manual_seed(utterance_seed(seed, key, "nmf"))
         self.sampler = torch.Generator(device=power.device).manual_seed(utterance_seed(seed, key, "latents"))
         self.past = self.power if past == "estimate" and model.autoregressive else None
 
     def forward(self, samples: int, sample: bool) -> tuple[Posterior, Decoded]:
-        """Encode the noisy power (`samples` draws) and decode, from the generated or the estimated past.
-
-        The generated past (eq. 31) is decoded in two passes: the model's own outputs frame by frame without
-        gradients, then every frame at once from them as the past. Models feed their outputs back detached
-        (`DVAE.decode`), so this gives the values and gradients of decoding with feedback 1 under autograd,
-        at the cost of a forward pass instead of a backward pass through the frame-by-frame recursion."""
+        """Encode the noisy power (`samples` draws) and decode, from the generated or the estimated past
+        (`decode_from_past`)."""
         s = self.power.expand(samples, -1, -1)
         with drawing_from(self.sampler):
             post = self.model.infer(s, sample=sample)
-            if not self.model.autoregressive:
-                return post, self.model.decode(post, None)
-            past = generated_past(self.model, post) if self.past is None else self.past.expand(samples, -1, -1)
-            return post, self.model.decode(post, past, feedback=0.0)
+            past = None if self.past is None else self.past.expand(samples, -1, -1)
+            return post, decode_from_past(self.model, post, past)
 
     def estep_terms(
         self,
@@ -245,27 +178,6 @@ class Utterance:
         return self.forward(samples, sample)[1].y_logvar.exp()
 
 
-def _as_batch(
-    X: torch.Tensor, lengths: Sequence[int] | torch.Tensor | None, freqs: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check a complex (T, F) or (B, T, F) STFT and its lengths; returns (B, T, F) and (B,) lengths."""
-    if not X.is_complex() or X.dim() not in (2, 3) or X.shape[-1] != freqs:
-        raise ValueError(f"expected a complex STFT (T, {freqs}) or (B, T, {freqs}), got {X.dtype} {tuple(X.shape)}")
-    if not bool(torch.isfinite(X).all()):
-        raise ValueError("the STFT contains NaN or infinite values")
-    X = X if X.dim() == 3 else X[None]
-    batch, frames = X.shape[:2]
-    lengths = torch.full((batch,), frames) if lengths is None else torch.as_tensor(lengths).long().cpu()
-    if lengths.shape != (batch,) or bool((lengths < 1).any()) or bool((lengths > frames).any()):
-        raise ValueError(
-            f"lengths must give 1..{frames} frames for each of the {batch} utterances, got {lengths.tolist()}"
-        )
-    silent = [b for b in range(batch) if not bool(X[b, : lengths[b]].abs().amax() > 0)]
-    if silent:
-        raise ValueError(f"utterances {silent} are digital silence (all-zero STFT): nothing to enhance")
-    return X, lengths
-
-
 def enhance_spectrogram(
     model: DVAE,
     X: torch.Tensor,
@@ -288,53 +200,30 @@ def enhance_spectrogram(
     iterations.
     """
     config = config.for_model(model)
-    if any(not 0 < k <= config.niter for k in snapshots):
-        raise ValueError(f"snapshots must lie in 1..{config.niter} iterations, got {sorted(snapshots)}")
-    start = time.perf_counter()
-    X, lengths = _as_batch(X.to(model.device), lengths, model.x_dim)
-    keys = list(range(len(lengths))) if keys is None else list(keys)
-    if len(keys) != len(lengths):
-        raise ValueError(f"got {len(keys)} keys for {len(lengths)} utterances")
-    dtype = next(model.parameters()).dtype
-    power = (X.real.square() + X.imag.square()).to(dtype).clamp_min(POWER_FLOOR)
-    batch, frames, freqs = power.shape
-    mask = torch.arange(frames, device=power.device)[None] < lengths.to(power.device)[:, None]
-    power = power * mask[..., None]
+    pending = check_snapshots(snapshots, 1, config.niter)
+    clock = Clock()
+    batch = NoisyBatch.checked(model, X, lengths, keys)
     utts = [
-        Utterance(model, power[b, :T], config.seed, key, config.past)
-        for b, (T, key) in enumerate(zip(lengths.tolist(), keys))
+        Utterance(model, batch.utterance_power(b), config.seed, key, config.past) for b, key in enumerate(batch.keys)
     ]
-    if init is None:
-        init = NMFNoise.stack(
-            [
-                NMFNoise.init_random(1, freqs, u.frames, config.nmf_rank, u.init_generator, dtype, power.device)
-                for u in utts
-            ],
-            frames,
-        )
-    elif init.W.shape[0] != batch or init.H.shape[-1] != frames or init.W.shape[1] != freqs:
-        raise ValueError(
-            f"init NMF factors {tuple(init.W.shape)}, {tuple(init.H.shape)} do not fit "
-            f"{batch} utterances of {frames} frames and {freqs} bins"
-        )
-    state = _VEMState(init, config, power, mask)
+    nmf = batch.initial_noise(config.nmf_rank, config.seed, init)
+    state = _VEMState(nmf, config, batch.power, batch.mask)
     optimizer = torch.optim.Adam([p for u in utts for p in u.params], lr=config.lr)
-    taken = 0.0  # time spent on snapshots, which a run of fewer iterations does not take
-    pending = sorted(set(snapshots) - {config.niter})
+    taken = {}
     for iteration in tqdm(range(1, config.niter + 1), desc="VEM", disable=not progress, leave=False):
         state.iterate(utts, optimizer)
         while pending and (pending[0] == iteration or not state.active.any()):
             began = time.perf_counter()
             gain = state.snapshot(utts)
-            now = time.perf_counter()
-            state.snapshots[pending.pop(0)] = (gain, now - start - taken)
-            taken += now - began
+            taken[pending.pop(0)] = (gain, clock.elapsed())
+            clock.exclude(began)
         if not state.active.any():
             break
-    result = state.result(utts, X, lengths)
-    result.seconds = time.perf_counter() - start - taken
+    result = state.result(utts, batch.X, batch.lengths)
+    result.seconds = clock.elapsed()
     if config.niter in snapshots:
-        result.snapshots[config.niter] = (result.wiener_gain, result.seconds)
+        taken[config.niter] = (result.wiener_gain, result.seconds)
+    result.snapshots = taken
     return result
 
 
@@ -349,7 +238,6 @@ class _VEMState:
         self.losses: list[torch.Tensor] = []
         self.recon: list[torch.Tensor] = []
         self.kl: list[torch.Tensor] = []
-        self.snapshots: dict[int, tuple[torch.Tensor, float]] = {}
 
     def iterate(self, utts: list[Utterance], optimizer: torch.optim.Optimizer) -> None:
         """E-step (Adam steps on the active encoders), a fresh draw of v_s, then the M-step."""
@@ -377,7 +265,7 @@ class _VEMState:
         noise_var = self.nmf.variance()
         loss = mixture_loss(self.power, speech_var, self.gain, noise_var, self.mask)
         if any(u.past is not None for u in utts):
-            past = self.clean_power(speech_var, noise_var)
+            past = clean_power(self.power, speech_var, self.gain, noise_var, POWER_FLOOR)
             for b, u in enumerate(utts):
                 if active[b] and u.past is not None:
                     u.past = past[b : b + 1, : u.frames]
@@ -390,13 +278,6 @@ class _VEMState:
             if active[b]:
                 out[b, :, : u.frames] = u.speech_variance(samples, self.sample)
         return out
-
-    def clean_power(self, speech_var: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:
-        """E[|s_t|^2 | x] (B, T, F) for the unit-gain speech s the prior models: (|G X|^2 + G W H) / g with the
-        Wiener gain G, i.e. the posterior mean and variance of g^(1/2) s under the current parameters."""
-        wiener = wiener_gain(speech_var, self.gain, noise_var)
-        scaled = wiener.square() * self.power + wiener * noise_var
-        return (scaled / self.gain[..., None]).clamp_min(POWER_FLOOR)
 
     def _record(self, loss: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor) -> None:
         """Append the iteration's values and deactivate utterances whose windowed loss has settled."""
@@ -430,16 +311,16 @@ class _VEMState:
         wiener, speech_var, noise_var = self.wiener_filter(utts)
         frames = self.mask[..., None]
         scaled = self.gain[..., None] * speech_var.mean(1)
-        history = [torch.stack(h, dim=1) for h in (self.losses, self.recon, self.kl)]
+        names, values = ("losses", "estep_recon", "estep_kl"), (self.losses, self.recon, self.kl)
+        history = {name: torch.stack(h, dim=1) for name, h in zip(names, values)}
         return VEMResult(
-            wiener * X,
-            torch.where(frames, scaled, 0.0),
-            torch.where(frames, noise_var, 0.0),
-            wiener,
-            self.nmf,
-            self.gain,
-            *history,
-            lengths,
-            (~history[0].isnan()).sum(1),
-            snapshots=self.snapshots,
+            speech=wiener * X,
+            speech_var=torch.where(frames, scaled, 0.0),
+            noise_var=torch.where(frames, noise_var, 0.0),
+            wiener_gain=wiener,
+            nmf=self.nmf,
+            gain=self.gain,
+            lengths=lengths,
+            iterations=(~history["losses"].isnan()).sum(1),
+            **history,
         )

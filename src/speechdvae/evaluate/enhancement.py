@@ -3,17 +3,17 @@
 Each mixture of a mixture manifest (written by `speechdvae data mix`, or records of an official list read with
 `data.mix.read_official_list`) is divided by its peak absolute value, as in the official code (it is not
 trimmed), and its clean reference is scaled by the same factor. Every prior enhances it with the VEM
-(`enhancement.vem`): mixtures are enhanced a batch at a time, sorted by length, each with its own encoder copy,
-NMF and gains and a random stream named by its id, so results do not depend on the batching. The supervised
-baseline (UMX), an Open-Unmix-style mask estimator (`baselines.mask_estimator`), may take the place of a prior: its
-mask multiplies the noisy STFT, and no VEM setting applies to it. The estimate is inverted to the mixture's length and
-scored against the clean reference: SI-SDR, PESQ (NB raw P.862, NB MOS-LQO, WB MOS-LQO) and ESTOI. The noisy
-mixture itself is scored as the first row, and each prior's improvement over it (output minus input) is kept per
-mixture for the figures.
+(`enhancement.vem`) or by Langevin posterior sampling (`enhancement.langevin`): mixtures are enhanced a batch at a
+time, sorted by length, each with its own encoder copy or Markov chain, NMF and gains and random streams named by
+its id, so results do not depend on the batching. The supervised baseline (UMX), an Open-Unmix-style mask
+estimator (`baselines.mask_estimator`), may take the place of a prior: its mask multiplies the noisy STFT, and no
+inference setting applies to it. The estimate is inverted to the mixture's length and scored against the clean
+reference: SI-SDR, PESQ (NB raw P.862, NB MOS-LQO, WB MOS-LQO) and ESTOI. The noisy mixture itself is scored as the
+first row, and each prior's improvement over it (output minus input) is kept per mixture for the figures.
 
 Enhancing is slow (seconds to minutes per mixture and prior on a CPU), so every result is appended
 to `enhancement_cache.jsonl` as soon as its batch is done and reused by a later run with the same key: model
-label, a hash of the model's configuration and weights, the VEM settings (of priors), the mixture id and the
+label, a hash of the model's configuration and weights, the inference settings (of priors), the mixture id and the
 checksums of its noisy and clean files. An interrupted evaluation continues where it stopped; a prior added
 later costs only its own enhancements.
 
@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from .. import audio
 from ..commands import enhance_command
-from ..enhancement.enhancer import Enhancer, EnhancerSource, enhance_waves, load_enhancer
+from ..enhancement.enhancer import Enhancer, EnhancerSource, InferenceConfig, enhance_waves, load_enhancer
 from ..enhancement.vem import DEFAULT_ITERATIONS, VEMConfig
 from ..errors import needs_extra
 from .common import EvaluationError, Labelled, ResultCache, model_fingerprint, torch_threads
@@ -113,7 +113,7 @@ def audio_path(out_dir: Path, label: str, mixture_id: str) -> Path:
 
 
 def snapshot_label(label: str, iterations: int) -> str:
-    """The row of a prior stopped after `iterations` VEM iterations (`snapshots`)."""
+    """The row of a prior stopped after `iterations` iterations (`snapshots`)."""
     return f"{label} · {iterations} it"
 
 
@@ -371,7 +371,7 @@ def evaluate_enhancement(
     mixtures: Mixtures,
     out_dir: str | os.PathLike,
     limit: int | None = None,
-    config: VEMConfig = VEMConfig(),
+    config: InferenceConfig = VEMConfig(),
     *,
     snapshots: Sequence[int] = (),
     batch_size: int = BATCH_SIZE,
@@ -381,14 +381,14 @@ def evaluate_enhancement(
     command: str | None = None,
 ) -> list[dict[str, object]]:
     """Enhance every mixture (manifest path or records) with every model, label -> network or checkpoint folder of
-    a prior (the VEM with `config`) or of the supervised baseline (UMX), and score it against its clean reference,
+    a prior (the engine `config` sets) or of the supervised baseline (UMX), and score it against its clean reference,
     reusing the results cached in `out_dir`.
 
     Writes the report files into `out_dir` and returns the summary: the noisy mixture then one row per prior,
     with `n`, a MetricSummary per score and per improvement, `seconds_per_utterance` and `real_time_factor`.
     `snapshots` adds a row per prior and iteration count K below its own: the estimate after K iterations of the
     same run, identical to (and cached as) a run with K iterations, timed as such a run would be.
-    `limit` takes a subset balanced over noise type × SNR; `batch_size` mixtures share a VEM run (the results
+    `limit` takes a subset balanced over noise type × SNR; `batch_size` mixtures share an engine run (the results
     do not depend on it); `workers` processes (default: all cores) enhance and score the batches, one prior and
     batch at a time each. Unusable mixtures and
     undefined metrics count as NaN and never stop the run.
@@ -416,7 +416,7 @@ def evaluate_enhancement(
     intro = [
         f"Regenerate with: `{command}`",
         _describe_set(mixtures, len(all_records), selected, rows, limit),
-        _describe_vem(config, batch_size),
+        _describe_inference(config, batch_size),
         METHOD_NOTE,
         *([SUPERVISED_NOTE] if any(p.model.prior is None for p in priors) else []),
         PESQ_NOTE,
@@ -537,13 +537,13 @@ def improvement_figure(
 
 METHOD_NOTE = (
     "**Method:** each noisy mixture is divided by its peak absolute value (not trimmed), as in the "
-    "official code, and its clean reference is scaled by the same factor; the VEM's Wiener estimate "
+    "official code, and its clean reference is scaled by the same factor; the Wiener estimate "
     "(eq. 36) is inverted to the mixture's length and compared with that reference. The noisy mixture "
     "row scores the input itself; an improvement is output minus input, per mixture."
 )
 SUPERVISED_NOTE = (
     "**Supervised baseline (UMX):** an Open-Unmix-style mask estimator, trained on noisy/clean pairs, "
-    "multiplies the noisy STFT by its mask in [0, 1]; the VEM settings do not apply to it."
+    "multiplies the noisy STFT by its mask in [0, 1]; the inference settings do not apply to it."
 )
 PESQ_NOTE = (
     "**PESQ:** *PESQ-NB (raw P.862)* is the narrowband raw MOS in [-0.5, 4.5], the scale of the SE "
@@ -573,23 +573,31 @@ def _describe_set(mixtures: Mixtures, total: int, selected: list[Mixture], rows:
     )
 
 
-def _describe_vem(config: VEMConfig, batch_size: int) -> str:
+def _describe_inference(config: InferenceConfig, batch_size: int) -> str:
     settings = ", ".join(f"{f.name}={value}" for f in fields(config) if (value := getattr(config, f.name)) is not None)
+    batching = (
+        f"Mixtures are enhanced {batch_size} at a time, sorted by length; each has its own "
+        + ("encoder copy" if isinstance(config, VEMConfig) else "Markov chain")
+        + ", NMF and gains and random streams seeded from `seed` and its id, so the results do not depend on the "
+        "batching."
+    )
+    past = (
+        " Autoregressive priors read their own generated past (eq. 31)."
+        if config.past == "generated"
+        else " Autoregressive priors read the current clean-power estimate E[|s|² | x] as their past, decoding all "
+        "frames at once."
+    )
+    if not isinstance(config, VEMConfig):
+        return (
+            f"**Langevin settings:** {settings}: posterior sampling of each prior's latents by Langevin dynamics "
+            f"(`enhancement.langevin`), nothing fine-tuned. {batching}{past}"
+        )
     if config.niter is None:
         settings += (
             f"; each prior runs the iterations chosen for it (its checkpoint's `vem` entry), else "
             f"{DEFAULT_ITERATIONS} (mean in the timing table)"
         )
-    return (
-        f"**VEM settings:** {settings}. Mixtures are enhanced {batch_size} at a time, sorted by length; each "
-        "has its own encoder copy, NMF and gains and random streams seeded from `seed` and its id, so the "
-        "results do not depend on the batching. Autoregressive priors read "
-        + (
-            "their own generated past (eq. 31)."
-            if config.past == "generated"
-            else "the current clean-power estimate E[|s|² | x] as their past, decoding all frames at once."
-        )
-    )
+    return f"**VEM settings:** {settings}. {batching}{past}"
 
 
 def _describe_snapshots(snapshots: Sequence[int]) -> str:
@@ -603,7 +611,7 @@ def _describe_snapshots(snapshots: Sequence[int]) -> str:
 def _describe_cache(evaluation: _Evaluation, n: int) -> str:
     done = sum(evaluation.computed.values())
     return (
-        f"**Cache:** `{CACHE_NAME}` keeps every result, keyed by model label, weights, VEM settings, mixture id "
+        f"**Cache:** `{CACHE_NAME}` keeps every result, keyed by model label, weights, inference settings, mixture id "
         f"and file checksums; this run enhanced {done} of {n * len(evaluation.computed)} (mixture, row) pairs "
         "and reused the others."
     )
@@ -632,7 +640,7 @@ def _table(
 
 def _timing_table(summary: Sequence[Mapping[str, object]]) -> str:
     lines = [
-        "| model | s / mixture | real-time factor | mean VEM iterations | enhanced in this run |",
+        "| model | s / mixture | real-time factor | mean iterations | enhanced in this run |",
         "|---|---|---|---|---|",
     ]
     lines += [
@@ -645,7 +653,7 @@ def _timing_table(summary: Sequence[Mapping[str, object]]) -> str:
 
 
 def _format_iterations(mean: float) -> str:
-    """A mean number of VEM iterations, or "–" for a model that runs no VEM."""
+    """A mean number of iterations, or "–" for a model that does not iterate."""
     return "–" if math.isnan(mean) else f"{mean:.1f}"
 
 
@@ -689,8 +697,8 @@ def _write_report(
             + f"\n![improvement per noise type]({NOISE_FIGURE_NAME})",
         ),
         (
-            "Model time (VEM or mask estimation, and iSTFT per mixture, one torch thread; real-time factor = time / "
-            "audio duration)",
+            "Model time (inference or mask estimation, and iSTFT per mixture, one torch thread; real-time factor = "
+            "time / audio duration)",
             _timing_table(summary),
         ),
     ]

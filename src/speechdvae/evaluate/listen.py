@@ -16,7 +16,15 @@ from tqdm.auto import tqdm
 
 from .. import audio
 from ..atomic import write_text_atomic
-from ..enhancement.enhancer import Enhancer, EnhancerSource, enhance_waves, load_enhancer
+from ..commands import ENGINES
+from ..enhancement.enhancer import (
+    INFERENCE_CONFIGS,
+    Enhancer,
+    EnhancerSource,
+    InferenceConfig,
+    enhance_waves,
+    load_enhancer,
+)
 from ..enhancement.vem import VEMConfig
 from ..models import DVAE
 from .common import EvaluationError
@@ -158,14 +166,14 @@ def build_listening_page(
     count: int = 4,
     generated: Sequence[str] = (),
     samples: int = 2,
-    config: VEMConfig = VEMConfig(),
+    config: InferenceConfig = VEMConfig(),
     command: str | None = None,
     progress: bool = True,
 ) -> Path:
     """Write OUT_DIR/index.html with its audio and pictures: `count` mixtures balanced over noise type × SNR,
     enhanced by every model (label -> prior, supervised baseline (UMX) or checkpoint folder), then `samples` clips
-    sampled from each prior labelled in `generated` (random streams from the VEM seed). The page is written last, so
-    it never points to missing files."""
+    sampled from each prior labelled in `generated` (random streams from the inference seed). The page is written
+    last, so it never points to missing files."""
     if not models:
         raise ListenError("give at least one model to enhance the mixtures with")
     if len({slug(label) for label in models} | {"clean", "noisy"}) != len(models) + 2:
@@ -194,7 +202,8 @@ def build_listening_page(
     ]
     intro = (
         f"{len(records)} noisy test mixtures (peak-normalised), each enhanced by every model with the "
-        f"{'default' if config == VEMConfig() else 'given'} VEM settings; scores against the clean reference. "
+        f"{'default' if config == INFERENCE_CONFIGS[config.engine]() else 'given'} "
+        f"{ENGINES[config.engine]} settings; scores against the clean reference. "
         "Spectrograms share one colour scale per section."
     )
     if command:

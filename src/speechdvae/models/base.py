@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from ..enhancement.enhancer import VEMEnhancer
-    from ..enhancement.vem import VEMConfig
+    from ..enhancement.enhancer import InferenceConfig, LangevinEnhancer, VEMEnhancer
 
 
 LOG_EPS = 1e-8
@@ -155,11 +154,12 @@ class DVAE(Configured):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def enhancer(self, config: VEMConfig | None = None) -> VEMEnhancer:
-        """This prior as an enhancer: the VEM with an NMF noise model and `config` (default settings if None)."""
-        from ..enhancement.enhancer import VEMEnhancer
+    def enhancer(self, config: InferenceConfig | None = None) -> VEMEnhancer | LangevinEnhancer:
+        """This prior as an enhancer with an NMF noise model: Langevin posterior sampling with a `LangevinConfig`,
+        else the VEM with `config` (default settings if None)."""
+        from ..enhancement.enhancer import prior_enhancer
 
-        return VEMEnhancer(self, config)
+        return prior_enhancer(self, config)
 
     def standard_prior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of an i.i.d. N(0, I) prior shaped like z."""

@@ -1,7 +1,8 @@
-"""The ELBO, in one place: Itakura-Saito reconstruction + beta-weighted KL terms.
+"""The ELBO, in one place: Itakura-Saito reconstruction + beta-weighted KL terms, and the prior log-density of
+latent values.
 
-Used by training (clean speech: v = v_s) and by the VEM E-step (noisy speech: v = g v_s + W H).
-Sums are over every bin; callers choose the normalisation.
+Used by training (clean speech: v = v_s), by the VEM E-step (noisy speech: v = g v_s + W H) and, for the
+log-density, by posterior sampling. Sums are over every bin; callers choose the normalisation.
 """
 
 from __future__ import annotations
@@ -40,6 +41,22 @@ def kl_terms(post: Posterior, dec: Decoded) -> tuple[torch.Tensor, torch.Tensor]
         return kl_z, kl_z.new_zeros(())
     kl_w = gaussian_kl(post.w_mean, post.w_logvar, torch.zeros_like(post.w_mean), torch.zeros_like(post.w_logvar)).sum()
     return kl_z, kl_w
+
+
+def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Element-wise log N(x; mean, exp(logvar)) without the constant -log(2 pi) / 2, in float32, with the variance
+    floored as in `gaussian_kl`."""
+    x, mean, logvar = (t.float() for t in (x, mean, logvar))
+    return -0.5 * (logvar + (x - mean).square() / (logvar.exp() + EPS))
+
+
+def log_prior(post: Posterior, dec: Decoded) -> torch.Tensor:
+    """log p(z) + log p(w), summed, without constants, of the latent values `post.z` (and `post.w`): z under the
+    prior p(z_t | ...) that `dec` gives with them (the densities `kl_terms` compares q with), w under N(0, I)."""
+    log_p = gaussian_log_density(post.z, dec.prior_mean, dec.prior_logvar).sum()
+    if post.w is None:
+        return log_p
+    return log_p + gaussian_log_density(post.w, torch.zeros_like(post.w), torch.zeros_like(post.w)).sum()
 
 
 def elbo_loss(
