@@ -181,17 +181,21 @@ def main() -> None:
                 f"| {c.name} | {len(c.rows)} | {c.median('si_sdr_improvement'):+.2f} | {by_length} | "
                 f"{c.median('estoi_improvement'):+.3f} | {c.rtf:.2f} | {verdict} |"
             )
-        curve = sorted((c for c in options if c.report == args.reports[0]), key=lambda c: c.iterations)
-        for ax, column in zip(axes, ("si_sdr_improvement", "estoi_improvement")):
-            ax.plot([c.iterations for c in curve], [c.median(column) for c in curve], marker="o", label=prior)
+        for report in args.reports:  # a curve per report that holds several iteration counts of the prior
+            curve = sorted((c for c in options if c.report == report), key=lambda c: c.iterations)
+            if len(curve) < 2:
+                continue
+            for ax, column in zip(axes, ("si_sdr_improvement", "estoi_improvement")):
+                label = f"{prior}, {curve[0].settings['engine']}"
+                ax.plot([c.iterations for c in curve], [c.median(column) for c in curve], marker="o", label=label)
     for ax, title in zip(axes, ("median ΔSI-SDR (dB)", "median ΔESTOI")):
-        ax.set_xlabel("VEM iterations")
+        ax.set_xlabel("iterations")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     picture = args.out.with_suffix(".png")
     figure.savefig(picture, dpi=100)
-    lines += ["", f"![median improvement against iterations, official settings otherwise]({picture.name})", ""]
+    lines += ["", f"![median improvement against iterations]({picture.name})", ""]
     args.out.write_text("\n".join(lines), encoding="utf-8")
     print(args.out.read_text())
 
