@@ -76,6 +76,27 @@ def test_build_splits_rejects_and_is_idempotent(tmp_path):
     assert {p.name: p.read_text() for p in (tmp_path / "cache").iterdir()} == cache
 
 
+def test_noise_floor_limit_is_an_option_that_converts_nothing_anew(tmp_path):
+    _fake_tree(tmp_path)
+    oc.build(tmp_path, workers=1, packages=PACKAGES)
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "speech").rglob("*.flac")}
+    noisy = "tuxpaint/animals/dog_desc_fr"  # noise floor about -31 dBFS
+
+    def seen() -> set[str]:
+        manifests = [tmp_path / f"manifests/speech_{split}.jsonl" for split in ("train", "valid")]
+        return {r["id"] for manifest in manifests for r in read_manifest(manifest)}
+
+    assert noisy not in seen()
+    stats = oc.build(tmp_path, workers=1, packages=PACKAGES, noise_floor_max_db=-25)
+    assert noisy in seen() and stats["rejected"] == {"failed": 1} and stats["noise_floor_max_db"] == -25
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    stats = oc.build(tmp_path, workers=1, packages=PACKAGES, noise_floor_max_db=-35)
+    assert noisy not in seen() and stats["rejected"] == {"rejected": 1, "failed": 1}
+    reasons = {r["id"]: r["reason"] for r in read_manifest(tmp_path / "manifests/rejected.jsonl", required=("id",))}
+    assert reasons[noisy].endswith("> -35 dBFS")
+    assert "limit -35 dBFS" in oc.format_report(stats)
+
+
 def test_resumes_after_an_interruption(tmp_path):
     _fake_tree(tmp_path)
     oc.build(tmp_path, workers=1, packages=PACKAGES[:1])

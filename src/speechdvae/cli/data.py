@@ -27,6 +27,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--root", required=True, type=Path, help="folder to build the corpus in")
     build.add_argument("--workers", type=int, default=None, help="conversion processes (default: all cores)")
+    build.add_argument(
+        "--noise-floor-max-db",
+        type=float,
+        default=open_corpus.NOISE_FLOOR_MAX_DB,
+        metavar="DB",
+        help=f"drop speech whose noise floor is above DB dBFS (default: {open_corpus.NOISE_FLOOR_MAX_DB:g})",
+    )
     build.set_defaults(func=run_open)
 
     mixing = data_sub.add_parser(
@@ -120,7 +127,7 @@ def run_open(args: argparse.Namespace) -> int:
     """`speechdvae data open`: Debian packages -> the open corpus and its manifests."""
     from ..data.open_corpus import build, format_report
 
-    stats = build(args.root, workers=args.workers)
+    stats = build(args.root, workers=args.workers, noise_floor_max_db=args.noise_floor_max_db)
     print(format_report(stats))
     print(f"Manifests: {args.root / 'manifests'}")
     return 0

@@ -3,8 +3,8 @@
 Speech: studio phone prompts (asterisk, G.722), spoken stamp names (tuxpaint), letters and
 words (klettres, ktuberling). Noise: ambience loops (ufoai, 0ad). Each package is fetched
 with `apt-get download` and unpacked with `dpkg-deb` (nothing is installed), every file is
-converted to 16 kHz mono FLAC, noisy speech recordings are dropped, and JSONL manifests are
-written per split:
+converted to 16 kHz mono FLAC, noisy speech recordings (noise floor above NOISE_FLOOR_MAX_DB, or
+the `noise_floor_max_db` given to `build`) are dropped, and JSONL manifests are written per split:
 
   ROOT/manifests/speech_{train,valid,valid_unseen,test}.jsonl
   ROOT/manifests/noise_{train,valid,test}.jsonl
@@ -368,8 +368,17 @@ def audio_path(root: Path, source: Source) -> Path:
 # -- the build -----------------------------------------------------------------------------
 
 
-def build(root: str | os.PathLike, workers: int | None = None, packages: tuple[Package, ...] = PACKAGES) -> dict:
-    """Fetch, convert and describe the whole open corpus under `root`; returns the statistics."""
+def build(
+    root: str | os.PathLike,
+    workers: int | None = None,
+    packages: tuple[Package, ...] = PACKAGES,
+    noise_floor_max_db: float = NOISE_FLOOR_MAX_DB,
+) -> dict:
+    """Fetch, convert and describe the whole open corpus under `root`; returns the statistics.
+
+    Speech files whose noise floor lies above `noise_floor_max_db` (dBFS) are rejected. Changing it
+    converts nothing anew: every file's floor is measured once and kept in ROOT/cache.
+    """
     root = Path(root)
     workers = workers or os.cpu_count() or 1
     start = time.time()
@@ -393,11 +402,11 @@ def build(root: str | os.PathLike, workers: int | None = None, packages: tuple[P
         entries = convert_package(pkg, sources, root, workers)
         for s in sources:
             e = entries[s.id]
-            if e["status"] == "ok" and s.kind == "speech" and e["noise_floor_db"] > NOISE_FLOOR_MAX_DB:
+            if e["status"] == "ok" and s.kind == "speech" and e["noise_floor_db"] > noise_floor_max_db:
                 e = dict(
                     e,
                     status="rejected",
-                    reason=f"noise floor {e['noise_floor_db']:.1f} dBFS > {NOISE_FLOOR_MAX_DB:.0f} dBFS",
+                    reason=f"noise floor {e['noise_floor_db']:.1f} dBFS > {noise_floor_max_db:g} dBFS",
                 )
             if e["status"] != "ok":
                 rejected.append({"id": s.id, "source": s.locator, "status": e["status"], "reason": e["reason"]})
@@ -431,6 +440,7 @@ def build(root: str | os.PathLike, workers: int | None = None, packages: tuple[P
         "noise": summarize(noise),
         "noise_types": _count_types(noise),
         "rejected": _count_reasons(rejected),
+        "noise_floor_max_db": noise_floor_max_db,
         "notes": notes,
         "seconds": round(time.time() - start, 1),
     }
@@ -459,7 +469,8 @@ def format_report(stats: dict) -> str:
         format_summary(stats["speech"], "Speech"),
         format_summary(stats["noise"], "Noise (speakers = recordings)"),
         "Noise files per type and split: " + json.dumps(stats["noise_types"]),
-        "Rejected files: " + (json.dumps(stats["rejected"]) or "none"),
+        f"Rejected files (noise floor limit {stats['noise_floor_max_db']:g} dBFS): "
+        + (json.dumps(stats["rejected"]) or "none"),
     ]
     lines += stats["notes"]
     lines.append(f"Build time: {stats['seconds']:.0f} s")
