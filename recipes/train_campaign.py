@@ -42,11 +42,12 @@ def stage_name(lineage: str, k: int) -> str:
 
 
 def last_stage(folder: Path, lineage: str, marker: str) -> int:
-    """The highest k whose stage folder in `folder` holds `marker` (0 if none)."""
-    k = 0
-    while (folder / stage_name(lineage, k + 1) / marker).exists():
-        k += 1
-    return k
+    """The highest k whose stage folder in `folder` holds `marker` (0 if none); earlier stages may lack it (a
+    finished stage's state can be deleted)."""
+    stages = [1] + [
+        int(p.name.rsplit(".", 1)[1]) for p in folder.glob(f"{lineage}.*") if p.name.rsplit(".", 1)[1].isdigit()
+    ]
+    return max((k for k in stages if (folder / stage_name(lineage, k) / marker).exists()), default=0)
 
 
 def stopped_early(run: Path) -> bool:
