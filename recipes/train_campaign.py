@@ -67,14 +67,15 @@ def stage_command(
     running = last_stage(runs, lineage, "state.pt")
     settings = BUDGET + overrides
     if running and running >= committed:
-        name, extra = stage_name(lineage, running), ["--resume"]
+        k, extra = running, ["--resume"]
     elif committed and stopped_early(published / stage_name(lineage, committed)):
         return None
     else:
-        name, extra = stage_name(lineage, committed + 1), []
-        if committed:
-            start = published / stage_name(lineage, committed) / "model"
-            settings += [f"train.init_from={start}", "train.kl_warmup_epochs=0"]
+        k, extra = committed + 1, []
+    name = stage_name(lineage, k)
+    if k > 1:  # a later stage starts from the previous one's committed model (the same settings when resumed)
+        start = published / stage_name(lineage, k - 1) / "model"
+        settings += [f"train.init_from={start}", "train.kl_warmup_epochs=0"]
     command = [
         "speechdvae",
         "train",
