@@ -207,7 +207,7 @@ def test_rerun_reuses_results_and_recomputes_only_what_is_missing(
         enhanced.append(list(keys))
         return original(model, X, config, lengths=lengths, keys=keys, snapshots=snapshots)
 
-    monkeypatch.setattr(enhancer, "enhance_spectrogram", counting)
+    monkeypatch.setattr(enhancer.VEMEnhancer, "engine", counting)
     run = dict(config=CONFIG, batch_size=4, workers=1, save_audio=True, progress=False)
     evaluate_enhancement(tiny, manifest, out, **run)
     assert enhanced == []
@@ -379,7 +379,7 @@ def test_snapshot_rows_equal_and_share_the_cache_of_shorter_runs(
         calls.append(config.niter)
         return original(model, X, config, lengths=lengths, keys=keys, snapshots=snapshots)
 
-    monkeypatch.setattr(enhancer, "enhance_spectrogram", counting)
+    monkeypatch.setattr(enhancer.VEMEnhancer, "engine", counting)
     separate = tmp_path / "separate"
     evaluate_enhancement(models, manifest, separate, config=VEMConfig(niter=2, seed=3), **run)
     assert calls  # computed afresh: the rows of two iterations equal the snapshots

@@ -96,12 +96,15 @@ def engine_gains(
     return gains
 
 
-class VEMEnhancer:
-    """The variational EM (SE paper, Algorithm 1) with a DVAE speech prior and an NMF noise model: Wiener gains."""
+class PriorEnhancer:
+    """An inference engine over a DVAE speech prior with an NMF noise model (`engine`, e.g. `enhance_spectrogram`,
+    called with the prior, a padded batch and `settings`): Wiener gains."""
 
-    def __init__(self, prior: DVAE, config: VEMConfig | None = None) -> None:
+    engine: Callable[..., EnhancementResult]
+
+    def __init__(self, prior: DVAE, settings: InferenceConfig) -> None:
         self.network = self.prior = prior.eval()
-        self.settings = (config or VEMConfig()).for_model(prior)
+        self.settings = settings
 
     def gains(
         self,
@@ -110,41 +113,34 @@ class VEMEnhancer:
         progress: bool = False,
         snapshots: Sequence[int] = (),
     ) -> Gains:
-        """Wiener gains of one padded VEM batch."""
+        """Wiener gains of one padded batch."""
         return engine_gains(
             spectra,
             keys,
-            lambda X, lengths, names: enhance_spectrogram(
+            lambda X, lengths, names: type(self).engine(
                 self.prior, X, self.settings, lengths=lengths, keys=names, progress=progress, snapshots=snapshots
             ),
             snapshots,
         )
 
 
-class LangevinEnhancer:
+class VEMEnhancer(PriorEnhancer):
+    """The variational EM (SE paper, Algorithm 1) with a DVAE speech prior and an NMF noise model: Wiener gains."""
+
+    engine = enhance_spectrogram
+
+    def __init__(self, prior: DVAE, config: VEMConfig | None = None) -> None:
+        super().__init__(prior, (config or VEMConfig()).for_model(prior))
+
+
+class LangevinEnhancer(PriorEnhancer):
     """Posterior sampling of a DVAE prior's latents by Langevin dynamics with an NMF noise model, no fine-tuning
     (`enhancement.langevin`): Wiener gains averaged over the last samples."""
 
-    def __init__(self, prior: DVAE, config: LangevinConfig | None = None) -> None:
-        self.network = self.prior = prior.eval()
-        self.settings = config or LangevinConfig()
+    engine = enhance_by_sampling
 
-    def gains(
-        self,
-        spectra: Sequence[torch.Tensor],
-        keys: Sequence[str],
-        progress: bool = False,
-        snapshots: Sequence[int] = (),
-    ) -> Gains:
-        """Wiener gains of one padded batch of Markov chains."""
-        return engine_gains(
-            spectra,
-            keys,
-            lambda X, lengths, names: enhance_by_sampling(
-                self.prior, X, self.settings, lengths=lengths, keys=names, progress=progress, snapshots=snapshots
-            ),
-            snapshots,
-        )
+    def __init__(self, prior: DVAE, config: LangevinConfig | None = None) -> None:
+        super().__init__(prior, config or LangevinConfig())
 
 
 def prior_enhancer(prior: DVAE, config: InferenceConfig | None = None) -> VEMEnhancer | LangevinEnhancer:
