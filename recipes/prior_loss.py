@@ -46,7 +46,7 @@ def is_by_corpus_and_part(model: DVAE, data: SequenceDataset, corpus_of_file: li
         loud = batch >= batch.amax(dim=(1, 2), keepdim=True) * 10 ** (-LOUD_DB / 10)
         parts = [divergence, divergence * loud, divergence * ~loud] + [divergence[..., band] for band in BANDS.values()]
         per_sequence = torch.stack([part.sum(dim=(1, 2)) for part in parts], dim=1)  # (B, parts)
-        for row, file in zip(per_sequence.tolist(), data.file_of[first : first + len(batch)]):
+        for row, file in zip(per_sequence.tolist(), data.stream_of[first : first + len(batch)]):
             sums[corpus_of_file[file]] += row + [data.seq_len]
         first += len(batch)
     sums["all sources"] = sum(sums.values())

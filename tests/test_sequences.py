@@ -5,7 +5,7 @@ from conftest import tone_burst
 
 from speechdvae import audio, stft
 from speechdvae.data.manifest import write_manifest
-from speechdvae.data.sequences import SequenceDataset, SpectrogramCache, preprocess
+from speechdvae.data.sequences import WARP_BOUNDARY, SequenceDataset, SpectrogramCache, preprocess, warp_frequencies
 
 
 @pytest.fixture
@@ -66,7 +66,8 @@ def test_random_crops_stay_inside_their_file(manifest, tmp_path):
         cache = SpectrogramCache(manifest, tmp_path / "cache", show_progress=False)
     data = SequenceDataset(cache, seq_len=20, random_crop=True)
     starts = data.sequence_starts(np.random.default_rng(0))
-    files = data.file_of
+    files = data.stream_of  # without join_speakers, a stream is a file
+    assert np.array_equal(data.rows, np.arange(len(cache.frames)))
     assert np.all(starts >= cache.offsets[files])
     assert np.all(starts + 20 <= cache.offsets[files] + cache.lengths[files])
     assert not np.array_equal(starts, data.starts)
@@ -79,3 +80,57 @@ def test_ddp_shards_are_disjoint_and_equal(manifest, tmp_path):
     shards = [torch.cat(list(data.batches(4, seed=0, rank=r, world_size=2))) for r in range(2)]
     assert shards[0].shape[0] == shards[1].shape[0] == len(data) // 2
     assert not any(torch.equal(a, b) for a in shards[0] for b in shards[1])
+
+
+def test_frequency_warp_moves_formants_and_keeps_the_band_edge():
+    power = torch.rand(3, 4, 513)
+    assert torch.equal(warp_frequencies(power, torch.ones(3)), power)
+    knee = int(WARP_BOUNDARY * 512 * 0.9)
+    peak = torch.zeros(2, 1, 513)
+    peak[:, 0, 100] = 1.0  # below the knee: moves to alpha f
+    warped = warp_frequencies(peak, torch.tensor([1.1, 0.9]))
+    assert warped[0, 0].argmax() == 110 and warped[1, 0].argmax() == 90
+    assert warped[0, 0, 110] == 1.0  # output bin 110 reads input bin 100 exactly
+    edge = torch.zeros(2, 1, 513)
+    edge[:, 0, 512] = 1.0  # the band edge stays
+    assert torch.equal(warp_frequencies(edge, torch.tensor([1.1, 0.9]))[:, 0, 512], torch.ones(2))
+    flat = torch.full((2, 5, 513), 3.0)  # interpolation keeps a flat spectrum flat, the map is monotonic
+    assert torch.allclose(warp_frequencies(flat, torch.tensor([1.2, 0.8])), flat)
+    ramp = torch.arange(513.0).expand(2, 1, 513)
+    assert bool((warp_frequencies(ramp, torch.tensor([1.2, 0.8])).diff(dim=-1) > 0).all()) and knee > 100
+
+
+def test_warped_batches_resume_and_leave_unwarped_data_alone(manifest, tmp_path):
+    with pytest.warns(UserWarning):
+        cache = SpectrogramCache(manifest, tmp_path / "cache", show_progress=False)
+    plain = list(SequenceDataset(cache, seq_len=20).batches(batch_size=3, seed=1))
+    data = SequenceDataset(cache, seq_len=20, warp=0.1)
+    warped = list(data.batches(batch_size=3, seed=1))
+    assert len(warped) == len(plain) and not any(torch.equal(a, b) for a, b in zip(warped, plain))
+    assert all(torch.equal(a, b) for a, b in zip(warped[2:], data.batches(batch_size=3, seed=1, skip=2)))
+    with pytest.raises(ValueError, match="warp"):
+        SequenceDataset(cache, seq_len=20, warp=0.5)
+
+
+def test_joined_speakers_use_short_files_and_keep_speakers_apart(tmp_path):
+    records = []
+    for i, (seconds, speaker) in enumerate(((0.5, "a"), (0.4, "b"), (0.45, "a"), (1.0, "b"))):
+        path = tmp_path / f"u{i}.flac"
+        audio.write_audio(path, tone_burst(seconds=seconds, seed=i, floor=0.01), subtype="PCM_24")
+        records.append({"id": f"u{i}", "path": str(path), "sha256": str(i), "speaker": speaker})
+    write_manifest(tmp_path / "train.jsonl", records)
+    cache = SpectrogramCache(tmp_path / "train.jsonl", tmp_path / "cache", show_progress=False)
+    assert cache.speakers == ["a", "b", "a", "b"]
+    seq_len = int(cache.lengths[[0, 2]].sum()) - 1  # longer than any file of speaker a, shorter than both
+    assert seq_len > cache.lengths[[0, 2]].max()
+    apart = SequenceDataset(cache, seq_len)
+    joined = SequenceDataset(cache, seq_len, join_speakers=True)
+    assert len(joined) > len(apart)
+    # speaker a's stream is file u0 then file u2, speaker b's u1 then u3, each in manifest order
+    order = np.concatenate([np.arange(cache.offsets[f], cache.offsets[f] + cache.lengths[f]) for f in (0, 2, 1, 3)])
+    assert np.array_equal(joined.rows, order)
+    first = joined.rows[joined.starts[0] + np.arange(seq_len)]
+    assert set(first) <= set(order[: cache.lengths[[0, 2]].sum()])  # speaker a's frames only
+    for batch in joined.batches(batch_size=len(joined), shuffle=False, seed=0):
+        rows = [joined.rows[s + np.arange(seq_len)] for s in joined.starts]
+        assert torch.equal(batch, torch.stack([torch.from_numpy(np.array(cache.frames[r])) for r in rows]))

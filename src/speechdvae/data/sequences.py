@@ -1,11 +1,16 @@
 """Training data: fixed-length power-spectrogram sequences, computed once and memory-mapped.
 
 Preprocessing follows the papers: trim leading/trailing silence (30 dB), normalise each file by
-its peak, power STFT; then each file is cut into non-overlapping sequences of T frames (the
-remainder is dropped), or, with `random_crop`, one random T-frame window per such sequence slot is
-drawn anew each epoch. The spectrograms of all files are stored back to back in one float32
-file of shape (frames, 513) under the cache folder, keyed by the manifest content and the
-preprocessing settings, so a second run (or another process) reuses them at no cost.
+its peak, power STFT. The spectrograms of all files are stored back to back in one float32 file of
+shape (frames, 513) under the cache folder, keyed by the manifest content and the preprocessing
+settings, so a second run (or another process) reuses them at no cost.
+
+Each file is then cut into non-overlapping sequences of T frames (the remainder is dropped), or,
+with `random_crop`, one random T-frame window per such sequence slot is drawn anew each epoch. With
+`join_speakers`, each speaker's files are cut as one stream instead, as if their prompts had been
+recorded back to back, so that files shorter than T frames are used too. With `warp`, each
+training sequence's frequency axis is warped by its own random factor (`warp_frequencies`), a cheap
+stand-in for more speakers.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +31,10 @@ from ..atomic import atomic_path, write_json_atomic
 from .manifest import read_manifest
 
 CACHE_VERSION = 1
+
+# Vocal tract length perturbation (Jaitly & Hinton 2013): frequencies up to this fraction of the band (4.8 kHz at
+# 16 kHz) are scaled by the warp factor, the rest mapped linearly so that the band edge stays in place.
+WARP_BOUNDARY = 0.6
 
 
 def preprocess(x: np.ndarray, trim: bool = True) -> np.ndarray:
@@ -59,6 +69,8 @@ class SpectrogramCache:
             self._build(records, trim, show_progress)
         index = json.loads((self.folder / "index.json").read_text())
         self.ids: list[str] = index["ids"]
+        speakers = {r["id"]: r.get("speaker", r["id"]) for r in records}
+        self.speakers: list[str] = [speakers[i] for i in self.ids]  # a file without a speaker is its own
         self.offsets = np.asarray(index["offsets"], dtype=np.int64)
         self.lengths = np.asarray(index["lengths"], dtype=np.int64)
         self.skipped: list[str] = index["skipped"]
@@ -95,6 +107,25 @@ class SpectrogramCache:
         )
 
 
+def warp_frequencies(power: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Power spectrograms (B, T, F) with sequence b's frequency axis warped by factors[b] (VTLP): a bin at
+    frequency f moves to alpha f below the boundary (WARP_BOUNDARY of the band, times min(alpha, 1)), and
+    linearly from there to the band edge, which stays. Each output bin interpolates the input linearly between
+    the two bins its frequency comes from; a factor of 1 returns the input."""
+    bins = power.shape[-1]
+    edge = bins - 1.0
+    alpha = factors.to(power.dtype)[:, None]  # (B, 1)
+    knee = WARP_BOUNDARY * edge * alpha.clamp(max=1.0)  # the knee in output frequency
+    out = torch.arange(bins, dtype=power.dtype, device=power.device)[None]  # (1, F) output frequencies
+    below = out / alpha
+    above = edge - (edge - out) * (edge - knee / alpha) / (edge - knee)
+    source = torch.where(out <= knee, below, above).clamp(0.0, edge)  # (B, F) input frequency of each output bin
+    low = source.floor().long().clamp(max=bins - 2)
+    weight = (source - low)[:, None, :]
+    index = low[:, None, :].expand(-1, power.shape[1], -1)
+    return torch.lerp(power.gather(-1, index), power.gather(-1, index + 1), weight)
+
+
 class SequenceDataset:
     """T-frame sequences of a SpectrogramCache, served as whole (B, T, F) batches.
 
@@ -102,16 +133,43 @@ class SequenceDataset:
     than collating items one by one. `rank`/`world_size` shard the sequences for DDP.
     """
 
-    def __init__(self, cache: SpectrogramCache, seq_len: int, random_crop: bool = False) -> None:
+    def __init__(
+        self,
+        cache: SpectrogramCache,
+        seq_len: int,
+        random_crop: bool = False,
+        warp: float = 0.0,
+        join_speakers: bool = False,
+    ) -> None:
         if seq_len < 1:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
+        if not 0 <= warp < 0.5:
+            raise ValueError(f"warp must lie in [0, 0.5), got {warp}")
         self.cache = cache
         self.seq_len = seq_len
         self.random_crop = random_crop
-        n_chunks = cache.lengths // seq_len
-        self.file_of = np.repeat(np.arange(len(n_chunks)), n_chunks)
-        chunk_in_file = np.concatenate([np.arange(n) for n in n_chunks]) if len(n_chunks) else np.zeros(0, int)
-        self.starts = cache.offsets[self.file_of] + chunk_in_file * seq_len
+        self.warp = warp
+        # streams: each file on its own, or each speaker's files back to back in manifest order; `rows` maps the
+        # streams' frames, one stream after the other, to rows of the cache
+        files = np.arange(len(cache.ids))
+        if join_speakers:
+            speaker_of = {s: k for k, s in enumerate(dict.fromkeys(cache.speakers))}
+            files = files[np.argsort([speaker_of[s] for s in cache.speakers], kind="stable")]
+            groups = [list(g) for _, g in groupby(files, key=lambda f: cache.speakers[f])]
+        else:
+            groups = [[f] for f in files]
+        self.rows = (
+            np.concatenate([np.arange(cache.offsets[f], cache.offsets[f] + cache.lengths[f]) for f in files])
+            if len(files)
+            else np.zeros(0, np.int64)
+        )
+        lengths = np.asarray([cache.lengths[g].sum() for g in groups], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self.stream_lengths, self.stream_offsets = lengths, offsets
+        n_chunks = lengths // seq_len
+        self.stream_of = np.repeat(np.arange(len(n_chunks)), n_chunks)
+        chunk_in_stream = np.concatenate([np.arange(n) for n in n_chunks]) if len(n_chunks) else np.zeros(0, int)
+        self.starts = offsets[self.stream_of] + chunk_in_stream * seq_len
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -120,12 +178,13 @@ class SequenceDataset:
         return len(self) * self.seq_len
 
     def sequence_starts(self, rng: np.random.Generator | None) -> np.ndarray:
-        """Start frame of every sequence: fixed chunks, or random windows inside the same files."""
+        """Start of every sequence in the streams' frames (`rows`): fixed chunks, or random windows inside the same
+        streams."""
         if not self.random_crop or rng is None:
             return self.starts
-        files = self.file_of
-        span = self.cache.lengths[files] - self.seq_len
-        return self.cache.offsets[files] + (rng.random(len(files)) * (span + 1)).astype(np.int64)
+        streams = self.stream_of
+        span = self.stream_lengths[streams] - self.seq_len
+        return self.stream_offsets[streams] + (rng.random(len(streams)) * (span + 1)).astype(np.int64)
 
     def batches(
         self,
@@ -138,19 +197,23 @@ class SequenceDataset:
         drop_last: bool = False,
         skip: int = 0,
     ) -> Iterator[torch.Tensor]:
-        """Yield (B, T, F) float32 tensors; the order depends only on (seed, epoch), so it can resume.
+        """Yield (B, T, F) float32 tensors; the order (and the warp factors, drawn from U[1 - warp, 1 + warp] per
+        sequence) depends only on (seed, epoch), so it can resume.
 
         `skip` batches are skipped without being read (resuming mid-epoch).
         """
         rng = np.random.default_rng([seed, epoch])
         starts = self.sequence_starts(rng)
         order = rng.permutation(len(starts)) if shuffle else np.arange(len(starts))
+        factors = torch.from_numpy(rng.uniform(1 - self.warp, 1 + self.warp, len(starts))) if self.warp else None
         order = order[: len(order) - len(order) % world_size][rank::world_size]  # equal shares for DDP
         n_batches = len(order) // batch_size if drop_last else -(-len(order) // batch_size)
         window = np.arange(self.seq_len)
         for b in range(skip, n_batches):
-            idx = starts[order[b * batch_size : (b + 1) * batch_size]]
-            yield torch.from_numpy(np.ascontiguousarray(self.cache.frames[idx[:, None] + window]))
+            chosen = order[b * batch_size : (b + 1) * batch_size]
+            rows = self.rows[starts[chosen][:, None] + window]
+            batch = torch.from_numpy(np.ascontiguousarray(self.cache.frames[rows]))
+            yield batch if factors is None else warp_frequencies(batch, factors[chosen])
 
     def num_batches(self, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
         n = len(self) // world_size

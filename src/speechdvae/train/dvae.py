@@ -78,6 +78,8 @@ class TrainConfig:
     batch_size: int = 128
     seq_len: int = 50
     random_crop: bool = False
+    join_speakers: bool = False  # cut each speaker's training files as one stream (short files are used too)
+    warp: float = 0.0  # VTLP: each training sequence's frequency axis warped by a factor from U[1 - warp, 1 + warp]
     epochs: int = 300
     max_steps: int | None = None  # stop after this many optimiser steps (None: no limit)
     beta_z: float = 1.0
@@ -122,6 +124,8 @@ class TrainConfig:
         for name in ("lr", "batch_size", "seq_len", "epochs", "checkpoint_every", "valid_batch_size"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 <= self.warp < 0.5:
+            problems.append(f"warp must lie in [0, 0.5), got {self.warp!r}")
         if not 0 < self.ss_step <= 1 or self.ss_epochs_per_step < 1:
             problems.append("ss_step must lie in (0, 1] and ss_epochs_per_step be >= 1")
         if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
@@ -352,6 +356,8 @@ class Trainer(RunTrainer):
             SpectrogramCache(config.train_manifest, config.cache_dir, show_progress=self.progress),
             self.cfg.seq_len,
             random_crop=self.cfg.random_crop,
+            warp=self.cfg.warp,
+            join_speakers=self.cfg.join_speakers,
         )
         self.valid_data = SequenceDataset(
             SpectrogramCache(config.valid_manifest, config.cache_dir, show_progress=self.progress), self.cfg.seq_len
