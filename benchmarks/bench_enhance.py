@@ -26,7 +26,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ import torch
 from speechdvae import stft
 from speechdvae.checkpoints import from_pretrained, load_model
 from speechdvae.enhancement import vem
-from speechdvae.enhancement.enhancer import enhance_waves
+from speechdvae.enhancement.enhancer import Inference, InferenceRequest, enhance_waves
 from speechdvae.enhancement.files import enhance_files
 from speechdvae.evaluate.enhancement import UTTERANCES_NAME, evaluate_enhancement
 from speechdvae.evaluate.metrics import median_ci
@@ -47,7 +47,7 @@ from speechdvae.models import DVAE
 @dataclass(frozen=True)
 class Setting:
     name: str
-    config: vem.VEMConfig
+    inference: Inference
     batch_size: int
     workers: int
 
@@ -57,14 +57,19 @@ BATCHES_PER_PROCESS = 4
 
 
 def settings(cores: int, limit: int, iterations: list[int]) -> list[Setting]:
-    official, default = vem.VEMConfig.official(), vem.VEMConfig()
+    official, default = vem.VEMConfig.official(), InferenceRequest()  # default: each prior's own settings
     return [
         Setting("official, one at a time", official, 1, 1),
         Setting("default, one at a time", default, 1, 1),
         Setting(f"default, batches of {limit}", default, limit, 1),
         Setting(f"default, {cores} processes", default, math.ceil(limit / (BATCHES_PER_PROCESS * cores)), cores),
         *(
-            Setting(f"default with {n} iterations, batches of {limit}", replace(default, niter=n), limit, 1)
+            Setting(
+                f"default with {n} iterations, batches of {limit}",
+                InferenceRequest(settings={"niter": n}),
+                limit,
+                1,
+            )
             for n in iterations
         ),
     ]
@@ -84,7 +89,7 @@ def timed_run(model: DVAE, records: list[dict], setting: Setting) -> tuple[float
             {"prior": model},
             records,
             out,
-            config=setting.config,
+            inference=setting.inference,
             batch_size=setting.batch_size,
             workers=setting.workers,
             progress=False,
@@ -104,7 +109,7 @@ def profile(model: DVAE, record: dict) -> dict[str, float]:
     noisy = read_pair(record)[0]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        enhance_waves(model.enhancer(vem.VEMConfig()), [noisy], [record["id"]])
+        enhance_waves(model.enhancer(), [noisy], [record["id"]])
         wall = time.perf_counter() - start
     totals = {event.key: event.cpu_time_total / 1e6 for event in prof.key_averages() if event.key in PHASES}
     shares = {phase: totals.get(phase, 0.0) / wall for phase in PHASES}

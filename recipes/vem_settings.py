@@ -1,10 +1,11 @@
 """Choose each prior's VEM settings from enhancement evaluations on the same mixtures.
 
 Every row of the given `speechdvae eval enhance` reports is a candidate setting of its prior: the prior's label
-(snapshot rows "LABEL · K it" belong to LABEL, `--snapshots`), the report's VEM settings and the row's iteration
-count. The reference of a prior is its row in the report run with `--official-settings` (the first report). The
-rule: a setting passes when its median ΔSI-SDR is at most 0.2 dB and its median ΔESTOI at most 0.01 below the
-reference's; the chosen setting is the fastest that passes (lowest real-time factor, then fewest iterations).
+(snapshot rows "LABEL · K it" belong to LABEL, `--snapshots`) and the row's inference settings (the report's
+`enhancement_settings.json`). The reference of a prior is its row with the official VEM settings
+(`--official-settings`, in any of the reports). The rule: a setting passes when its median ΔSI-SDR is at most
+0.2 dB and its median ΔESTOI at most 0.01 below the reference's; the chosen setting is the fastest that passes
+(lowest real-time factor, then fewest iterations).
 
 Writes a Markdown table per prior (medians over all mixtures, over the short and the long ones of a manifest that
 has a `length` field, and over the mixtures whose speaker is seen or unseen in `--train-manifest`; real-time
@@ -36,20 +37,30 @@ NOISY = "noisy mixture"
 SNAPSHOT = re.compile(r"^(?P<label>.*) · (?P<k>\d+) it$")
 SI_SDR_MARGIN, ESTOI_MARGIN = 0.2, 0.01
 SHOWN = ("lr", "step_size", "past", "tol")  # settings that vary between candidates, besides the iterations
+ENGINES = {"vem": "VEM", "langevin": "Langevin"}
+# the official VEM settings (`VEMConfig.official()`), which the reference row of each prior ran
+OFFICIAL = {"engine": "vem", "niter": 300, "lr": 0.001, "past": "generated", "tol": 0.0, "estep_epochs": 1}
 
 
 @dataclass
 class Candidate:
     prior: str
     report: Path
-    settings: dict[str, str]
-    iterations: int
+    settings: dict[str, object]
     rows: list[dict]
+
+    @property
+    def iterations(self) -> int:
+        return int(self.settings["niter"])
+
+    @property
+    def official(self) -> bool:
+        return all(self.settings.get(k) == v for k, v in OFFICIAL.items())
 
     @property
     def name(self) -> str:
         shown = ", ".join(f"{k} {self.settings[k]}" for k in SHOWN if k in self.settings)
-        return f"{self.settings['engine']} {self.iterations} it, {shown}"
+        return f"{ENGINES[str(self.settings['engine'])]} {self.iterations} it, {shown}"
 
     def median(self, column: str, condition: str | None = None) -> float:
         values = [
@@ -69,28 +80,23 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def report_settings(report: Path) -> tuple[dict[str, str], str]:
-    """The VEM settings line of a report as a dict, and its regenerating command."""
+def report_command(report: Path) -> str:
+    """The command that regenerates a report."""
     text = (report / "enhancement.md").read_text(encoding="utf-8")
-    engine, line = re.search(r"\*\*(VEM|Langevin) settings:\*\* ([^.;:]*(?:\.\d+[^.;:]*)*)", text).groups()
-    settings = {"engine": engine, **dict(item.split("=", 1) for item in line.split(", "))}
-    command = re.search(r"Regenerate with: `([^`]*)`", text).group(1)
-    return settings, command
+    return re.search(r"Regenerate with: `([^`]*)`", text).group(1)
 
 
 def candidates(report: Path, conditions: dict[str, dict[str, str]]) -> list[Candidate]:
-    settings, _ = report_settings(report)
+    settings = json.loads((report / "enhancement_settings.json").read_text(encoding="utf-8"))
     grouped: dict[str, list[dict]] = defaultdict(list)
     with open(report / "enhancement_utterances.csv", newline="") as f:
         for row in csv.DictReader(f):
-            if row["model"] != NOISY:
+            if row["model"] in settings:
                 grouped[row["model"]].append({**row, **conditions[row["id"]]})
     out = []
     for label, rows in grouped.items():
         match = SNAPSHOT.match(label)
-        prior = match["label"] if match else label
-        iterations = int(match["k"]) if match else round(np.mean([float(r["iterations"]) for r in rows]))
-        out.append(Candidate(prior, report, settings, iterations, rows))
+        out.append(Candidate(match["label"] if match else label, report, settings[label], rows))
     return out
 
 
@@ -108,7 +114,7 @@ def verdicts(reference: Candidate, options: list[Candidate]) -> tuple[dict[int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("reports", nargs="+", type=Path, help="eval enhance folders; the first ran --official-settings")
+    parser.add_argument("reports", nargs="+", type=Path, help="eval enhance folders (one with --official-settings)")
     parser.add_argument("--manifest", type=Path, required=True, help="the mixture manifest the reports evaluated")
     parser.add_argument("--train-manifest", type=Path, help="speech the priors trained on: splits seen/unseen speakers")
     parser.add_argument("-o", "--out", type=Path, required=True, help="Markdown file (a PNG figure goes beside it)")
@@ -126,9 +132,6 @@ def main() -> None:
     conditions = [
         value for key in ("length", "speaker") for value in sorted({c[key] for c in per_id.values()}) if value
     ]
-    _, official_command = report_settings(args.reports[0])
-    if "--official-settings" not in official_command:
-        raise SystemExit(f"{args.reports[0]}: the first report must run --official-settings")
     per_prior: dict[str, list[Candidate]] = defaultdict(list)
     for report in args.reports:
         for c in candidates(report, per_id):
@@ -146,7 +149,7 @@ def main() -> None:
         "",
         "Reports:",
         "",
-        *[f"- `{report_settings(r)[1]}`" for r in args.reports],
+        *[f"- `{report_command(r)}`" for r in args.reports],
         "",
         f"Regenerate with: `python recipes/vem_settings.py {' '.join(map(str, args.reports))} "
         f"--manifest {args.manifest}"
@@ -156,19 +159,14 @@ def main() -> None:
     split = " | ".join(f"ΔSI-SDR {c}" for c in conditions)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for prior, options in per_prior.items():
-        reference = next(
-            (c for c in options if c.report == args.reports[0] and not SNAPSHOT.match(c.rows[0]["model"])), None
-        )
+        reference = next((c for c in options if c.official), None)
         passes, chosen = verdicts(reference, options) if reference else ({id(c): False for c in options}, None)
-        options.sort(key=lambda c: (c.report != args.reports[0], c.iterations))
+        options.sort(key=lambda c: (c is not reference, c.iterations))
         lines += [
             "",
             f"## {prior}",
             "",
-            *(
-                [f"No official-settings row in `{args.reports[0]}`: the rule cannot judge these settings.", ""]
-                * (not reference)
-            ),
+            *(["No row with the official settings: the rule cannot judge these settings.", ""] * (not reference)),
             f"| setting | n | ΔSI-SDR (dB) | {split} | ΔESTOI | RTF | rule |",
             "|---|---:|---:|" + "---:|" * len(conditions) + "---:|---:|---|",
         ]
@@ -186,7 +184,7 @@ def main() -> None:
             if len(curve) < 2:
                 continue
             for ax, column in zip(axes, ("si_sdr_improvement", "estoi_improvement")):
-                label = f"{prior}, {curve[0].settings['engine']}"
+                label = f"{prior}, {ENGINES[str(curve[0].settings['engine'])]}"
                 ax.plot([c.iterations for c in curve], [c.median(column) for c in curve], marker="o", label=label)
     for ax, title in zip(axes, ("median ΔSI-SDR (dB)", "median ΔESTOI")):
         ax.set_xlabel("iterations")

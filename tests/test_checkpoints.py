@@ -80,7 +80,7 @@ def test_the_shipped_default_is_stored_once_and_describes_its_data() -> None:
     assert linked.is_symlink() and linked.resolve() == (root / "src" / "speechdvae" / "pretrained" / "default")
     model = from_pretrained("default", "cpu")
     config = json.loads((linked / "config.json").read_text())
-    assert config["model"] == model.config and model.vem_iterations == config["vem"]["iterations"]
+    assert config["model"] == model.config and model.inference == config["inference"]
     assert config["training_data"]["train"] == "data/open/manifests/speech_train.jsonl"
 
 

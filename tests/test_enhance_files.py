@@ -13,21 +13,21 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import tiny_model
 
 import speechdvae
 from speechdvae.audio import AudioError
 from speechdvae.checkpoints import load_model, save_model
 from speechdvae.cli import build_parser
-from speechdvae.cli.options import inference_config
+from speechdvae.cli.options import inference_request
 from speechdvae.enhancement import files
-from speechdvae.enhancement.enhancer import Gains
+from speechdvae.enhancement.enhancer import Gains, InferenceRequest
 from speechdvae.enhancement.files import (
     Chunking,
     CrossFader,
@@ -257,40 +257,25 @@ def test_command_exit_status_and_resume(tmp_path, tiny_checkpoint, capsys):
 def test_inference_options_of_both_commands_reach_the_engine():
     for command in (["enhance", "in.wav", "-o", "out"], ["eval", "enhance", "--manifest", "m", "-o", "out"]):
         parse = build_parser().parse_args
-        assert inference_config(parse(command)) == VEMConfig()
-        assert inference_config(parse([*command, "--official-settings"])) == VEMConfig.official()
-        tuned = inference_config(
-            parse(
-                [
-                    *command,
-                    "--iterations",
-                    "7",
-                    "--lr",
-                    "0.01",
-                    "--tol",
-                    "0",
-                    "--nmf-rank",
-                    "4",
-                    "--past",
-                    "estimate",
-                    "--seed",
-                    "3",
-                ]
-            )
-        )
-        assert tuned == replace(VEMConfig(), niter=7, lr=0.01, tol=0.0, nmf_rank=4, past="estimate", seed=3)
-        official = inference_config(parse([*command, "--official-settings", "--iterations", "5"]))
-        assert official == VEMConfig.official(niter=5)
+        assert inference_request(parse(command)) == InferenceRequest()  # each prior's own
+        assert inference_request(parse([*command, "--official-settings"])) == InferenceRequest("vem", official=True)
+        vem = ["--lr", "0.01", "--tol", "0", "--nmf-rank", "4", "--past", "estimate", "--seed", "3"]
+        assert inference_request(parse([*command, "--iterations", "7", *vem])) == InferenceRequest(
+            "vem", settings=dict(niter=7, lr=0.01, tol=0.0, nmf_rank=4, past="estimate", seed=3)
+        )  # options of the VEM only choose the VEM
+        official = inference_request(parse([*command, "--official-settings", "--iterations", "5"]))
+        assert official.for_prior(tiny_model("vae")) == VEMConfig.official(niter=5)
         langevin = [*command, "--inference", "langevin"]
-        assert inference_config(parse(langevin)) == LangevinConfig()
-        tuned = inference_config(
+        assert inference_request(parse(langevin)) == InferenceRequest("langevin")
+        tuned = inference_request(
             parse([*langevin, "--iterations", "40", "--step-size", "0.05", "--langevin-steps", "2", "--warmup", "5"])
         )
-        assert tuned == LangevinConfig(niter=40, step_size=0.05, steps=2, warmup=5)
-        assert inference_config(parse([*langevin, "--wf-samples", "3", "--nmf-rank", "4", "--seed", "2"])) == (
-            LangevinConfig(wf_samples=3, nmf_rank=4, seed=2)
-        )
-        assert inference_config(parse([*command, "--wf-samples", "3"])) == VEMConfig(wf_samples=3)
+        assert tuned.for_prior(tiny_model("vae")) == LangevinConfig(niter=40, step_size=0.05, steps=2, warmup=5)
+        assert inference_request(parse([*command, "--warmup", "5"])).engine == "langevin"
+        shared = inference_request(parse([*command, "--wf-samples", "3", "--nmf-rank", "4", "--seed", "2"]))
+        assert shared == InferenceRequest(settings=dict(wf_samples=3, nmf_rank=4, seed=2))  # either engine
+    with pytest.raises(UserError, match="--lr, --warmup belong to different inference engines"):
+        run(enhance_args(["in.wav"], "out", "m", "--lr", "0.1", "--warmup", "3"))
     with pytest.raises(UserError, match="VEM settings: VEMConfig.lr must be positive"):
         run(enhance_args(["in.wav"], "out", "m", "--lr", "0"))
     with pytest.raises(UserError, match="Langevin settings: LangevinConfig.step_size must be positive"):
@@ -298,6 +283,8 @@ def test_inference_options_of_both_commands_reach_the_engine():
     with pytest.raises(UserError, match="--official-settings, --lr do not apply to --inference langevin"):
         run(enhance_args(["in.wav"], "out", "m", "--inference", "langevin", "--official-settings", "--lr", "0.1"))
     with pytest.raises(UserError, match="--step-size do not apply to --inference vem"):
+        run(enhance_args(["in.wav"], "out", "m", "--inference", "vem", "--step-size", "0.1"))
+    with pytest.raises(UserError, match="warmup must be in"):  # --step-size chooses Langevin, 2 iterations are few
         run(enhance_args(["in.wav"], "out", "m", "--step-size", "0.1"))
 
 

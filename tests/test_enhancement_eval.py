@@ -4,10 +4,12 @@ batch independence, unusable mixtures, the balanced --limit and the command line
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import shutil
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from speechdvae.cli import build_parser
 from speechdvae.cli.evaluate import enhance_command
 from speechdvae.data.manifest import write_manifest
 from speechdvae.enhancement import enhancer
+from speechdvae.enhancement.enhancer import InferenceRequest
 from speechdvae.enhancement.langevin import LangevinConfig
 from speechdvae.enhancement.vem import VEMConfig, enhance_spectrogram
 from speechdvae.errors import SpeechDVAEError
@@ -30,6 +33,7 @@ from speechdvae.evaluate.enhancement import (
     MARKDOWN_NAME,
     NOISE_FIGURE_NAME,
     NOISY_LABEL,
+    SETTINGS_NAME,
     SNR_FIGURE_NAME,
     SUMMARY_NAME,
     UTTERANCES_NAME,
@@ -98,7 +102,9 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def evaluated(tiny: dict[str, Path], manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    evaluate_enhancement(tiny, manifest, out, config=CONFIG, batch_size=4, workers=1, save_audio=True, progress=False)
+    evaluate_enhancement(
+        tiny, manifest, out, inference=CONFIG, batch_size=4, workers=1, save_audio=True, progress=False
+    )
     return out
 
 
@@ -208,7 +214,7 @@ def test_rerun_reuses_results_and_recomputes_only_what_is_missing(
         return original(model, X, config, lengths=lengths, keys=keys, snapshots=snapshots)
 
     monkeypatch.setattr(enhancer.VEMEnhancer, "engine", counting)
-    run = dict(config=CONFIG, batch_size=4, workers=1, save_audio=True, progress=False)
+    run = dict(inference=CONFIG, batch_size=4, workers=1, save_audio=True, progress=False)
     evaluate_enhancement(tiny, manifest, out, **run)
     assert enhanced == []
     assert read_rows(out / UTTERANCES_NAME) == read_rows(evaluated / UTTERANCES_NAME)
@@ -225,7 +231,7 @@ def test_rerun_reuses_results_and_recomputes_only_what_is_missing(
     assert_rows_close(read_rows(out / UTTERANCES_NAME), read_rows(evaluated / UTTERANCES_NAME))
 
     enhanced.clear()
-    evaluate_enhancement({"VAE": tiny["VAE"]}, manifest, out, **{**run, "config": VEMConfig(niter=3, seed=8)})
+    evaluate_enhancement({"VAE": tiny["VAE"]}, manifest, out, **{**run, "inference": VEMConfig(niter=3, seed=8)})
     assert sorted(key for keys in enhanced for key in keys) == [m[0] for m in MIXTURES]
 
 
@@ -235,7 +241,14 @@ def test_results_do_not_depend_on_the_batch_size_or_processes(
     evaluated: Path, tiny: dict[str, Path], manifest: Path, tmp_path: Path, batch_size: int, workers: int
 ) -> None:
     evaluate_enhancement(
-        tiny, manifest, tmp_path, config=CONFIG, batch_size=batch_size, workers=workers, save_audio=True, progress=False
+        tiny,
+        manifest,
+        tmp_path,
+        inference=CONFIG,
+        batch_size=batch_size,
+        workers=workers,
+        save_audio=True,
+        progress=False,
     )
     for name, *_ in MIXTURES:
         for label in ("VAE", "SRNN"):
@@ -277,7 +290,7 @@ def test_unusable_mixtures_are_nan_and_counted(tiny: dict[str, Path], tmp_path: 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = evaluate_enhancement(
-            {"VAE": tiny["VAE"]}, manifest, tmp_path / "out", config=CONFIG, workers=1, progress=False
+            {"VAE": tiny["VAE"]}, manifest, tmp_path / "out", inference=CONFIG, workers=1, progress=False
         )
     assert any("silent" in str(w.message) and "NaN" in str(w.message) for w in caught)
     rows = by_key(read_rows(tmp_path / "out" / UTTERANCES_NAME))
@@ -338,23 +351,33 @@ def test_results_are_keyed_by_weights_settings_and_files(tiny: dict[str, Path], 
 
 
 @pytest.mark.slow
-def test_priors_run_their_own_iterations_unless_given(tiny: dict[str, Path], manifest: Path, tmp_path: Path) -> None:
+def test_priors_run_their_own_settings_unless_given(tiny: dict[str, Path], manifest: Path, tmp_path: Path) -> None:
     plain, tuned = load_model(tiny["VAE"], "cpu"), load_model(tiny["VAE"], "cpu")
-    plain.vem_iterations, tuned.vem_iterations = 2, 3
+    plain.inference = {"engine": "vem", "niter": 2}
+    tuned.inference = {"engine": "langevin", "niter": 3, "warmup": 1, "wf_samples": 1}
     run = dict(limit=2, workers=1, progress=False)
+    own = tmp_path / "own"
     summary = evaluate_enhancement(
-        {"plain": plain, "tuned": tuned}, manifest, tmp_path / "own", config=VEMConfig(seed=7), **run
+        {"plain": plain, "tuned": tuned}, manifest, own, inference=InferenceRequest(settings={"seed": 7}), **run
     )
     assert [row["mean_iterations"] for row in summary[1:]] == [2, 3]
-    markdown = (tmp_path / "own" / MARKDOWN_NAME).read_text()
-    assert "each prior runs the iterations chosen for it" in markdown and "niter=" not in markdown
+    settings = json.loads((own / SETTINGS_NAME).read_text())
+    assert settings["plain"] == {"engine": "vem", **asdict(VEMConfig(niter=2, seed=7))}
+    assert settings["tuned"] == {
+        "engine": "langevin",
+        **asdict(LangevinConfig(niter=3, warmup=1, wf_samples=1, seed=7)),
+    }
+    markdown = (own / MARKDOWN_NAME).read_text()
+    assert "- plain: VEM, niter=2," in markdown and "- tuned: Langevin, niter=3," in markdown
+    assert "--limit 2 --seed 7`" in markdown  # the request, as given, regenerates the report
     mixture = identify(read_mixtures(manifest)[0])
     fingerprint = model_fingerprint(tuned)
-    assert result_key("tuned", fingerprint, tuned.enhancer(VEMConfig(seed=7)).settings, mixture) == result_key(
-        "tuned", fingerprint, VEMConfig(niter=3, seed=7), mixture
+    assert result_key("tuned", fingerprint, tuned.enhancer().settings, mixture) == result_key(
+        "tuned", fingerprint, LangevinConfig(niter=3, warmup=1, wf_samples=1), mixture
     )
+    given = InferenceRequest("vem", settings={"niter": 1, "seed": 7})
     summary = evaluate_enhancement(
-        {"plain": plain, "tuned": tuned}, manifest, tmp_path / "given", config=VEMConfig(niter=1, seed=7), **run
+        {"plain": plain, "tuned": tuned}, manifest, tmp_path / "given", inference=given, **run
     )
     assert [row["mean_iterations"] for row in summary[1:]] == [1, 1]
 
@@ -364,7 +387,9 @@ def test_snapshot_rows_equal_and_share_the_cache_of_shorter_runs(
 ) -> None:
     run = dict(limit=4, workers=1, progress=False, save_audio=True)
     models = {"VAE": tiny["VAE"], "SRNN": tiny["SRNN"]}
-    swept = evaluate_enhancement(models, manifest, tmp_path, config=VEMConfig(niter=4, seed=3), snapshots=[2, 4], **run)
+    swept = evaluate_enhancement(
+        models, manifest, tmp_path, inference=VEMConfig(niter=4, seed=3), snapshots=[2, 4], **run
+    )
     labels = [row["model"] for row in swept]
     assert labels == [NOISY_LABEL, "VAE", snapshot_label("VAE", 2), "SRNN", snapshot_label("SRNN", 2)]
     short = {row["model"]: row for row in swept}
@@ -381,7 +406,7 @@ def test_snapshot_rows_equal_and_share_the_cache_of_shorter_runs(
 
     monkeypatch.setattr(enhancer.VEMEnhancer, "engine", counting)
     separate = tmp_path / "separate"
-    evaluate_enhancement(models, manifest, separate, config=VEMConfig(niter=2, seed=3), **run)
+    evaluate_enhancement(models, manifest, separate, inference=VEMConfig(niter=2, seed=3), **run)
     assert calls  # computed afresh: the rows of two iterations equal the snapshots
     rows = [row for row in read_rows(tmp_path / UTTERANCES_NAME) if row["model"] != "VAE" and row["model"] != "SRNN"]
     renamed = [{**row, "model": row["model"].split(" · ")[0]} for row in rows]
@@ -395,26 +420,41 @@ def test_snapshot_rows_equal_and_share_the_cache_of_shorter_runs(
     calls.clear()
     shutil.copy(tmp_path / CACHE_NAME, separate / CACHE_NAME)
     evaluate_enhancement(
-        models, manifest, separate, config=VEMConfig(niter=4, seed=3), limit=4, workers=1, progress=False
+        models, manifest, separate, inference=VEMConfig(niter=4, seed=3), limit=4, workers=1, progress=False
     )
     assert calls == []  # the runs of four iterations are cached under the same keys
     with pytest.raises(EnhancementError, match="positive"):
-        evaluate_enhancement(models, manifest, tmp_path, config=VEMConfig(niter=4), snapshots=[0], **run)
+        evaluate_enhancement(models, manifest, tmp_path, inference=VEMConfig(niter=4), snapshots=[0], **run)
 
 
 def test_settings_and_command_line(
     tiny: dict[str, Path], manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    # a request maps to its options one to one
+    assert enhance_command({}, manifest, "out", None, InferenceRequest()).endswith("-o out")
+    assert enhance_command({}, manifest, "out", 2, InferenceRequest(official=True, settings={"niter": 3})).endswith(
+        "--limit 2 --official-settings --iterations 3"
+    )
+    langevin = InferenceRequest("langevin", settings={"step_size": 0.02, "wf_samples": 2})
+    assert enhance_command({}, manifest, "out", None, langevin).endswith(
+        "-o out --inference langevin --step-size 0.02 --wf-samples 2"
+    )
+    assert enhance_command({}, manifest, "out", None, InferenceRequest(settings={"mstep_samples": 4})).endswith(
+        "-o out  # settings without an option: mstep_samples=4"
+    )
+    # exact settings leave nothing to a prior's own: the VEM's start from the official ones, Langevin's give all
     assert enhance_command({}, manifest, "out", 2, VEMConfig.official(niter=3)).endswith(
         "--limit 2 --official-settings --iterations 3"
     )
-    assert enhance_command({}, manifest, "out", None, VEMConfig(nmf_rank=4)).endswith("-o out --nmf-rank 4")
-    assert enhance_command({}, manifest, "out", None, VEMConfig(mstep_samples=4)).endswith(
-        "-o out  # settings without an option: mstep_samples=4"
+    assert enhance_command({}, manifest, "out", None, VEMConfig(nmf_rank=4)).endswith(
+        "-o out --official-settings --iterations 30 --nmf-rank 4 --past estimate"
     )
-    assert enhance_command({}, manifest, "out", None, LangevinConfig()).endswith("-o out --inference langevin")
-    assert enhance_command({}, manifest, "out", None, LangevinConfig(step_size=0.02, wf_samples=2)).endswith(
-        "-o out --inference langevin --step-size 0.02 --wf-samples 2"
+    assert enhance_command({}, manifest, "out", None, VEMConfig(mstep_samples=4)).endswith(
+        "--past estimate  # settings without an option: mstep_samples=4"
+    )
+    assert enhance_command({}, manifest, "out", None, LangevinConfig(step_size=0.02)).endswith(
+        "-o out --inference langevin --iterations 60 --step-size 0.02 --langevin-steps 1 --warmup 10 --wf-samples 10 "
+        "--nmf-rank 8 --past estimate --seed 0"
     )
     argv = [
         "eval",
@@ -460,7 +500,7 @@ def test_langevin_results_are_kept_apart_from_the_vem(tiny: dict[str, Path], man
 
     first = report(*langevin)
     assert "--limit 2 --inference langevin --iterations 3 --warmup 1 --wf-samples 2`" in first
-    assert "**Langevin settings:**" in first and "this run enhanced 2 of 2" in first
+    assert "- VAE: Langevin, niter=3," in first and "this run enhanced 2 of 2" in first
     vem = report()
-    assert "**VEM settings:**" in vem and "this run enhanced 2 of 2" in vem
+    assert "- VAE: VEM, niter=" in vem and "this run enhanced 2 of 2" in vem
     assert "this run enhanced 0 of 2" in report(*langevin)

@@ -228,7 +228,7 @@ def test_library_call_takes_the_engine_and_its_settings() -> None:
     model = tiny_model("vae")
     speech = speechdvae.enhance(wave, 16000, model, inference="langevin", niter=3, warmup=1, wf_samples=2)
     assert speech.shape == wave.shape and speech.dtype == np.float32 and np.isfinite(speech).all()
-    with pytest.raises(ValueError, match="inference must be one of vem, langevin"):
+    with pytest.raises(ValueError, match="inference engine must be one of vem, langevin"):
         speechdvae.enhance(wave, 16000, model, inference="gibbs")
-    with pytest.raises(TypeError, match="lr"):
+    with pytest.raises(ValueError, match="lr: not settings of the langevin engine"):
         speechdvae.enhance(wave, 16000, model, inference="langevin", lr=0.1)

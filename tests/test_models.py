@@ -381,24 +381,31 @@ def test_checkpoint_config_contents(tmp_path: Path) -> None:
     assert read_checkpoint_config(tmp_path / "ckpt") == config
 
 
-def test_vem_iterations_round_trip_and_are_checked(tmp_path: Path) -> None:
+def test_inference_settings_round_trip_and_are_checked(tmp_path: Path) -> None:
     model = tiny("vae")
     save_model(model, tmp_path / "plain")
-    assert "vem" not in read_checkpoint_config(tmp_path / "plain")
-    assert load_model(tmp_path / "plain", device="cpu").vem_iterations is None
-    model.vem_iterations = 7
+    assert "inference" not in read_checkpoint_config(tmp_path / "plain")
+    assert load_model(tmp_path / "plain", device="cpu").inference is None
+    model.inference = {"engine": "langevin", "niter": 30, "step_size": 0.1}
     save_model(model, tmp_path / "tuned")
-    assert read_checkpoint_config(tmp_path / "tuned")["vem"] == {"iterations": 7}
-    assert load_model(tmp_path / "tuned", device="cpu").vem_iterations == 7
+    assert read_checkpoint_config(tmp_path / "tuned")["inference"] == model.inference
+    assert load_model(tmp_path / "tuned", device="cpu").inference == model.inference
     config_path = tmp_path / "tuned" / "config.json"
-    for bad in ({"iterations": 0}, {"iterations": "100"}, {"iterations": True}, 100):
-        config_path.write_text(json.dumps({**read_checkpoint_config(tmp_path / "plain"), "vem": bad}))
-        with pytest.raises(CheckpointError, match='config.json: "vem" must be'):
-            load_model(tmp_path / "tuned")
+    bad_entries = {
+        "must be": ({"niter": 30}, {"engine": "gibbs"}, 100),
+        "not settings of the vem engine": ({"engine": "vem", "step_size": 0.1},),
+        "niter must be positive": ({"engine": "vem", "niter": 0},),
+        "niter must be a int": ({"engine": "langevin", "niter": "100"}, {"engine": "langevin", "niter": True}),
+    }
+    for message, entries in bad_entries.items():
+        for bad in entries:
+            config_path.write_text(json.dumps({**read_checkpoint_config(tmp_path / "plain"), "inference": bad}))
+            with pytest.raises(CheckpointError, match=f'config.json: "inference".*{message}'):
+                load_model(tmp_path / "tuned")
 
 
-def test_shipped_default_carries_its_validated_iterations() -> None:
-    assert from_pretrained("default", device="cpu").vem_iterations == 100
+def test_shipped_default_carries_its_validated_inference() -> None:
+    assert from_pretrained("default", device="cpu").inference == {"engine": "vem", "niter": 100}
 
 
 def test_save_replaces_a_checkpoint_only_when_complete(tmp_path: Path) -> None:

@@ -336,7 +336,7 @@ def test_eval_enhance_scores_a_mask_estimator_next_to_a_prior(
     manifest = corpus / "mixtures" / "valid" / "manifest.jsonl"
     out = tmp_path / "report"
     summary = evaluate_enhancement(
-        {"VAE": tiny["VAE"], "UMX": umx}, manifest, out, config=VEMConfig(niter=2), workers=1, progress=False
+        {"VAE": tiny["VAE"], "UMX": umx}, manifest, out, inference=VEMConfig(niter=2), workers=1, progress=False
     )
     assert [row["model"] for row in summary] == [NOISY_LABEL, "VAE", "UMX"]
     rows = {(row["model"], row["id"]): row for row in read_rows(out / UTTERANCES_NAME)}

@@ -14,6 +14,8 @@ from conftest import noisy_stfts, tiny_model
 
 from speechdvae.checkpoints import load_model
 from speechdvae.enhancement.common import generated_past
+from speechdvae.enhancement.enhancer import InferenceRequest
+from speechdvae.enhancement.langevin import LangevinConfig
 from speechdvae.enhancement.nmf import (
     INIT_FLOOR,
     NMFNoise,
@@ -411,16 +413,28 @@ def test_snapshots_after_a_convergence_stop_equal_the_stopped_run() -> None:
         torch.testing.assert_close(full.snapshots[k][0], shorter.wiener_gain, rtol=0, atol=0)
 
 
-def test_unset_iterations_follow_the_prior() -> None:
+def test_priors_run_their_own_settings_unless_asked_otherwise() -> None:
     model = tiny_model("vae")
+    assert VEMConfig().niter == DEFAULT_ITERATIONS and InferenceRequest().for_prior(model) == VEMConfig()
+    model.inference = {"engine": "vem", "niter": 4, "lr": 0.01}
+    assert InferenceRequest().for_prior(model) == VEMConfig(niter=4, lr=0.01)
+    assert InferenceRequest(settings={"niter": 2}).for_prior(model) == VEMConfig(niter=2, lr=0.01)
+    assert InferenceRequest(official=True).for_prior(model) == VEMConfig.official()  # official ignores the prior's
+    assert InferenceRequest("langevin").for_prior(model) == LangevinConfig()  # its own are the VEM's
+    assert model.enhancer().settings == VEMConfig(niter=4, lr=0.01)
+    assert model.enhancer(VEMConfig(niter=2)).settings == VEMConfig(niter=2)  # exact settings are kept
+    model.inference = {"engine": "langevin", "niter": 30}
+    assert InferenceRequest().for_prior(model) == LangevinConfig(niter=30)
+    assert InferenceRequest("vem").for_prior(model) == VEMConfig()
+    assert InferenceRequest(official=True).for_prior(model) == VEMConfig.official()
     X = noisy_stfts([12])
-    assert VEMConfig().niter is None and VEMConfig().for_model(model).niter == DEFAULT_ITERATIONS
-    model.vem_iterations = 4
-    assert VEMConfig().for_model(model).niter == 4
-    assert VEMConfig(niter=2).for_model(model).niter == 2 and VEMConfig.official().for_model(model).niter == 300
-    assert enhance_spectrogram(model, X, VEMConfig(nmf_rank=2)).iterations.tolist() == [4]
-    assert enhance_spectrogram(model, X, VEMConfig(niter=2, nmf_rank=2)).iterations.tolist() == [2]
-    with pytest.raises(ValueError, match="niter must be positive or None"):
+    model.inference = {"engine": "vem", "niter": 4, "nmf_rank": 2}
+    assert model.enhancer().gains([X[0]], ["a"]).iterations == [4]
+    with pytest.raises(ValueError, match="warmup: not settings of the vem engine"):
+        InferenceRequest(settings={"warmup": 3}).for_prior(model)
+    with pytest.raises(ValueError, match="official settings are the VEM's"):
+        InferenceRequest("langevin", official=True)
+    with pytest.raises(ValueError, match="niter must be positive"):
         VEMConfig(niter=0)
 
 

@@ -19,17 +19,15 @@ def enhance(
     sample_rate: int,
     model: str | os.PathLike | Any = "default",
     device: str | torch.device | None = None,
-    inference: str = "vem",
+    inference: str | None = None,
     **settings: Any,
 ) -> np.ndarray:
     """Enhance a noisy waveform (frames,) or (frames, channels) at any sample rate: returns float32 speech of the
     same shape. `model` is a shipped name, a checkpoint folder or a network (a DVAE prior or the supervised
-    baseline (UMX)); a prior enhances by the `inference` engine, "vem" or "langevin", whose settings are
-    `settings` (fields of `enhancement.vem.VEMConfig` or `enhancement.langevin.LangevinConfig`, e.g. niter=100,
-    seed=1)."""
-    from .enhancement.enhancer import INFERENCE_CONFIGS, load_enhancer
+    baseline (UMX)); a prior enhances by the `inference` engine, "vem" or "langevin" (default: the one chosen
+    for the prior, else the VEM), with the prior's own settings for it replaced by `settings` (fields of
+    `enhancement.vem.VEMConfig` or `enhancement.langevin.LangevinConfig`, e.g. niter=100, seed=1)."""
+    from .enhancement.enhancer import InferenceRequest, load_enhancer
     from .enhancement.files import enhance_wave
 
-    if inference not in INFERENCE_CONFIGS:
-        raise ValueError(f"inference must be one of {', '.join(INFERENCE_CONFIGS)}, got {inference!r}")
-    return enhance_wave(wave, sample_rate, load_enhancer(model, INFERENCE_CONFIGS[inference](**settings), device))
+    return enhance_wave(wave, sample_rate, load_enhancer(model, InferenceRequest(inference, settings=settings), device))

@@ -1,7 +1,7 @@
 """Model checkpoints: a folder holding `model.safetensors` (weights) and `config.json` (model
 config and metadata: format version, package version, sample rate, STFT, training data, and for a
-speech prior optionally `"vem": {"iterations": N}`, the VEM iteration count chosen for it on
-validation mixtures, used when no --iterations is given).
+speech prior optionally `"inference": {"engine": "vem" or "langevin", SETTING: VALUE, ...}`, the
+inference chosen for it on validation mixtures, used unless the user asks for another).
 
 Checkpoints are written atomically: the new folder is built next to the destination and renamed
 into place, so an existing checkpoint is replaced only once the new one is complete.
@@ -123,7 +123,7 @@ def checkpoint_config(model: nn.Module, metadata: dict[str, Any] | None = None) 
     `input_description`); `metadata["training_data"]` becomes a top-level field. Absolute paths in the
     metadata are written relative to the working directory (`portable_paths`)."""
     metadata = portable_paths(dict(metadata or {}))
-    vem_iterations = getattr(model, "vem_iterations", None)
+    inference = getattr(model, "inference", None)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -133,7 +133,7 @@ def checkpoint_config(model: nn.Module, metadata: dict[str, Any] | None = None) 
         "sample_rate": SAMPLE_RATE,
         "stft": STFT_CONFIG,
         "input": model.input_description,
-        **({"vem": {"iterations": vem_iterations}} if vem_iterations is not None else {}),
+        **({"inference": inference} if inference else {}),
         "training_data": metadata.pop("training_data", None),
         "metadata": metadata,
     }
@@ -184,21 +184,29 @@ def _swap_in(new: Path, path: Path) -> None:
 
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> DVAE:
     """The model stored in checkpoint folder `path`, in eval mode, on `device` (default: CUDA if available),
-    with the VEM iteration count its checkpoint chose, if any."""
+    with the inference its checkpoint chose, if any."""
     model: DVAE = load_weights(path, build_model, device)  # type: ignore[assignment]
-    model.vem_iterations = vem_iterations(read_checkpoint_config(path), Path(path) / CONFIG_FILE)
+    model.inference = inference_entry(read_checkpoint_config(path), Path(path) / CONFIG_FILE)
     return model
 
 
-def vem_iterations(config: dict[str, Any], where: Path) -> int | None:
-    """The `"vem": {"iterations": N}` entry of a checkpoint config (None when absent)."""
-    vem = config.get("vem", {})
-    iterations = vem.get("iterations") if isinstance(vem, dict) else False
-    if iterations is None:
+def inference_entry(config: dict[str, Any], where: Path) -> dict[str, Any] | None:
+    """The `"inference"` entry of a checkpoint config, checked against its engine's settings (None when absent)."""
+    from .enhancement.enhancer import INFERENCE_CONFIGS, settings_with
+
+    entry = config.get("inference")
+    if entry is None:
         return None
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise CheckpointError(f'{where}: "vem" must be {{"iterations": N}} with N a positive integer, got {vem!r}')
-    return iterations
+    if not isinstance(entry, dict) or entry.get("engine") not in INFERENCE_CONFIGS:
+        raise CheckpointError(
+            f'{where}: "inference" must be {{"engine": {" or ".join(map(repr, INFERENCE_CONFIGS))}, SETTING: VALUE, '
+            f"...}}, got {entry!r}"
+        )
+    try:
+        settings_with(INFERENCE_CONFIGS[entry["engine"]](), {k: v for k, v in entry.items() if k != "engine"})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f'{where}: "inference": {err}') from err
+    return entry
 
 
 def load_weights(

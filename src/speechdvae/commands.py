@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .enhancement.enhancer import InferenceConfig
+    from .enhancement.enhancer import Inference
     from .evaluate.generation import GenerationSettings
 
 # The option choosing the inference engine of priors, and the engines by the name their settings carry
@@ -67,37 +67,35 @@ INFERENCE_OPTIONS = (
 )
 
 
-def inference_arguments(config: InferenceConfig) -> tuple[list[str], list[str]]:
-    """Options giving `config` (for the VEM plain, or from --official-settings when that needs fewer), and the
-    settings that no option can give ("name=value")."""
+def inference_arguments(inference: Inference) -> tuple[list[str], list[str]]:
+    """Options giving `inference`, and the settings that no option can give ("name=value"). A request maps to its
+    options one to one; exact settings to options that leave no field to a prior's own settings."""
+    from .enhancement.enhancer import InferenceRequest
     from .enhancement.langevin import LangevinConfig
     from .enhancement.vem import VEMConfig
 
-    flags = {option.field: option.flag for option in INFERENCE_OPTIONS if config.engine in option.engines}
-    starts: list[tuple[InferenceConfig, list[str]]] = (
-        [(VEMConfig(), []), (VEMConfig.official(), [OFFICIAL_SETTINGS])]
-        if config.engine == "vem"
-        else [(LangevinConfig(), [INFERENCE, config.engine])]
-    )
-    best: tuple[list[str], list[str]] | None = None
-    for base, start in starts:
-        if config.niter is None and OFFICIAL_SETTINGS in start:
-            continue  # the official settings fix the iteration count
-        options = start + [
-            item
-            for name, flag in flags.items()
-            if getattr(config, name) != getattr(base, name)
-            for item in (flag, str(getattr(config, name)))
-        ]
-        rest = [
-            f"{f.name}={getattr(config, f.name)}"
-            for f in fields(config)
-            if f.name not in flags and getattr(config, f.name) != getattr(base, f.name)
-        ]
-        if best is None or (len(rest), len(options)) < (len(best[1]), len(best[0])):
-            best = options, rest
-    assert best is not None
-    return best
+    if isinstance(inference, InferenceRequest):
+        flags = {option.field: option.flag for option in INFERENCE_OPTIONS}
+        options = [INFERENCE, inference.engine] if inference.engine else []
+        options += [OFFICIAL_SETTINGS] if inference.official else []
+        for name, value in inference.settings.items():
+            options += [flags[name], str(value)] if name in flags else []
+        return options, [f"{name}={value}" for name, value in inference.settings.items() if name not in flags]
+    # exact settings must not let a prior's own fill in: the VEM's start from the official settings, which ignore
+    # them; Langevin settings, without such a start, give every option
+    flags = {option.field: option.flag for option in INFERENCE_OPTIONS if inference.engine in option.engines}
+    official = inference.engine == VEMConfig.engine
+    base = VEMConfig.official() if official else LangevinConfig()
+    options = [OFFICIAL_SETTINGS] if official else [INFERENCE, inference.engine]
+    for name, flag in flags.items():
+        if not official or getattr(inference, name) != getattr(base, name):
+            options += [flag, str(getattr(inference, name))]
+    rest = [
+        f"{f.name}={getattr(inference, f.name)}"
+        for f in fields(inference)
+        if f.name not in flags and getattr(inference, f.name) != getattr(base, f.name)
+    ]
+    return options, rest
 
 
 def with_unsettable(command: str, rest: Sequence[str]) -> str:
@@ -147,7 +145,7 @@ def enhance_command(
     mixtures: str | os.PathLike,
     out_dir: str | os.PathLike,
     limit: int | None,
-    config: InferenceConfig,
+    inference: Inference,
     official: str | os.PathLike | None = None,
     save_audio: bool = False,
     snapshots: Sequence[int] = (),
@@ -158,7 +156,7 @@ def enhance_command(
     argv += ["--manifest", os.fspath(mixtures), "-o", os.fspath(out_dir)]
     if limit is not None:
         argv += ["--limit", str(limit)]
-    options, rest = inference_arguments(config)
+    options, rest = inference_arguments(inference)
     argv += options
     if snapshots:
         argv += ["--snapshots", *map(str, sorted(set(snapshots)))]
@@ -192,7 +190,7 @@ def listen_command(
     count: int,
     generated: Sequence[str],
     samples: int,
-    config: InferenceConfig,
+    inference: Inference,
 ) -> str:
     """The `speechdvae eval listen` command line that rebuilds a page."""
     argv = [
@@ -209,5 +207,5 @@ def listen_command(
         argv += ["--generate", label]
     if generated:
         argv += ["--samples", str(samples)]
-    options, rest = inference_arguments(config)
+    options, rest = inference_arguments(inference)
     return with_unsettable(shlex.join([*argv, *options, "-o", os.fspath(out_dir)]), rest)

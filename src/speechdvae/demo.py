@@ -16,7 +16,7 @@ import torch
 
 from .atomic import write_json_atomic
 from .audio import read_audio
-from .enhancement.enhancer import EnhancerSource, InferenceConfig, load_enhancer
+from .enhancement.enhancer import EnhancerSource, Inference, load_enhancer
 from .enhancement.files import EnhanceError, enhance_file
 from .evaluate.metrics import METRICS, compute_metrics
 from .evaluate.report import format_value, save_figure, spectrogram_figure
@@ -35,15 +35,15 @@ def run_demo(
     model: EnhancerSource = "default",
     noisy: str | os.PathLike = EXAMPLE_NOISY,
     clean: str | os.PathLike = EXAMPLE_CLEAN,
-    config: InferenceConfig | None = None,
+    inference: Inference | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Enhance `noisy` with `model` (for a prior, the engine `config` sets: the VEM with default settings if None)
+    """Enhance `noisy` with `model` (for a prior, by the engine and settings `inference` gives it; None: its own)
     into OUT_DIR/enhanced.wav, print and return the metrics of the noisy and enhanced signals against `clean`, and
     write OUT_DIR/spectrograms.png and OUT_DIR/metrics.json."""
     out_dir, noisy, clean = Path(out_dir), Path(noisy), Path(clean)
-    enhancer = load_enhancer(model, config, device)
+    enhancer = load_enhancer(model, inference, device)
     missing = [str(p) for p in (noisy, clean) if not p.is_file()]
     if missing:
         raise EnhanceError(f"demo example not found: {', '.join(missing)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_inference_options, add_progress, inference_config
+from .options import add_inference_options, add_progress, inference_request
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -96,7 +96,7 @@ def run_enhance(args: argparse.Namespace) -> int:
     """`speechdvae enhance`; exit status 1 if any file failed."""
     from ..enhancement.files import default_workers, enhance_files, parse_shard, set_threads, worker_device
 
-    config = inference_config(args)
+    config = inference_request(args)
     device = worker_device(args.device)
     set_threads(device, args.threads)
     report = enhance_files(

@@ -14,7 +14,7 @@ from .options import (
     add_inference_options,
     add_model_choice,
     add_progress,
-    inference_config,
+    inference_request,
     models_from_args,
 )
 
@@ -197,7 +197,7 @@ def run_enhance(args: argparse.Namespace) -> int:
     """`speechdvae eval enhance`."""
     from ..evaluate.enhancement import MARKDOWN_NAME, evaluate_enhancement, scores_table
 
-    config = inference_config(args)
+    config = inference_request(args)
     given, models = models_from_args(args, "eval enhance")
     command = enhance_command(
         given, args.manifest, args.out, args.limit, config, args.official, args.save_audio, args.snapshots
@@ -253,7 +253,7 @@ def run_listen(args: argparse.Namespace) -> int:
     """`speechdvae eval listen`."""
     from ..evaluate.listen import build_listening_page
 
-    config = inference_config(args)
+    config = inference_request(args)
     given, models = models_from_args(args, "eval listen")
     command = listen_command(
         given, args.official, args.manifest, args.out, args.count, args.generate, args.samples, config

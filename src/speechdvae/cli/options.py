@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,53 +13,73 @@ from ..commands import ENGINES, INFERENCE, INFERENCE_OPTIONS, OFFICIAL_SETTINGS
 from ..errors import UserError
 
 if TYPE_CHECKING:
-    from ..enhancement.enhancer import InferenceConfig
+    from ..enhancement.enhancer import InferenceRequest
 
 # The corpus folder built by `speechdvae data open`, read by training and evaluation defaults.
 DATA_ROOT = os.environ.get("SPEECHDVAE_DATA", "data/open")
 
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
-    """The inference engine and its settings (`enhance`, `eval enhance`, `eval listen`); unset settings keep the
-    engine's defaults, listed in the README."""
-    group = parser.add_argument_group("inference settings of priors (unset: the engine's default settings)")
+    """The inference engine and its settings (`enhance`, `eval enhance`, `eval listen`); unset settings keep each
+    prior's own (its checkpoint's choice, else the engine's defaults, listed in the README)."""
+    group = parser.add_argument_group(
+        "inference settings of priors (unset: the prior's own, chosen for it on validation mixtures, else the "
+        "engine's defaults)"
+    )
     group.add_argument(
         INFERENCE,
         choices=list(ENGINES),
-        default=next(iter(ENGINES)),
         help="`vem`: the variational EM, fine-tuning the prior's encoder per recording; `langevin`: posterior "
-        "sampling of the prior's latents by Langevin dynamics, nothing fine-tuned (default: %(default)s)",
+        "sampling of the prior's latents by Langevin dynamics, nothing fine-tuned (default: the prior's own "
+        "engine, else vem; an option of one engine only chooses that engine)",
     )
     group.add_argument(
         OFFICIAL_SETTINGS,
         action="store_true",
         help="VEM: start from the official settings (300 iterations at lr 1e-3, no early stop, "
-        "generated past) instead of the default ones",
+        "generated past) instead of the prior's own",
     )
     for option in INFERENCE_OPTIONS:
         only = "" if len(option.engines) == len(ENGINES) else ", ".join(ENGINES[name] for name in option.engines) + ": "
         group.add_argument(option.flag, type=option.type, metavar=option.metavar, help=only + option.help)
 
 
-def inference_config(args: argparse.Namespace) -> InferenceConfig:
-    """The settings the inference options give: the chosen engine's default settings or, for the VEM with
-    --official-settings, the official ones, with every option that was given applied; options of another engine
-    are refused."""
-    from ..enhancement.enhancer import INFERENCE_CONFIGS
+def inference_request(args: argparse.Namespace) -> InferenceRequest:
+    """The inference the options ask of priors: the engine given, or the only one that the given options (and
+    --official-settings) apply to, else each prior's own; the settings given, which must fit that engine's defaults
+    (or those of one of the engines they apply to). Options of engines that cannot run together are refused."""
+    from ..enhancement.enhancer import INFERENCE_CONFIGS, InferenceRequest, settings_with
     from ..enhancement.vem import VEMConfig
 
-    engine = args.inference
-    given = {option: getattr(args, option.dest) for option in INFERENCE_OPTIONS}
-    foreign = [option.flag for option, value in given.items() if value is not None and engine not in option.engines]
-    if args.official_settings and engine != "vem":
-        foreign.insert(0, OFFICIAL_SETTINGS)
-    if foreign:
-        raise UserError(f"{', '.join(foreign)} do not apply to {INFERENCE} {engine}")
-    base = VEMConfig.official() if args.official_settings else INFERENCE_CONFIGS[engine]()
-    try:
-        return replace(base, **{option.field: value for option, value in given.items() if value is not None})
-    except ValueError as err:
-        raise UserError(f"{ENGINES[engine]} settings: {err}") from err
+    given = {option: value for option in INFERENCE_OPTIONS if (value := getattr(args, option.dest)) is not None}
+    flags = [OFFICIAL_SETTINGS] if args.official_settings else []
+    engines = set(ENGINES) & ({VEMConfig.engine} if args.official_settings else set(ENGINES))
+    for option in given:
+        engines &= set(option.engines)
+        flags.append(option.flag)
+    if args.inference is not None:
+        if args.inference not in engines:
+            foreign = [flag for flag in flags if flag == OFFICIAL_SETTINGS or args.inference not in _engines_of(flag)]
+            raise UserError(f"{', '.join(foreign)} do not apply to {INFERENCE} {args.inference}")
+        engines = {args.inference}
+    if not engines:
+        raise UserError(f"{', '.join(flags)} belong to different inference engines: give one {INFERENCE}")
+    settings = {option.field: value for option, value in given.items()}
+    errors = []
+    for engine in sorted(engines):
+        base = VEMConfig.official() if args.official_settings else INFERENCE_CONFIGS[engine]()
+        try:
+            settings_with(base, settings)
+        except ValueError as err:
+            errors.append(f"{ENGINES[engine]} settings: {err}")
+    if len(errors) == len(engines):  # a prior's own settings may still clash with them: checked when it is loaded
+        raise UserError("; ".join(errors))
+    engine = engines.pop() if len(engines) == 1 else None
+    return InferenceRequest(engine, args.official_settings, settings)
+
+
+def _engines_of(flag: str) -> tuple[str, ...]:
+    return next(option.engines for option in INFERENCE_OPTIONS if option.flag == flag)
 
 
 def add_model_choice(parser: argparse.ArgumentParser) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,6 +22,8 @@ from torch import nn
 from .. import stft
 from ..baselines.mask_estimator import MaskEstimator, holds_mask_estimator, load_mask_estimator, masks
 from ..checkpoints import checkpoint_path, load_model
+from ..commands import ENGINES
+from ..errors import UserError
 from ..models.base import DVAE
 from .common import EnhancementResult
 from .langevin import LangevinConfig, enhance_by_sampling
@@ -29,8 +31,74 @@ from .vem import VEMConfig, enhance_spectrogram
 
 # The settings of an inference engine over a DVAE prior; their type chooses the engine.
 InferenceConfig = VEMConfig | LangevinConfig
-# The engines by the name their settings carry (`VEMConfig.engine`, `LangevinConfig.engine`).
+# The engines by the name their settings carry (`VEMConfig.engine`, `LangevinConfig.engine`), the default first.
 INFERENCE_CONFIGS: dict[str, type[InferenceConfig]] = {config.engine: config for config in (VEMConfig, LangevinConfig)}
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """The inference asked of speech priors whose own settings may differ: an engine (None: each prior's own, the
+    engine of its checkpoint's "inference" entry, else the VEM), whether to start from the official VEM settings
+    instead of the prior's own, and settings (fields of the engine's config) that replace the starting ones."""
+
+    engine: str | None = None
+    official: bool = False
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.engine is not None and self.engine not in INFERENCE_CONFIGS:
+            raise ValueError(f"the inference engine must be one of {', '.join(INFERENCE_CONFIGS)}, got {self.engine!r}")
+        if self.official and self.engine not in (None, VEMConfig.engine):
+            raise ValueError(f"the official settings are the VEM's, not {self.engine}'s")
+
+    def for_prior(self, prior: DVAE) -> InferenceConfig:
+        """The settings `prior` runs: the engine's official (VEM) or default settings, then the prior's own when they
+        are for that engine (not with `official`), then `settings`; UserError if they do not fit together."""
+        own = dict(prior.inference or {})
+        engine = self.engine or (VEMConfig.engine if self.official else own.pop("engine", VEMConfig.engine))
+        if self.official:
+            base = VEMConfig.official()
+        else:
+            base = INFERENCE_CONFIGS[engine]()
+            if own.pop("engine", engine) == engine:
+                base = replace(base, **own)
+        try:
+            return settings_with(base, self.settings)
+        except ValueError as err:
+            raise UserError(f"{ENGINES[engine]} settings of the prior with {dict(self.settings)}: {err}") from err
+
+
+def settings_with(config: InferenceConfig, settings: Mapping[str, Any]) -> InferenceConfig:
+    """`config` with the fields in `settings` replaced; ValueError naming the engine for unknown ones or values of
+    the wrong type, and the config's own error for invalid values."""
+    known = {f.name for f in fields(config)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(
+            f"{', '.join(unknown)}: not settings of the {config.engine} engine (valid: {', '.join(sorted(known))})"
+        )
+    for name, value in settings.items():
+        kind = type(getattr(config, name))
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
+            raise ValueError(f"{config.engine} setting {name} must be a {kind.__name__}, got {value!r}")
+    return replace(config, **settings)
+
+
+def describe_settings(config: InferenceConfig) -> str:
+    """`config` in one line: the engine's name, then every setting as name=value."""
+    return f"{ENGINES[config.engine]}, " + ", ".join(f"{f.name}={getattr(config, f.name)}" for f in fields(config))
+
+
+# What the enhancers of priors are asked for: exact settings, or a request resolved for each prior.
+Inference = InferenceConfig | InferenceRequest
+
+
+def inference_for(prior: DVAE, inference: Inference | None) -> InferenceConfig:
+    """The settings `prior` runs for `inference`: exact settings as given, a request resolved for the prior
+    (`InferenceRequest.for_prior`); None asks for the prior's own."""
+    if isinstance(inference, InferenceRequest | None):
+        return (inference or InferenceRequest()).for_prior(prior)
+    return inference
 
 
 @dataclass
@@ -130,7 +198,7 @@ class VEMEnhancer(PriorEnhancer):
     engine = enhance_spectrogram
 
     def __init__(self, prior: DVAE, config: VEMConfig | None = None) -> None:
-        super().__init__(prior, (config or VEMConfig()).for_model(prior))
+        super().__init__(prior, config or VEMConfig())
 
 
 class LangevinEnhancer(PriorEnhancer):
@@ -143,9 +211,10 @@ class LangevinEnhancer(PriorEnhancer):
         super().__init__(prior, config or LangevinConfig())
 
 
-def prior_enhancer(prior: DVAE, config: InferenceConfig | None = None) -> VEMEnhancer | LangevinEnhancer:
-    """A speech prior as an enhancer: posterior sampling with a `LangevinConfig`, else the VEM with `config`
-    (default settings if None)."""
+def prior_enhancer(prior: DVAE, inference: Inference | None = None) -> VEMEnhancer | LangevinEnhancer:
+    """A speech prior as an enhancer by the engine and settings `inference` gives it (`inference_for`; None: the
+    prior's own)."""
+    config = inference_for(prior, inference)
     if isinstance(config, LangevinConfig):
         return LangevinEnhancer(prior, config)
     return VEMEnhancer(prior, config)
@@ -177,15 +246,15 @@ EnhancerSource = str | os.PathLike | DVAE | MaskEstimator
 
 
 def load_enhancer(
-    source: EnhancerSource, config: InferenceConfig | None = None, device: str | torch.device | None = None
+    source: EnhancerSource, inference: Inference | None = None, device: str | torch.device | None = None
 ) -> Enhancer:
     """The enhancer of a shipped name, a checkpoint folder or a network in memory: for a speech prior the engine
-    that `config` sets (the VEM with default settings if None, `prior_enhancer`), the mask itself for a mask
+    and settings `inference` gives it (`prior_enhancer`; None: the prior's own), the mask itself for a mask
     estimator."""
     if isinstance(source, (str, os.PathLike)):
         path = checkpoint_path(source)
         source = load_mask_estimator(path, device) if holds_mask_estimator(path) else load_model(path, device)
-    return source.enhancer(config)
+    return source.enhancer(inference)
 
 
 @dataclass

@@ -46,7 +46,7 @@ from ..checkpoints import default_device
 from ..data.manifest import read_manifest
 from ..errors import SpeechDVAEError
 from ..stft import HOP_LENGTH, N_FFT, istft, min_samples, stft
-from .enhancer import Enhancer, EnhancerSource, InferenceConfig, load_enhancer
+from .enhancer import Enhancer, EnhancerSource, Inference, load_enhancer
 
 # Output formats kept from the input; any other input is written as WAV.
 OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
@@ -500,7 +500,7 @@ def enhance_files(
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
     model: EnhancerSource = "default",
-    config: InferenceConfig | None = None,
+    inference: Inference | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     batch_size: int = 1,
     device: str | torch.device | None = None,
@@ -509,8 +509,8 @@ def enhance_files(
     shard: tuple[int, int] = (0, 1),
     workers: int = 1,
 ) -> EnhanceReport:
-    """Enhance files, folders and manifests into `out_dir` with a prior (the engine `config` sets, the VEM with
-    default settings if None) or the supervised baseline (UMX) (shipped name, checkpoint folder or network). Existing
+    """Enhance files, folders and manifests into `out_dir` with a prior (by the engine and settings `inference` gives
+    it; None: its own) or the supervised baseline (UMX) (shipped name, checkpoint folder or network). Existing
     outputs are skipped unless `overwrite`, and temporaries that a killed run left next to them are removed; failures
     are printed on stderr, listed in OUTDIR/failed.jsonl and do not stop the run. `shard` (index, count) takes every
     count-th file. `workers` > 1 shares the chunk groups of all files, the chunks of one long file included, among
@@ -520,7 +520,7 @@ def enhance_files(
     chunking = check_settings(chunk_seconds, batch_size)  # before any work
     if workers < 1:
         raise EnhanceError(f"workers must be positive, got {workers}")
-    enhancer = load_enhancer(model, config, device)
+    enhancer = load_enhancer(model, inference, device)
     report = EnhanceReport()
     todo = []
     for job in jobs:

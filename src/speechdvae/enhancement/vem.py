@@ -46,17 +46,15 @@ DEFAULT_ITERATIONS = 30
 class VEMConfig:
     """Settings of the VEM. `official()` gives the settings of the authors' launch scripts. The
     defaults, chosen on validation mixtures of the open corpus (docs/enhancement_valid), differ in two
-    places: fewer iterations than 300, as many as chosen for the prior (`DVAE.vem_iterations`, from
-    its checkpoint), else DEFAULT_ITERATIONS (the RNN priors score higher after 30 than after 100 or
-    300, e.g. the official WSJ0 RVAE 1.9 against 0.2 dB median SI-SDR; our HiT/LigHT-DVAE priors take
-    100), and autoregressive priors read the clean-power estimate as their past (for
+    places: DEFAULT_ITERATIONS instead of 300 (a prior's checkpoint may choose its own,
+    `DVAE.inference`), and autoregressive priors read the clean-power estimate as their past (for
     HiT/LigHT-DVAE about 5 times faster per iteration than generating it). The optional stop on a
     settled loss compares windows of iterations because the sampled loss fluctuates by ~5e-4 from one
     iteration to the next."""
 
     engine: ClassVar[str] = "vem"  # the name of the engine these settings run (`speechdvae ... --inference`)
 
-    niter: int | None = None  # maximum number of VEM iterations; None: the prior's (`for_model`)
+    niter: int = DEFAULT_ITERATIONS  # maximum number of VEM iterations
     lr: float = 1e-3  # Adam learning rate of the E-step
     nmf_rank: int = 8  # K, rank of the noise NMF
     mstep_samples: int = 1  # latent draws for the M-step criterion (41)
@@ -70,9 +68,7 @@ class VEMConfig:
     seed: int = 0  # root of every utterance's random stream
 
     def __post_init__(self) -> None:
-        if self.niter is not None and not self.niter > 0:
-            raise ValueError(f"VEMConfig.niter must be positive or None, got {self.niter}")
-        positive = ("lr", "nmf_rank", "mstep_samples", "wf_samples", "estep_epochs", "window")
+        positive = ("niter", "lr", "nmf_rank", "mstep_samples", "wf_samples", "estep_epochs", "window")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"VEMConfig.{name} must be positive, got {getattr(self, name)}")
@@ -80,12 +76,6 @@ class VEMConfig:
             raise ValueError("VEMConfig.kl_weight and VEMConfig.tol must be nonnegative")
         if self.past not in PASTS:
             raise ValueError(f"VEMConfig.past must be one of {', '.join(PASTS)}, got {self.past!r}")
-
-    def for_model(self, model: DVAE) -> VEMConfig:
-        """These settings for `model`: an unset iteration count becomes the prior's own, else the default."""
-        if self.niter is not None:
-            return self
-        return replace(self, niter=model.vem_iterations or DEFAULT_ITERATIONS)
 
     @classmethod
     def official(cls, **overrides: object) -> VEMConfig:
@@ -190,7 +180,6 @@ def enhance_spectrogram(
 ) -> VEMResult:
     """Enhance noisy STFTs X, complex (T, F) or (B, T, F) with per-utterance `lengths` in frames.
 
-    An unset `config.niter` runs the prior's own number of iterations (`VEMConfig.for_model`).
     `keys` name each utterance's random stream (default: its index in the batch); `init` gives the
     initial NMF factors instead of drawing them. A (T, F) input gives a batch of one.
 
@@ -199,7 +188,6 @@ def enhance_spectrogram(
     they were), with the time such a run would take: one run gives a whole curve of quality against
     iterations.
     """
-    config = config.for_model(model)
     pending = check_snapshots(snapshots, 1, config.niter)
     clock = Clock()
     batch = NoisyBatch.checked(model, X, lengths, keys)

@@ -36,7 +36,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,17 @@ import torch
 from tqdm import tqdm
 
 from .. import audio
+from ..atomic import write_text_atomic
 from ..commands import enhance_command
-from ..enhancement.enhancer import Enhancer, EnhancerSource, InferenceConfig, enhance_waves, load_enhancer
-from ..enhancement.vem import DEFAULT_ITERATIONS, VEMConfig
+from ..enhancement.enhancer import (
+    Enhancer,
+    EnhancerSource,
+    Inference,
+    InferenceRequest,
+    describe_settings,
+    enhance_waves,
+    load_enhancer,
+)
 from ..errors import needs_extra
 from .common import EvaluationError, Labelled, ResultCache, model_fingerprint, torch_threads
 from .metrics import METRICS, markdown_table, median_ci, metrics_with_reasons, summarize_metrics
@@ -65,6 +73,8 @@ FIGURE_METRICS = ("si_sdr", "pesq_nb_raw", "estoi")  # the panels of Figs. 4-5, 
 MARKERS = "osD^v<>ph*"  # with 20 colours: series stay distinct in the figures
 BATCH_SIZE = 8
 MARKDOWN_NAME, SUMMARY_NAME, UTTERANCES_NAME = "enhancement.md", "enhancement.csv", "enhancement_utterances.csv"
+# row label -> the inference settings of the row ({"engine": ..., field: value, ...}; priors only)
+SETTINGS_NAME = "enhancement_settings.json"
 SNR_FIGURE_NAME, NOISE_FIGURE_NAME = "improvement_per_snr.png", "improvement_per_noise.png"
 CACHE_NAME, AUDIO_DIR = "enhancement_cache.jsonl", "audio"
 UTTERANCE_COLUMNS = (
@@ -227,6 +237,15 @@ class _Evaluation:
             self.rows_of[p.label] = rows
         self.computed = dict.fromkeys([label for p in priors for label in self.rows_of[p.label]], 0)
 
+    def settings(self) -> dict[str, dict[str, Any]]:
+        """Row label -> the inference settings of the row, with the engine (rows of priors only)."""
+        return {
+            label: {"engine": settings.engine, **asdict(settings)}
+            for rows in self.rows_of.values()
+            for label, (_, settings) in rows.items()
+            if settings is not None
+        }
+
     @property
     def labels(self) -> list[str]:
         """Every row: the noisy mixture, then each enhancer followed by its snapshots."""
@@ -371,7 +390,7 @@ def evaluate_enhancement(
     mixtures: Mixtures,
     out_dir: str | os.PathLike,
     limit: int | None = None,
-    config: InferenceConfig = VEMConfig(),
+    inference: Inference | None = None,
     *,
     snapshots: Sequence[int] = (),
     batch_size: int = BATCH_SIZE,
@@ -381,8 +400,8 @@ def evaluate_enhancement(
     command: str | None = None,
 ) -> list[dict[str, object]]:
     """Enhance every mixture (manifest path or records) with every model, label -> network or checkpoint folder of
-    a prior (the engine `config` sets) or of the supervised baseline (UMX), and score it against its clean reference,
-    reusing the results cached in `out_dir`.
+    a prior (enhancing by the engine and settings `inference` gives it; None: its own) or of the supervised baseline
+    (UMX), and score it against its clean reference, reusing the results cached in `out_dir`.
 
     Writes the report files into `out_dir` and returns the summary: the noisy mixture then one row per prior,
     with `n`, a MetricSummary per score and per improvement, `seconds_per_utterance` and `real_time_factor`.
@@ -398,7 +417,7 @@ def evaluate_enhancement(
     out_dir = Path(out_dir)
     all_records, records = select_mixtures(mixtures, limit)
     _check_labels(list(models), records, out_dir if save_audio else None)
-    enhancers = {label: load_enhancer(source, config) for label, source in models.items()}
+    enhancers = {label: load_enhancer(source, inference) for label, source in models.items()}
     priors = [Labelled(label, enhancer, model_fingerprint(enhancer.network)) for label, enhancer in enhancers.items()]
     selected = [identify(record) for record in records]
     workers = max(1, (os.cpu_count() or 1) if workers is None else workers)
@@ -412,11 +431,12 @@ def evaluate_enhancement(
     rows = evaluation.rows(selected)
     summary = _summary(rows, evaluation)
     if command is None:
-        command = enhance_command(models, mixtures, out_dir, limit, config, save_audio=save_audio, snapshots=snapshots)
+        asked = inference or InferenceRequest()
+        command = enhance_command(models, mixtures, out_dir, limit, asked, save_audio=save_audio, snapshots=snapshots)
     intro = [
         f"Regenerate with: `{command}`",
         _describe_set(mixtures, len(all_records), selected, rows, limit),
-        _describe_inference(config, batch_size),
+        _describe_inference(priors, batch_size),
         METHOD_NOTE,
         *([SUPERVISED_NOTE] if any(p.model.prior is None for p in priors) else []),
         PESQ_NOTE,
@@ -424,7 +444,8 @@ def evaluate_enhancement(
         *([_describe_snapshots(snapshots)] if snapshots else []),
         _describe_cache(evaluation, len(selected)),
     ]
-    _write_report(out_dir, rows, summary, intro, _condition_table(selected))
+    _write_report(out_dir, rows, summary, [line for line in intro if line], _condition_table(selected))
+    write_text_atomic(out_dir / SETTINGS_NAME, json.dumps(evaluation.settings(), indent=2) + "\n")
     return summary
 
 
@@ -573,31 +594,26 @@ def _describe_set(mixtures: Mixtures, total: int, selected: list[Mixture], rows:
     )
 
 
-def _describe_inference(config: InferenceConfig, batch_size: int) -> str:
-    settings = ", ".join(f"{f.name}={value}" for f in fields(config) if (value := getattr(config, f.name)) is not None)
-    batching = (
-        f"Mixtures are enhanced {batch_size} at a time, sorted by length; each has its own "
-        + ("encoder copy" if isinstance(config, VEMConfig) else "Markov chain")
-        + ", NMF and gains and random streams seeded from `seed` and its id, so the results do not depend on the "
-        "batching."
+def _describe_inference(priors: Sequence[Labelled], batch_size: int) -> str:
+    """The inference settings of each prior, and how batches and the past of autoregressive priors are handled."""
+    settings = [f"- {p.label}: {describe_settings(p.model.settings)}" for p in priors if p.model.settings]
+    if not settings:
+        return ""
+    return "\n".join(
+        [
+            "**Inference settings** (the prior's own unless the command gives them: its checkpoint's `inference` "
+            "entry, else the engine's defaults; VEM: the variational EM, `enhancement.vem`; Langevin: posterior "
+            "sampling of the prior's latents by Langevin dynamics, nothing fine-tuned, `enhancement.langevin`):",
+            "",
+            *settings,
+            "",
+            f"Mixtures are enhanced {batch_size} at a time, sorted by length; each has its own encoder copy (VEM) or "
+            "Markov chain (Langevin), NMF and gains and random streams seeded from `seed` and its id, so the results "
+            "do not depend on the batching. Autoregressive priors read their own generated past (eq. 31) with "
+            "past=generated, and the current clean-power estimate E[|s|² | x], decoding all frames at once, with "
+            "past=estimate. The settings of every row are in `" + SETTINGS_NAME + "`.",
+        ]
     )
-    past = (
-        " Autoregressive priors read their own generated past (eq. 31)."
-        if config.past == "generated"
-        else " Autoregressive priors read the current clean-power estimate E[|s|² | x] as their past, decoding all "
-        "frames at once."
-    )
-    if not isinstance(config, VEMConfig):
-        return (
-            f"**Langevin settings:** {settings}: posterior sampling of each prior's latents by Langevin dynamics "
-            f"(`enhancement.langevin`), nothing fine-tuned. {batching}{past}"
-        )
-    if config.niter is None:
-        settings += (
-            f"; each prior runs the iterations chosen for it (its checkpoint's `vem` entry), else "
-            f"{DEFAULT_ITERATIONS} (mean in the timing table)"
-        )
-    return f"**VEM settings:** {settings}. {batching}{past}"
 
 
 def _describe_snapshots(snapshots: Sequence[int]) -> str:

@@ -16,16 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import audio
 from ..atomic import write_text_atomic
-from ..commands import ENGINES
-from ..enhancement.enhancer import (
-    INFERENCE_CONFIGS,
-    Enhancer,
-    EnhancerSource,
-    InferenceConfig,
-    enhance_waves,
-    load_enhancer,
-)
-from ..enhancement.vem import VEMConfig
+from ..enhancement.enhancer import Enhancer, EnhancerSource, Inference, describe_settings, enhance_waves, load_enhancer
 from ..models import DVAE
 from .common import EvaluationError
 from .generation import GenerationSettings, derived_seed, generate_clips
@@ -166,14 +157,15 @@ def build_listening_page(
     count: int = 4,
     generated: Sequence[str] = (),
     samples: int = 2,
-    config: InferenceConfig = VEMConfig(),
+    inference: Inference | None = None,
     command: str | None = None,
     progress: bool = True,
 ) -> Path:
     """Write OUT_DIR/index.html with its audio and pictures: `count` mixtures balanced over noise type × SNR,
     enhanced by every model (label -> prior, supervised baseline (UMX) or checkpoint folder), then `samples` clips
-    sampled from each prior labelled in `generated` (random streams from the inference seed). The page is written
-    last, so it never points to missing files."""
+    sampled from each prior labelled in `generated` (random streams from the prior's inference seed). Priors enhance
+    by the engine and settings `inference` gives them (None: their own). The page is written last, so it never points
+    to missing files."""
     if not models:
         raise ListenError("give at least one model to enhance the mixtures with")
     if len({slug(label) for label in models} | {"clean", "noisy"}) != len(models) + 2:
@@ -189,7 +181,7 @@ def build_listening_page(
     if not records:
         raise ListenError("the mixture set is empty")
     out_dir = Path(out_dir)
-    loaded = {label: load_enhancer(source, config) for label, source in models.items()}
+    loaded = {label: load_enhancer(source, inference) for label, source in models.items()}
     not_priors = [label for label in generated if loaded[label].prior is None]
     if not_priors:
         raise ListenError(f"only priors generate speech, not {', '.join(not_priors)}")
@@ -197,14 +189,15 @@ def build_listening_page(
         mixture_section(record, loaded, out_dir) for record in tqdm(records, desc="mixtures", disable=not progress)
     ]
     sections += [
-        generation_section(label, loaded[label].prior, samples, config.seed, out_dir)
+        generation_section(label, loaded[label].prior, samples, loaded[label].settings.seed, out_dir)
         for label in tqdm(generated, desc="generation", disable=not progress)
     ]
+    settings = "; ".join(
+        f"{label}: {describe_settings(enhancer.settings)}" for label, enhancer in loaded.items() if enhancer.settings
+    )
     intro = (
-        f"{len(records)} noisy test mixtures (peak-normalised), each enhanced by every model with the "
-        f"{'default' if config == INFERENCE_CONFIGS[config.engine]() else 'given'} "
-        f"{ENGINES[config.engine]} settings; scores against the clean reference. "
-        "Spectrograms share one colour scale per section."
+        f"{len(records)} noisy test mixtures (peak-normalised), each enhanced by every model ({settings}); scores "
+        "against the clean reference. Spectrograms share one colour scale per section."
     )
     if command:
         intro += f" Regenerate with <code>{html.escape(command)}</code>."

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from ..enhancement.enhancer import InferenceConfig, LangevinEnhancer, VEMEnhancer
+    from ..enhancement.enhancer import Inference, LangevinEnhancer, VEMEnhancer
 
 
 LOG_EPS = 1e-8
@@ -105,9 +105,10 @@ class DVAE(Configured):
         self.x_dim = x_dim
         self.z_dim = z_dim
         self.log_input = log_input
-        # VEM iterations chosen for this prior on validation mixtures (the "vem" entry of its checkpoint);
-        # None: the VEM default (`enhancement.vem.DEFAULT_ITERATIONS`).
-        self.vem_iterations: int | None = None
+        # The inference chosen for this prior on validation mixtures (the "inference" entry of its checkpoint): the
+        # engine ("vem" or "langevin") and the settings that differ from that engine's defaults. None: the VEM with
+        # its default settings.
+        self.inference: dict[str, Any] | None = None
 
     # -- the interface -------------------------------------------------------------------
     def infer(self, s: torch.Tensor, sample: bool = True) -> Posterior:
@@ -154,12 +155,12 @@ class DVAE(Configured):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def enhancer(self, config: InferenceConfig | None = None) -> VEMEnhancer | LangevinEnhancer:
-        """This prior as an enhancer with an NMF noise model: Langevin posterior sampling with a `LangevinConfig`,
-        else the VEM with `config` (default settings if None)."""
+    def enhancer(self, inference: Inference | None = None) -> VEMEnhancer | LangevinEnhancer:
+        """This prior as an enhancer with an NMF noise model, by the engine and settings `inference` gives it (exact
+        settings, or an `InferenceRequest`; None: the prior's own, `self.inference`)."""
         from ..enhancement.enhancer import prior_enhancer
 
-        return prior_enhancer(self, config)
+        return prior_enhancer(self, inference)
 
     def standard_prior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of an i.i.d. N(0, I) prior shaped like z."""
