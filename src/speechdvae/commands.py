@@ -76,8 +76,8 @@ def inference_arguments(inference: Inference) -> tuple[list[str], list[str]]:
 
     if isinstance(inference, InferenceRequest):
         flags = {option.field: option.flag for option in INFERENCE_OPTIONS}
-        options = [INFERENCE, inference.engine] if inference.engine else []
-        options += [OFFICIAL_SETTINGS] if inference.official else []
+        chosen = [INFERENCE, inference.engine] if inference.engine else []
+        options = [OFFICIAL_SETTINGS] if inference.official else chosen
         for name, value in inference.settings.items():
             options += [flags[name], str(value)] if name in flags else []
         return options, [f"{name}={value}" for name, value in inference.settings.items() if name not in flags]
