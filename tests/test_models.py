@@ -395,7 +395,7 @@ def test_inference_settings_round_trip_and_are_checked(tmp_path: Path) -> None:
         "must be": ({"niter": 30}, {"engine": "gibbs"}, 100),
         "not settings of the vem engine": ({"engine": "vem", "step_size": 0.1},),
         "niter must be positive": ({"engine": "vem", "niter": 0},),
-        "niter must be a int": ({"engine": "langevin", "niter": "100"}, {"engine": "langevin", "niter": True}),
+        "niter must be of type int": ({"engine": "langevin", "niter": "100"}, {"engine": "langevin", "niter": True}),
     }
     for message, entries in bad_entries.items():
         for bad in entries:

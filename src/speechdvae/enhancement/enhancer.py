@@ -80,7 +80,7 @@ def settings_with(config: InferenceConfig, settings: Mapping[str, Any]) -> Infer
     for name, value in settings.items():
         kind = type(getattr(config, name))
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
-            raise ValueError(f"{config.engine} setting {name} must be a {kind.__name__}, got {value!r}")
+            raise ValueError(f"{config.engine} setting {name} must be of type {kind.__name__}, got {value!r}")
     return replace(config, **settings)
 
 
