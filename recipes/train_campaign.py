@@ -11,6 +11,8 @@ A prior is a lineage of stages NAME, NAME.2, NAME.3, ... Within a working sessio
 state in RUNS_DIR (`--resume`); the state (optimiser included) is never committed, so a new session continues the
 lineage from its last committed model (PUBLISHED/NAME[.k]/model, written by `recipes/publish_runs.sh`) as the next
 stage: same settings, a fresh optimiser, no second KL warm-up. A lineage whose last stage stopped early is done.
+Settings that change along a lineage (LANES) take effect at the stage they name; to close a running stage early
+and start the next one with them, publish it and delete its run folder's state.pt.
 
     python recipes/train_campaign.py [--runs runs/paper] [--published checkpoints/open-paper] [--data data/open]
 
@@ -26,13 +28,13 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# lanes of (lineage, preset, overrides)
+# lanes of (lineage, preset, {first stage: overrides from that stage on})
 # The DKF's gradient norm is heavy-tailed (paper DKF at epoch 231, 40 training batches: median 3.2e3, 90th
 # percentile 1.3e4, max 5.6e4) and its first stage blew up four times in 233 epochs (validation loss from 1114 to
 # 1800 at epoch 233), each costing 20-40 epochs to recover: its later stages clip the global norm at 1e4.
-LANES = [
-    [("dkf", "dkf", ["train.grad_clip=10000"])],
-    [("rvae", "rvae", []), ("vae", "vae", [])],
+LANES: list[list[tuple[str, str, dict[int, list[str]]]]] = [
+    [("dkf", "dkf", {2: ["train.grad_clip=10000"]})],
+    [("rvae", "rvae", {}), ("vae", "vae", {})],
 ]
 BUDGET = ["train.epochs=3000"]
 
@@ -60,12 +62,11 @@ def stopped_early(run: Path) -> bool:
 
 
 def stage_command(
-    lineage: str, preset: str, overrides: list[str], runs: Path, published: Path, data: Path
+    lineage: str, preset: str, overrides: dict[int, list[str]], runs: Path, published: Path, data: Path
 ) -> tuple[str, list[str]] | None:
     """The stage to run next for a lineage and its `speechdvae train` command; None when the lineage is done."""
     committed = last_stage(published, lineage, "model")
     running = last_stage(runs, lineage, "state.pt")
-    settings = BUDGET + overrides
     if running and running >= committed:
         k, extra = running, ["--resume"]
     elif committed and stopped_early(published / stage_name(lineage, committed)):
@@ -73,6 +74,7 @@ def stage_command(
     else:
         k, extra = committed + 1, []
     name = stage_name(lineage, k)
+    settings = BUDGET + [setting for first, more in sorted(overrides.items()) if first <= k for setting in more]
     if k > 1:  # a later stage starts from the previous one's committed model (the same settings when resumed)
         start = published / stage_name(lineage, k - 1) / "model"
         settings += [f"train.init_from={start}", "train.kl_warmup_epochs=0"]
@@ -95,7 +97,7 @@ def stage_command(
     return name, command
 
 
-def run_lane(lane: list[tuple[str, str, list[str]]], args: argparse.Namespace) -> None:
+def run_lane(lane: list[tuple[str, str, dict[int, list[str]]]], args: argparse.Namespace) -> None:
     for lineage, preset, overrides in lane:
         stage = stage_command(lineage, preset, overrides, args.runs, args.published, args.data)
         if stage is None:
