@@ -211,6 +211,18 @@ def test_resume_refuses_a_changed_configuration_but_accepts_a_new_budget(corpus,
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 2
 
 
+def test_a_state_older_than_an_option_resumes_with_its_default(corpus, tmp_path):
+    Trainer(make_config(corpus, tmp_path, epochs=1), tmp_path / "run", progress=False).train()
+    state_path = tmp_path / "run" / "state.pt"
+    state = torch.load(state_path, weights_only=False)
+    for option in ("warp", "join_speakers"):  # written before these options existed
+        del state["config"]["train"][option]
+    torch.save(state, state_path)
+    with pytest.raises(ConfigError, match="different configuration"):
+        Trainer(make_config(corpus, tmp_path, epochs=2, warp=0.1), tmp_path / "run", resume=True, progress=False)
+    assert Trainer(make_config(corpus, tmp_path, epochs=2), tmp_path / "run", resume=True, progress=False).epoch == 1
+
+
 def test_ddp_two_processes_train_in_sync(corpus, tmp_path):
     """torchrun with 2 gloo processes: replicas stay identical (checked by the trainer at the end),
     each step consumes one global batch, and the result is not that of one process on its shard."""

@@ -18,7 +18,7 @@ from speechdvae.errors import SpeechDVAEError
 from speechdvae.models import build_model
 from speechdvae.train.baseline import BaselineTrainer
 from speechdvae.train.dvae import Trainer
-from speechdvae.train.run import RunTrainer, with_budget
+from speechdvae.train.run import RunTrainer, with_budget, with_defaults
 
 VALID_LOSSES = [3.0, 2.0, 2.5, 1.0, 1.5]  # improvements at steps 1, 2 and 4
 
@@ -45,6 +45,7 @@ class Toy(RunTrainer):
 
     error = ToyError
     budget = ("train.steps",)
+    defaults = {"train": {"lr": 0.1}}
     state_keys = (*RunTrainer.state_keys, "best_step")
 
     def __init__(self, config: ToyConfig, run_dir: Path, resume: bool = False) -> None:
@@ -96,6 +97,10 @@ def test_only_the_budget_may_differ() -> None:
     assert with_budget(saved, current, ("steps", "train.epochs")) == current
     assert with_budget(saved, current, ("steps",)) != current
     assert saved["train"]["epochs"] == 3  # the saved configuration itself is left as it was
+    # options added after a state was written take their defaults, which reproduce what was done before them
+    older = {"steps": 10, "train": {"epochs": 3}}
+    assert with_defaults(older, {"lr": 0.1, "train": {"seed": 0}}) == {**saved, "train": {"epochs": 3, "seed": 0}}
+    assert with_defaults(saved, {"lr": 0.5}) == saved
 
 
 def test_a_run_is_refused_resumed_or_begun_as_resume_says(config: ToyConfig, tmp_path: Path) -> None:

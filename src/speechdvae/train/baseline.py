@@ -37,7 +37,7 @@ from ..data.manifest import read_manifest
 from ..data.mix import mix_at_snr, noise_segment
 from ..errors import SpeechDVAEError
 from ..evaluate.mixtures import balanced_subset, read_mixtures, read_pair
-from .run import RunTrainer
+from .run import RunTrainer, option_defaults
 
 TRAIN_STREAM, STATS_STREAM = 0, 1  # random streams of the training batches and of the normalisation batches
 MAX_DRAWS = 100  # attempts at a crop pair that is not silent
@@ -206,6 +206,7 @@ class BaselineTrainer(RunTrainer):
 
     error = BaselineError
     budget = ("steps",)
+    defaults = option_defaults(BaselineConfig)
     state_keys = (*RunTrainer.state_keys, "train_sum", "train_count", "best_step")
     config: BaselineConfig
     model: MaskEstimator

@@ -31,7 +31,7 @@ from ..data.sequences import SequenceDataset, SpectrogramCache
 from ..errors import SpeechDVAEError
 from ..models import DVAE, build_model, load_preset
 from ..models.losses import elbo_loss
-from .run import RunTrainer
+from .run import RunTrainer, option_defaults
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -331,6 +331,7 @@ class Trainer(RunTrainer):
 
     error = ConfigError
     budget = ("train.epochs", "train.max_steps", "train.early_stop_patience")
+    defaults = {"train": option_defaults(TrainConfig)}
     state_keys = (*RunTrainer.state_keys, "epoch", "batch_in_epoch", "best_epoch", "stale_epochs", "epoch_sums")
     config: RunConfig
     model: DVAE

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import copy
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -76,6 +77,27 @@ def with_budget(saved: dict[str, Any], current: dict[str, Any], budget: tuple[st
     return out
 
 
+def option_defaults(config_class: type) -> dict[str, Any]:
+    """The options of a config dataclass that have defaults, as config.json writes them (tuples as lists)."""
+    return {
+        f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+        for f in dataclasses.fields(config_class)
+        if f.default is not dataclasses.MISSING
+    }
+
+
+def with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`saved` with the options it lacks set to their `defaults` (nested like config.json): options added to a
+    trainer after a state was written default to what the trainer did before they existed."""
+    out = copy.deepcopy(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
+
+
 class RunTrainer(abc.ABC):
     """The part of a trainer that lives in its run folder: the check of RUN_DIR against `resume`, the training
     state and log, the best weights and their export.
@@ -91,6 +113,8 @@ class RunTrainer(abc.ABC):
     # The options a resumed run may change, as keys of config.json ("option" or "section.option"): they extend or
     # shorten the run without changing what a step computes.
     budget: ClassVar[tuple[str, ...]]
+    # The defaults of the options in config.json (nested like it), given to the options a saved state lacks.
+    defaults: ClassVar[dict[str, Any]]
     state_keys: ClassVar[tuple[str, ...]] = ("step", "elapsed", "best_loss", "best_state", "history")
 
     config: RunConfiguration
@@ -125,7 +149,7 @@ class RunTrainer(abc.ABC):
             )
         state = torch.load(path, map_location=self.device, weights_only=False)
         current = self.config.to_json()
-        if with_budget(state["config"], current, self.budget) != current:
+        if with_budget(with_defaults(state["config"], self.defaults), current, self.budget) != current:
             names = ", ".join(key.rpartition(".")[2] for key in self.budget)
             raise self.error(
                 f"{path} was written with a different configuration; resume with the same options "
