@@ -7,13 +7,13 @@ batched, one at a time and over all cores.
 
 Every run is a full `eval enhance` (read, VEM, iSTFT, scoring) into a fresh temporary folder, so the median
 SI-SDR of each setting comes with its time, and with the median over mixtures of its SI-SDR minus the first
-setting's (the official one's) on the same mixture, ± 1.57·IQR/√n. `--iterations N` adds the default settings
-with N iterations. `--profile` also shows where the time of the default settings goes on the first mixture
-(the VEM phases labelled in `speechdvae.enhancement.vem`), and `--past-cost` times instead one E-step (forward and
-backward) of each autoregressive prior on the first mixture with each past: generated frame by frame under
-autograd, generated in two passes (as the VEM does), estimated. `--long-file PATH` instead times
-`speechdvae enhance` on that one recording (default settings, 20-s chunks) with one worker and with `--cores`
-workers, which share its chunks, and checks that both write the same samples. Prints Markdown tables.
+setting's (the official one's) on the same mixture, ± 1.57·IQR/√n. `--iterations N` adds the default settings with
+N iterations. `--profile vem langevin` instead shows where the time of each engine's default settings goes on the
+first mixture (the phases labelled in `speechdvae.enhancement.vem` and `.langevin`), and `--past-cost` times
+instead one E-step (forward and backward) of each autoregressive prior on the first mixture with each past:
+generated frame by frame under autograd, generated in two passes (as the VEM does), estimated. `--long-file PATH`
+instead times `speechdvae enhance` on that one recording (default settings, 20-s chunks) with one worker and with
+`--cores` workers, which share its chunks, and checks that both write the same samples. Prints Markdown tables.
 
     python benchmarks/bench_enhance.py --long-file ten-minutes.wav --model default=default
 """
@@ -100,19 +100,24 @@ def timed_run(model: DVAE, records: list[dict], setting: Setting) -> tuple[float
         return wall, summary[1], scores
 
 
-PHASES = ("E-step forward", "E-step backward", "E-step Adam", "M-step draw of v_s", "M-step NMF and gains")
+# the phases labelled in `speechdvae.enhancement.vem` and `.langevin`
+PHASES = {
+    "vem": ("E-step forward", "E-step backward", "E-step Adam", "M-step draw of v_s", "M-step NMF and gains", "loss"),
+    "langevin": ("Langevin forward", "Langevin backward", "Langevin warm-up decoding", "M-step NMF and gains", "loss"),
+}
 
 
-def profile(model: DVAE, record: dict) -> dict[str, float]:
-    """Share of the wall time of one default-settings VEM run spent in each labelled phase (the rest: STFT,
-    iSTFT, the loss and bookkeeping)."""
+def profile(model: DVAE, record: dict, engine: str) -> dict[str, float]:
+    """Share of the wall time of one run of `engine` with its default settings spent in each labelled phase (the
+    rest: STFT, iSTFT and bookkeeping)."""
     noisy = read_pair(record)[0]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        enhance_waves(model.enhancer(), [noisy], [record["id"]])
+        enhance_waves(model.enhancer(InferenceRequest(engine)), [noisy], [record["id"]])
         wall = time.perf_counter() - start
-    totals = {event.key: event.cpu_time_total / 1e6 for event in prof.key_averages() if event.key in PHASES}
-    shares = {phase: totals.get(phase, 0.0) / wall for phase in PHASES}
+    phases = PHASES[engine]
+    totals = {event.key: event.cpu_time_total / 1e6 for event in prof.key_averages() if event.key in phases}
+    shares = {phase: totals.get(phase, 0.0) / wall for phase in phases}
     return {**shares, "other": 1.0 - sum(shares.values())}
 
 
@@ -165,7 +170,13 @@ def main() -> None:
         metavar="N",
         help="also time the default settings with N iterations (repeatable)",
     )
-    parser.add_argument("--profile", action="store_true", help="also profile the default settings' VEM phases")
+    parser.add_argument(
+        "--profile",
+        nargs="+",
+        choices=sorted(PHASES),
+        metavar="ENGINE",
+        help="only profile the phases of these engines (vem, langevin) with their default settings",
+    )
     parser.add_argument("--past-cost", action="store_true", help="only time one E-step with each past")
     parser.add_argument("--long-file", metavar="PATH", help="only time one long recording on 1 and on all cores")
     args = parser.parse_args()
@@ -192,6 +203,15 @@ def main() -> None:
         f"{len(records)} mixtures of `{args.manifest}` ({seconds:.1f} s of audio), {args.cores} cores, "
         f"torch {torch.__version__}\n"
     )
+    if args.profile:
+        for engine in args.profile:
+            print(f"\n| prior ({engine}) | " + " | ".join(PHASES[engine]) + " | other |")
+            print("|---|" + "---:|" * (len(PHASES[engine]) + 1))
+            for spec in args.model:
+                label, model = load(spec)
+                shares = profile(model, records[0], engine)
+                print(f"| {label} | " + " | ".join(f"{100 * share:.0f} %" for share in shares.values()) + " |")
+        return
     if args.past_cost:
         power = stft.power_spectrogram(torch.from_numpy(read_pair(records[0])[0]))[None]
         print(f"One E-step (forward + backward) on the first mixture ({power.shape[1]} frames), median of 3:\n")
@@ -220,13 +240,6 @@ def main() -> None:
                 f"{row['si_sdr'].median:.2f} | {delta:+.2f} ± {half_width:.2f} | {row['mean_iterations']:.0f} |",
                 flush=True,
             )
-    if args.profile:
-        print("\n| prior | " + " | ".join(PHASES) + " | other |")
-        print("|---|" + "---:|" * (len(PHASES) + 1))
-        for spec in args.model:
-            label, model = load(spec)
-            shares = profile(model, records[0])
-            print(f"| {label} | " + " | ".join(f"{100 * share:.0f} %" for share in shares.values()) + " |")
 
 
 if __name__ == "__main__":

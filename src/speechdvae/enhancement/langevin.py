@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..models.base import DVAE, Posterior
@@ -140,15 +141,18 @@ class Chain:
         """log p(x, z) at `latents` under the gains (T,) and noise variance (T, F), and its gradients if `grads`."""
         leaves = [t.detach().requires_grad_(grads) for t in latents]
         with torch.set_grad_enabled(grads):
-            post = point(leaves)
-            dec = decode_from_past(self.model, post, self.past)
-            speech_var = dec.y_logvar[0].exp()
-            vx = gain[:, None] * speech_var + noise_var
-            log_joint = log_prior(post, dec) - (torch.log(vx) + self.power[0] / vx).sum()
-            slopes = list(torch.autograd.grad(log_joint, leaves)) if grads else []
+            with record_function("Langevin forward"):
+                post = point(leaves)
+                dec = decode_from_past(self.model, post, self.past)
+                speech_var = dec.y_logvar[0].exp()
+                vx = gain[:, None] * speech_var + noise_var
+                log_joint = log_prior(post, dec) - (torch.log(vx) + self.power[0] / vx).sum()
+            with record_function("Langevin backward"):
+                slopes = list(torch.autograd.grad(log_joint, leaves)) if grads else []
         return _Density([t.detach() for t in leaves], log_joint.detach(), slopes, speech_var.detach())
 
     @torch.no_grad()
+    @record_function("Langevin warm-up decoding")
     def speech_variance(self) -> torch.Tensor:
         """v_s (T, F) decoded from the current latents."""
         return decode_from_past(self.model, point(self.latents), self.past).y_logvar[0].exp()
@@ -221,9 +225,11 @@ def enhance_by_sampling(
                 speech_var[b, 0, : chain.frames] = chain.speech_variance()
             else:
                 speech_var[b, 0, : chain.frames] = chain.run(gain[b, : chain.frames], noise_var[b, : chain.frames])
-        nmf, gain = m_step(nmf, gain, power, speech_var, mask)
+        with record_function("M-step NMF and gains"):
+            nmf, gain = m_step(nmf, gain, power, speech_var, mask)
         noise_var = nmf.variance()
-        losses.append(mixture_loss(power, speech_var, gain, noise_var, mask).double().cpu())
+        with record_function("loss"):
+            losses.append(mixture_loss(power, speech_var, gain, noise_var, mask).double().cpu())
         if model.autoregressive and config.past == "estimate":
             past = clean_power(power, speech_var, gain, noise_var, POWER_FLOOR)
             for b, chain in enumerate(chains):

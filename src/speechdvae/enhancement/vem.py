@@ -251,7 +251,8 @@ class _VEMState:
         )
         self.gain = torch.where(keep[:, None], gain, self.gain)
         noise_var = self.nmf.variance()
-        loss = mixture_loss(self.power, speech_var, self.gain, noise_var, self.mask)
+        with record_function("loss"):
+            loss = mixture_loss(self.power, speech_var, self.gain, noise_var, self.mask)
         if any(u.past is not None for u in utts):
             past = clean_power(self.power, speech_var, self.gain, noise_var, POWER_FLOOR)
             for b, u in enumerate(utts):
