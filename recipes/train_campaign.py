@@ -33,26 +33,11 @@ from pathlib import Path
 # percentile 1.3e4, max 5.6e4) and its first stage blew up four times in 233 epochs (validation loss from 1114 to
 # 1800 at epoch 233), each costing 20-40 epochs to recover: its later stages clip the global norm at 1e4.
 # Stage 2 of the DKF gained 0.1 per epoch at its end (1028.6 at its epoch 80, 1026.0 at 104): stage 3 lowers the
-# learning rate. Beside it, `dkf-warp` continues the same model with the same settings on frequency-warped
-# sequences (`train.warp`; docs/training_diagnosis.md, section 5), to measure the warping at this size.
-DKF_STAGE3 = ["train.lr=0.0003"]
+# learning rate. A branch from the same model with frequency-warped sequences (`dkf-warp`, `train.warp=0.1`, same
+# settings) reached 990.4 at its epoch 20, then its validation loss rose to 1200 in 9 epochs while its training loss
+# kept falling (docs/training_diagnosis.md, section 5): it was stopped and is not continued.
 LANES: list[list[tuple[str, str, dict[int, list[str]]]]] = [
-    [("dkf", "dkf", {2: ["train.grad_clip=10000"], 3: DKF_STAGE3})],
-    [
-        (
-            "dkf-warp",
-            "dkf",
-            {
-                1: [
-                    "train.grad_clip=10000",
-                    *DKF_STAGE3,
-                    "train.warp=0.1",
-                    "train.init_from=checkpoints/open-paper/dkf.2/model",
-                    "train.kl_warmup_epochs=0",
-                ]
-            },
-        )
-    ],
+    [("dkf", "dkf", {2: ["train.grad_clip=10000"], 3: ["train.lr=0.0003"]})],
     [("rvae", "rvae", {}), ("vae", "vae", {})],
 ]
 BUDGET = ["train.epochs=3000"]
