@@ -24,11 +24,13 @@ import csv
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+
+from speechdvae.enhancement.vem import VEMConfig
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,8 +40,8 @@ SNAPSHOT = re.compile(r"^(?P<label>.*) · (?P<k>\d+) it$")
 SI_SDR_MARGIN, ESTOI_MARGIN = 0.2, 0.01
 SHOWN = ("lr", "step_size", "past", "tol")  # settings that vary between candidates, besides the iterations
 ENGINES = {"vem": "VEM", "langevin": "Langevin"}
-# the official VEM settings (`VEMConfig.official()`), which the reference row of each prior ran
-OFFICIAL = {"engine": "vem", "niter": 300, "lr": 0.001, "past": "generated", "tol": 0.0, "estep_epochs": 1}
+# the official VEM settings, which the reference row of each prior ran
+OFFICIAL = {"engine": VEMConfig.engine, **asdict(VEMConfig.official())}
 
 
 @dataclass

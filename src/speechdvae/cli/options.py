@@ -52,17 +52,18 @@ def inference_request(args: argparse.Namespace) -> InferenceRequest:
     from ..enhancement.vem import VEMConfig
 
     given = {option: value for option in INFERENCE_OPTIONS if (value := getattr(args, option.dest)) is not None}
-    flags = [OFFICIAL_SETTINGS] if args.official_settings else []
-    engines = set(ENGINES) & ({VEMConfig.engine} if args.official_settings else set(ENGINES))
+    official = [OFFICIAL_SETTINGS] if args.official_settings else []
+    engines = {VEMConfig.engine} if args.official_settings else set(ENGINES)
     for option in given:
         engines &= set(option.engines)
-        flags.append(option.flag)
     if args.inference is not None:
         if args.inference not in engines:
-            foreign = [flag for flag in flags if flag == OFFICIAL_SETTINGS or args.inference not in _engines_of(flag)]
+            foreign = [option.flag for option in given if args.inference not in option.engines]
+            foreign = official * (args.inference != VEMConfig.engine) + foreign
             raise UserError(f"{', '.join(foreign)} do not apply to {INFERENCE} {args.inference}")
         engines = {args.inference}
     if not engines:
+        flags = official + [option.flag for option in given]
         raise UserError(f"{', '.join(flags)} belong to different inference engines: give one {INFERENCE}")
     settings = {option.field: value for option, value in given.items()}
     errors = []
@@ -76,10 +77,6 @@ def inference_request(args: argparse.Namespace) -> InferenceRequest:
         raise UserError("; ".join(errors))
     engine = engines.pop() if len(engines) == 1 else None
     return InferenceRequest(engine, args.official_settings, settings)
-
-
-def _engines_of(flag: str) -> tuple[str, ...]:
-    return next(option.engines for option in INFERENCE_OPTIONS if option.flag == flag)
 
 
 def add_model_choice(parser: argparse.ArgumentParser) -> None:

@@ -55,12 +55,13 @@ class InferenceRequest:
         """The settings `prior` runs: the engine's official (VEM) or default settings, then the prior's own when they
         are for that engine (not with `official`), then `settings`; UserError if they do not fit together."""
         own = dict(prior.inference or {})
-        engine = self.engine or (VEMConfig.engine if self.official else own.pop("engine", VEMConfig.engine))
+        own_engine = own.pop("engine", VEMConfig.engine)
+        engine = self.engine or (VEMConfig.engine if self.official else own_engine)
         if self.official:
             base = VEMConfig.official()
         else:
             base = INFERENCE_CONFIGS[engine]()
-            if own.pop("engine", engine) == engine:
+            if own_engine == engine:
                 base = replace(base, **own)
         try:
             return settings_with(base, self.settings)

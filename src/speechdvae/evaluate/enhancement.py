@@ -436,7 +436,7 @@ def evaluate_enhancement(
     intro = [
         f"Regenerate with: `{command}`",
         _describe_set(mixtures, len(all_records), selected, rows, limit),
-        _describe_inference(priors, batch_size),
+        *_describe_inference(priors, batch_size),
         METHOD_NOTE,
         *([SUPERVISED_NOTE] if any(p.model.prior is None for p in priors) else []),
         PESQ_NOTE,
@@ -444,7 +444,7 @@ def evaluate_enhancement(
         *([_describe_snapshots(snapshots)] if snapshots else []),
         _describe_cache(evaluation, len(selected)),
     ]
-    _write_report(out_dir, rows, summary, [line for line in intro if line], _condition_table(selected))
+    _write_report(out_dir, rows, summary, intro, _condition_table(selected))
     write_text_atomic(out_dir / SETTINGS_NAME, json.dumps(evaluation.settings(), indent=2) + "\n")
     return summary
 
@@ -594,26 +594,29 @@ def _describe_set(mixtures: Mixtures, total: int, selected: list[Mixture], rows:
     )
 
 
-def _describe_inference(priors: Sequence[Labelled], batch_size: int) -> str:
-    """The inference settings of each prior, and how batches and the past of autoregressive priors are handled."""
+def _describe_inference(priors: Sequence[Labelled], batch_size: int) -> list[str]:
+    """The inference settings of each prior, and how batches and the past of autoregressive priors are handled
+    (nothing without priors)."""
     settings = [f"- {p.label}: {describe_settings(p.model.settings)}" for p in priors if p.model.settings]
     if not settings:
-        return ""
-    return "\n".join(
-        [
-            "**Inference settings** (the prior's own unless the command gives them: its checkpoint's `inference` "
-            "entry, else the engine's defaults; VEM: the variational EM, `enhancement.vem`; Langevin: posterior "
-            "sampling of the prior's latents by Langevin dynamics, nothing fine-tuned, `enhancement.langevin`):",
-            "",
-            *settings,
-            "",
-            f"Mixtures are enhanced {batch_size} at a time, sorted by length; each has its own encoder copy (VEM) or "
-            "Markov chain (Langevin), NMF and gains and random streams seeded from `seed` and its id, so the results "
-            "do not depend on the batching. Autoregressive priors read their own generated past (eq. 31) with "
-            "past=generated, and the current clean-power estimate E[|s|² | x], decoding all frames at once, with "
-            "past=estimate. The settings of every row are in `" + SETTINGS_NAME + "`.",
-        ]
-    )
+        return []
+    return [
+        "\n".join(
+            [
+                "**Inference settings** (the prior's own unless the command gives them: its checkpoint's `inference` "
+                "entry, else the engine's defaults; VEM: the variational EM, `enhancement.vem`; Langevin: posterior "
+                "sampling of the prior's latents by Langevin dynamics, nothing fine-tuned, `enhancement.langevin`):",
+                "",
+                *settings,
+                "",
+                f"Mixtures are enhanced {batch_size} at a time, sorted by length; each has its own encoder copy (VEM) or "
+                "Markov chain (Langevin), NMF and gains and random streams seeded from `seed` and its id, so the results "
+                "do not depend on the batching. Autoregressive priors read their own generated past (eq. 31) with "
+                "past=generated, and the current clean-power estimate E[|s|² | x], decoding all frames at once, with "
+                "past=estimate. The settings of every row are in `" + SETTINGS_NAME + "`.",
+            ]
+        )
+    ]
 
 
 def _describe_snapshots(snapshots: Sequence[int]) -> str:
