@@ -600,23 +600,19 @@ def _describe_inference(priors: Sequence[Labelled], batch_size: int) -> list[str
     settings = [f"- {p.label}: {describe_settings(p.model.settings)}" for p in priors if p.model.settings]
     if not settings:
         return []
-    return [
-        "\n".join(
-            [
-                "**Inference settings** (the prior's own unless the command gives them: its checkpoint's `inference` "
-                "entry, else the engine's defaults; VEM: the variational EM, `enhancement.vem`; Langevin: posterior "
-                "sampling of the prior's latents by Langevin dynamics, nothing fine-tuned, `enhancement.langevin`):",
-                "",
-                *settings,
-                "",
-                f"Mixtures are enhanced {batch_size} at a time, sorted by length; each has its own encoder copy (VEM) or "
-                "Markov chain (Langevin), NMF and gains and random streams seeded from `seed` and its id, so the results "
-                "do not depend on the batching. Autoregressive priors read their own generated past (eq. 31) with "
-                "past=generated, and the current clean-power estimate E[|s|² | x], decoding all frames at once, with "
-                "past=estimate. The settings of every row are in `" + SETTINGS_NAME + "`.",
-            ]
-        )
-    ]
+    heading = (
+        "**Inference settings** (the prior's own unless the command gives them: its checkpoint's `inference` entry, "
+        "else the engine's defaults; VEM: the variational EM, `enhancement.vem`; Langevin: posterior sampling of the "
+        "prior's latents by Langevin dynamics, nothing fine-tuned, `enhancement.langevin`):"
+    )
+    handling = (
+        f"Mixtures are enhanced {batch_size} at a time, sorted by length; each has its own encoder copy (VEM) or "
+        "Markov chain (Langevin), NMF and gains and random streams seeded from `seed` and its id, so the results do "
+        "not depend on the batching. Autoregressive priors read their own generated past (eq. 31) with "
+        "past=generated, and the current clean-power estimate E[|s|² | x], decoding all frames at once, with "
+        f"past=estimate. The settings of every row are in `{SETTINGS_NAME}`."
+    )
+    return ["\n".join([heading, "", *settings, "", handling])]
 
 
 def _describe_snapshots(snapshots: Sequence[int]) -> str:
