@@ -34,8 +34,8 @@ from pathlib import Path
 # 1800 at epoch 233), each costing 20-40 epochs to recover: its later stages clip the global norm at 1e4.
 # Stage 2 of the DKF gained 0.1 per epoch at its end (1028.6 at its epoch 80, 1026.0 at 104): stage 3 lowers the
 # learning rate. A branch from the same model with frequency-warped sequences (`dkf-warp`, `train.warp=0.1`, same
-# settings) reached 990.4 at its epoch 20, then its validation loss rose to 1200 in 9 epochs while its training loss
-# kept falling (docs/training_diagnosis.md, section 5): it was stopped and is not continued.
+# settings) reached 990.4 at its epoch 20, then its validation loss stayed at 1100-1220 while its training loss kept
+# falling; it was stopped. Stage 3 shows jumps of the same size on some epochs (docs/training_diagnosis.md, section 5).
 LANES: list[list[tuple[str, str, dict[int, list[str]]]]] = [
     [("dkf", "dkf", {2: ["train.grad_clip=10000"], 3: ["train.lr=0.0003"]})],
     [("rvae", "rvae", {}), ("vae", "vae", {})],
