@@ -2,8 +2,10 @@
 working day.
 
 Every prior follows the official DVAE configuration (Adam 1e-3, β 0.01, KL warm-up over 50 epochs, batches of
-128 × 50 frames) and stops early after 30 epochs without a better validation loss. An epoch of the open corpus is
-about 90 steps, a tenth of a WSJ0 epoch, so the epoch budget is raised to 3000 and early stopping ends the runs.
+128 × 50 frames). An epoch of the open corpus is 54 steps, against about 880 for a WSJ0 epoch, so the budget is
+counted in steps rather than epochs: the epoch budget is raised to 3000, and the official patience of 30 WSJ0 epochs
+(about 26,000 steps) becomes 500 of ours (PATIENCE). With the official 30, a stage stopped after 1,600 steps
+without a better validation loss, while its training loss was still falling.
 The priors read raw power, as in the official code: log-compressed input (`model.log_input=true`) lowers the
 validation loss much faster but resynthesises speech worse (docs/training_diagnosis.md).
 
@@ -35,12 +37,14 @@ from pathlib import Path
 # Stage 2 of the DKF gained 0.1 per epoch at its end (1028.6 at its epoch 80, 1026.0 at 104): stage 3 lowers the
 # learning rate. A branch from the same model with frequency-warped sequences (`dkf-warp`, `train.warp=0.1`, same
 # settings) reached 990.4 at its epoch 20, then its validation loss stayed at 1100-1220 while its training loss kept
-# falling; it was stopped. Stage 3 shows jumps of the same size on some epochs (docs/training_diagnosis.md, section 5).
+# falling; it was stopped. Stage 3 showed jumps of the same size on some epochs: they came from one validation file
+# that is not speech (removed from the corpus since; docs/training_diagnosis.md, section 6).
 LANES: list[list[tuple[str, str, dict[int, list[str]]]]] = [
     [("dkf", "dkf", {2: ["train.grad_clip=10000"], 3: ["train.lr=0.0003"]})],
     [("rvae", "rvae", {}), ("vae", "vae", {})],
 ]
-BUDGET = ["train.epochs=3000"]
+PATIENCE = 500
+BUDGET = ["train.epochs=3000", f"train.early_stop_patience={PATIENCE}"]
 
 
 def stage_name(lineage: str, k: int) -> str:
@@ -57,12 +61,10 @@ def last_stage(folder: Path, lineage: str, marker: str) -> int:
 
 
 def stopped_early(run: Path) -> bool:
-    """Whether the run's log shows `early_stop_patience` epochs without improvement after its best epoch."""
-    config = json.loads((run / "model" / "config.json").read_text())
-    patience = config["metadata"]["training"]["train"]["early_stop_patience"]
+    """Whether the run's log shows PATIENCE epochs without improvement after its best epoch."""
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     best = max((r["epoch"] for r in rows if r["best"]), default=rows[0]["epoch"])
-    return patience is not None and rows[-1]["epoch"] - best >= patience
+    return rows[-1]["epoch"] - best >= PATIENCE
 
 
 def stage_command(

@@ -28,6 +28,7 @@ def _fake_tree(root: Path) -> None:
         _write_g722(snd / f"prompt{i}.g722", tone_burst(seed=i))
     _write_g722(snd / "digits" / "1.g722", tone_burst(seed=9))
     _write_g722(snd / "silence" / "1.g722", np.zeros(8000))
+    _write_g722(snd / "beep.g722", tone_burst(seed=10))  # a tone: not speech
     stamps = root / "unpacked/tuxpaint-stamps-default/usr/share/tuxpaint/stamps/animals"
     burst44 = tone_burst(sr=44100)
     for lang in ("fr", "ro", "el", "ru"):
@@ -58,7 +59,8 @@ def test_build_splits_rejects_and_is_idempotent(tmp_path):
     rejected = {r["id"]: r for r in read_manifest(manifests / "rejected.jsonl", required=("id",))}
     assert rejected["tuxpaint/animals/dog_desc_fr"]["status"] == "rejected"
     assert rejected["tuxpaint/animals/bird_desc_fr"]["status"] == "failed"
-    assert stats["rejected"] == {"rejected": 1, "failed": 1}
+    assert rejected["asterisk-en/en_US_f_Allison/beep"]["reason"].startswith("not speech")
+    assert stats["rejected"] == {"rejected": 2, "failed": 1}
     # every listed file exists, is 16 kHz mono FLAC and matches its checksum and duration
     for r in speech["train"] + speech["test"]:
         info = sf.info(r["path"])
@@ -88,10 +90,10 @@ def test_noise_floor_limit_is_an_option_that_converts_nothing_anew(tmp_path):
 
     assert noisy not in seen()
     stats = oc.build(tmp_path, workers=1, packages=PACKAGES, noise_floor_max_db=-25)
-    assert noisy in seen() and stats["rejected"] == {"failed": 1} and stats["noise_floor_max_db"] == -25
+    assert noisy in seen() and stats["rejected"] == {"rejected": 1, "failed": 1} and stats["noise_floor_max_db"] == -25
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     stats = oc.build(tmp_path, workers=1, packages=PACKAGES, noise_floor_max_db=-35)
-    assert noisy not in seen() and stats["rejected"] == {"rejected": 1, "failed": 1}
+    assert noisy not in seen() and stats["rejected"] == {"rejected": 2, "failed": 1}
     reasons = {r["id"]: r["reason"] for r in read_manifest(tmp_path / "manifests/rejected.jsonl", required=("id",))}
     assert reasons[noisy].endswith("> -35 dBFS")
     assert "limit -35 dBFS" in oc.format_report(stats)
@@ -111,9 +113,11 @@ def test_resumes_after_an_interruption(tmp_path):
         str(p.relative_to(tmp_path / "speech").with_suffix("")) for p, t in mtimes.items() if p.stat().st_mtime_ns != t
     }
     assert redone == lost
-    assert len(read_manifest(tmp_path / "manifests/speech_train.jsonl")) + len(
-        read_manifest(tmp_path / "manifests/speech_valid.jsonl")
-    ) == len(lines)
+    assert (
+        len(read_manifest(tmp_path / "manifests/speech_train.jsonl"))
+        + len(read_manifest(tmp_path / "manifests/speech_valid.jsonl"))
+        == len(lines) - 1
+    )  # all but the beep
 
 
 def test_noise_split_is_by_recording():

@@ -4,11 +4,12 @@ Speech: studio phone prompts (asterisk, G.722), spoken stamp names (tuxpaint), l
 words (klettres, ktuberling). Noise: ambience loops (ufoai, 0ad). Each package is fetched
 with `apt-get download` and unpacked with `dpkg-deb` (nothing is installed), every file is
 converted to 16 kHz mono FLAC, noisy speech recordings (noise floor above NOISE_FLOOR_MAX_DB, or
-the `noise_floor_max_db` given to `build`) are dropped, and JSONL manifests are written per split:
+the `noise_floor_max_db` given to `build`) and the prompts that are not speech (ASTERISK_NOT_SPEECH) are dropped,
+and JSONL manifests are written per split:
 
   ROOT/manifests/speech_{train,valid,valid_unseen,test}.jsonl
   ROOT/manifests/noise_{train,valid,test}.jsonl
-  ROOT/manifests/rejected.jsonl   (undecodable files and noisy recordings, with the reason)
+  ROOT/manifests/rejected.jsonl   (undecodable files, noisy recordings and non-speech, with the reason)
 
 Splits: train/valid = asterisk en, es, it; tuxpaint fr ca bg es be da lt nl; klettres and
 ktuberling in every language but ro, el, ru (10 % of each source held out for validation by a
@@ -51,6 +52,9 @@ VALID_FRACTION = 0.10
 
 TUXPAINT_TRAIN = ("fr", "ca", "bg", "es", "be", "da", "lt", "nl")
 KDE_EXCLUDED = ("ro", "el", "ru")
+# asterisk prompts that hold no speech: beeps, tones and a 16-s recording of screeching monkeys (whose high
+# frequencies made the validation loss of the paper DKF jump by 250 per frame on some epochs)
+ASTERISK_NOT_SPEECH = frozenset({"beep", "beeperr", "ascending-2tone", "descending-2tone", "tt-monkeys"})
 
 
 class PackageToolError(SpeechDVAEError, RuntimeError):
@@ -402,12 +406,9 @@ def build(
         entries = convert_package(pkg, sources, root, workers)
         for s in sources:
             e = entries[s.id]
-            if e["status"] == "ok" and s.kind == "speech" and e["noise_floor_db"] > noise_floor_max_db:
-                e = dict(
-                    e,
-                    status="rejected",
-                    reason=f"noise floor {e['noise_floor_db']:.1f} dBFS > {noise_floor_max_db:g} dBFS",
-                )
+            reason = speech_rejection(s, e, noise_floor_max_db) if e["status"] == "ok" else None
+            if reason:
+                e = dict(e, status="rejected", reason=reason)
             if e["status"] != "ok":
                 rejected.append({"id": s.id, "source": s.locator, "status": e["status"], "reason": e["reason"]})
                 continue
@@ -447,6 +448,17 @@ def build(
     with atomic_path(manifests / "summary.json") as tmp:
         tmp.write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def speech_rejection(source: Source, entry: dict, noise_floor_max_db: float) -> str | None:
+    """Why a converted file is not used as clean speech, or None when it is."""
+    if source.kind != "speech":
+        return None
+    if source.id.startswith("asterisk-") and source.id.rsplit("/", 1)[-1] in ASTERISK_NOT_SPEECH:
+        return "not speech (beep, tone or animal sounds)"
+    if entry["noise_floor_db"] > noise_floor_max_db:
+        return f"noise floor {entry['noise_floor_db']:.1f} dBFS > {noise_floor_max_db:g} dBFS"
+    return None
 
 
 def _count_types(noise: list[dict]) -> dict[str, dict[str, int]]:
