@@ -153,3 +153,24 @@ def test_g722_decoding_matches_the_reference_decoder(official_dir, tmp_path):
     lags = range(0, 64)
     corr = [np.corrcoef(x[lag:], ref[: len(ref) - lag])[0, 1] for lag in lags]
     assert max(corr) > 0.98 and int(np.argmax(corr)) < 40
+
+
+def test_fillets_dialogue_speakers_are_characters(tmp_path):
+    base = tmp_path / "usr/share/games/fillets-ng/sound"
+    for rel in (
+        "airplane/cs/let-m-oko.ogg",
+        "airplane/cs/let-v-oko.ogg",
+        "airplane/cs/let-m.ogg",
+        "airplane/nl/x-m-a.ogg",
+    ):
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_bytes(b"")
+    (base / "share").mkdir()
+    (base / "share/splash.ogg").write_bytes(b"")  # a sound effect, not dialogue
+    sources = list(oc._fillets("cs")(tmp_path))
+    assert sorted((s.id, s.speaker, s.language) for s in sources) == [
+        ("fillets-cs/airplane/cs/let-m", "fillets-cs/other", "cs"),
+        ("fillets-cs/airplane/cs/let-m-oko", "fillets-cs/m", "cs"),
+        ("fillets-cs/airplane/cs/let-v-oko", "fillets-cs/v", "cs"),
+    ]
+    assert {s.split for s in sources} <= {"train", "valid"} and {s.kind for s in sources} == {"speech"}

@@ -5,7 +5,15 @@ from conftest import tone_burst
 
 from speechdvae import audio, stft
 from speechdvae.data.manifest import write_manifest
-from speechdvae.data.sequences import WARP_BOUNDARY, SequenceDataset, SpectrogramCache, preprocess, warp_frequencies
+from speechdvae.data.sequences import (
+    WARP_BOUNDARY,
+    SequenceDataset,
+    SpectrogramCache,
+    add_floor,
+    floor_power,
+    preprocess,
+    warp_frequencies,
+)
 
 
 @pytest.fixture
@@ -110,6 +118,25 @@ def test_warped_batches_resume_and_leave_unwarped_data_alone(manifest, tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(warped[2:], data.batches(batch_size=3, seed=1, skip=2)))
     with pytest.raises(ValueError, match="warp"):
         SequenceDataset(cache, seq_len=20, warp=0.5)
+
+
+def test_noise_floor_matches_white_noise_and_resumes(manifest, tmp_path):
+    # the floor's level is that of white noise at floor_db dBFS through the project's STFT
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(160000, generator=generator, dtype=torch.float64) * 10 ** (-60 / 20)
+    measured = float(stft.power_spectrogram(noise)[4:-4, 1:-1].mean())
+    assert abs(measured / floor_power(-60.0) - 1) < 0.01
+    floored = add_floor(torch.zeros(2000, 513), -60.0, torch.Generator().manual_seed(1))
+    assert abs(float(floored.mean()) / floor_power(-60.0) - 1) < 0.01 and bool((floored > 0).all())
+    # batches: the speech plus a floor, drawn anew each epoch, the same on resume
+    with pytest.warns(UserWarning):
+        cache = SpectrogramCache(manifest, tmp_path / "cache", show_progress=False)
+    plain = list(SequenceDataset(cache, seq_len=20).batches(batch_size=3, seed=1))
+    data = SequenceDataset(cache, seq_len=20, floor_db=-60.0)
+    batches = list(data.batches(batch_size=3, seed=1))
+    assert all(bool((b >= a).all()) and float((b > a).float().mean()) > 0.5 for a, b in zip(plain, batches))
+    assert all(torch.equal(a, b) for a, b in zip(batches[2:], data.batches(batch_size=3, seed=1, skip=2)))
+    assert not torch.equal(batches[0], next(data.batches(batch_size=3, seed=1, epoch=1)))
 
 
 def test_joined_speakers_use_short_files_and_keep_speakers_apart(tmp_path):

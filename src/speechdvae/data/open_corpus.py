@@ -1,19 +1,19 @@
 """Build the open speech + noise corpus from Debian packages.
 
-Speech: studio phone prompts (asterisk, G.722), spoken stamp names (tuxpaint), letters and
-words (klettres, ktuberling). Noise: ambience loops (ufoai, 0ad). Each package is fetched
-with `apt-get download` and unpacked with `dpkg-deb` (nothing is installed), every file is
-converted to 16 kHz mono FLAC, noisy speech recordings (noise floor above NOISE_FLOOR_MAX_DB, or
-the `noise_floor_max_db` given to `build`) and the prompts that are not speech (ASTERISK_NOT_SPEECH) are dropped,
-and JSONL manifests are written per split:
+Speech: studio phone prompts (asterisk, G.722), spoken stamp names (tuxpaint), letters and words (klettres,
+ktuberling), game dialogue in Czech and Dutch (fillets-ng). Noise: ambience loops (ufoai, 0ad). Each package is
+fetched with `apt-get download` and unpacked with `dpkg-deb` (nothing is installed), every file is converted to
+16 kHz mono FLAC, noisy speech recordings (noise floor above NOISE_FLOOR_MAX_DB, or the `noise_floor_max_db` given
+to `build`) and the prompts that are not speech (ASTERISK_NOT_SPEECH) are dropped, and JSONL manifests are
+written per split:
 
   ROOT/manifests/speech_{train,valid,valid_unseen,test}.jsonl
   ROOT/manifests/noise_{train,valid,test}.jsonl
   ROOT/manifests/rejected.jsonl   (undecodable files, noisy recordings and non-speech, with the reason)
 
 Splits: train/valid = asterisk en, es, it; tuxpaint fr ca bg es be da lt nl; klettres and
-ktuberling in every language but ro, el, ru (10 % of each source held out for validation by a
-hash of the file name). Test = asterisk fr + tuxpaint ro. valid_unseen = tuxpaint el, an unseen
+ktuberling in every language but ro, el, ru; fillets-ng cs and nl (10 % of each source held out for
+validation by a hash of the file name). Test = asterisk fr + tuxpaint ro. valid_unseen = tuxpaint el, an unseen
 speaker. Noise is split by recording (never by segment) into train (supervised baseline (UMX) only),
 valid and test, within each noise type.
 
@@ -151,6 +151,23 @@ def _kde_lister(package: str, base: str, lang_depth: int) -> Callable[[Path], It
     return lister
 
 
+def _fillets(lang: str) -> Callable[[Path], Iterator[Source]]:
+    """Fish Fillets NG's spoken dialogue (BASE/<level>/<lang>/<level>-<character>-<line>.ogg): the two fish
+    speak most lines, other characters the rest; a character is a speaker."""
+
+    def lister(root: Path) -> Iterator[Source]:
+        base = root / "usr/share/games/fillets-ng/sound"
+        for path in sorted(base.glob(f"*/{lang}/*.ogg")):
+            parts = path.stem.split("-")
+            character = parts[1] if len(parts) > 2 and parts[1].isalpha() else "other"
+            sid = f"fillets-{lang}/" + str(path.relative_to(base).with_suffix(""))
+            yield Source(
+                sid, str(path), "soundfile", "speech", f"fillets-{lang}/{character}", lang, _train_or_valid(sid)
+            )
+
+    return lister
+
+
 # -- noise packages ------------------------------------------------------------------------
 
 UFOAI_TYPES = {
@@ -222,6 +239,8 @@ PACKAGES = (
     Package("tuxpaint-stamps-default", _tuxpaint),
     Package("klettres-data", _kde_lister("klettres", "usr/share/klettres", 2)),
     Package("ktuberling-data", _kde_lister("ktuberling", "usr/share/ktuberling/sounds", 1)),
+    Package("fillets-ng-data-cs", _fillets("cs")),
+    Package("fillets-ng-data-nl", _fillets("nl")),
     Package("ufoai-sound", _ufoai),
     Package("0ad-data", _0ad, members=("./usr/share/games/0ad/mods/public/public.zip",)),
 )

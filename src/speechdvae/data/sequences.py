@@ -10,7 +10,9 @@ with `random_crop`, one random T-frame window per such sequence slot is drawn an
 `join_speakers`, each speaker's files are cut as one stream instead, as if their prompts had been
 recorded back to back, so that files shorter than T frames are used too. With `warp`, each
 training sequence's frequency axis is warped by its own random factor (`warp_frequencies`), a cheap
-stand-in for more speakers.
+stand-in for more speakers. With `floor_db`, white noise at that level (dBFS, of the peak-normalised
+waveform) is added to every sequence's power (`add_floor`): a recording's noise floor, which fills the
+codec holes and digital silence of compressed or synthetic-quiet recordings.
 """
 
 from __future__ import annotations
@@ -107,6 +109,20 @@ class SpectrogramCache:
         )
 
 
+def floor_power(floor_db: float) -> float:
+    """Expected power per bin of white noise at `floor_db` dBFS in the project's STFT (sum of the squared sine
+    window: N_FFT / 2)."""
+    return 10 ** (floor_db / 10) * stft.N_FFT / 2
+
+
+def add_floor(power: torch.Tensor, floor_db: float, generator: torch.Generator) -> torch.Tensor:
+    """Power spectrograms plus white noise at `floor_db` dBFS, added as power: each bin draws an exponential
+    power, as white Gaussian noise's STFT bins do (the cross term with the speech, which averages to zero, is
+    left out)."""
+    noise = torch.empty_like(power).exponential_(generator=generator)
+    return power + floor_power(floor_db) * noise
+
+
 def warp_frequencies(power: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Power spectrograms (B, T, F) with sequence b's frequency axis warped by factors[b] (VTLP): a bin at
     frequency f moves to alpha f below the boundary (WARP_BOUNDARY of the band, times min(alpha, 1)), and
@@ -140,6 +156,7 @@ class SequenceDataset:
         random_crop: bool = False,
         warp: float = 0.0,
         join_speakers: bool = False,
+        floor_db: float | None = None,
     ) -> None:
         if seq_len < 1:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
@@ -149,6 +166,7 @@ class SequenceDataset:
         self.seq_len = seq_len
         self.random_crop = random_crop
         self.warp = warp
+        self.floor_db = floor_db
         # streams: each file on its own, or each speaker's files back to back in manifest order; `rows` maps the
         # streams' frames, one stream after the other, to rows of the cache
         files = np.arange(len(cache.ids))
@@ -198,7 +216,7 @@ class SequenceDataset:
         skip: int = 0,
     ) -> Iterator[torch.Tensor]:
         """Yield (B, T, F) float32 tensors; the order (and the warp factors, drawn from U[1 - warp, 1 + warp] per
-        sequence) depends only on (seed, epoch), so it can resume.
+        sequence, and the noise floor) depends only on (seed, epoch), so it can resume.
 
         `skip` batches are skipped without being read (resuming mid-epoch).
         """
@@ -208,12 +226,17 @@ class SequenceDataset:
         factors = torch.from_numpy(rng.uniform(1 - self.warp, 1 + self.warp, len(starts))) if self.warp else None
         order = order[: len(order) - len(order) % world_size][rank::world_size]  # equal shares for DDP
         n_batches = len(order) // batch_size if drop_last else -(-len(order) // batch_size)
+        floor_seed = int(rng.integers(2**62))
         window = np.arange(self.seq_len)
         for b in range(skip, n_batches):
             chosen = order[b * batch_size : (b + 1) * batch_size]
             rows = self.rows[starts[chosen][:, None] + window]
             batch = torch.from_numpy(np.ascontiguousarray(self.cache.frames[rows]))
-            yield batch if factors is None else warp_frequencies(batch, factors[chosen])
+            if factors is not None:
+                batch = warp_frequencies(batch, factors[chosen])
+            if self.floor_db is not None:
+                batch = add_floor(batch, self.floor_db, torch.Generator().manual_seed(floor_seed + b))
+            yield batch
 
     def num_batches(self, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
         n = len(self) // world_size

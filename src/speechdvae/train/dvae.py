@@ -80,6 +80,7 @@ class TrainConfig:
     random_crop: bool = False
     join_speakers: bool = False  # cut each speaker's training files as one stream (short files are used too)
     warp: float = 0.0  # VTLP: each training sequence's frequency axis warped by a factor from U[1 - warp, 1 + warp]
+    floor_db: float | None = None  # white noise at this level (dBFS) added to training and validation power
     epochs: int = 300
     max_steps: int | None = None  # stop after this many optimiser steps (None: no limit)
     beta_z: float = 1.0
@@ -124,6 +125,8 @@ class TrainConfig:
         for name in ("lr", "batch_size", "seq_len", "epochs", "checkpoint_every", "valid_batch_size"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.floor_db is not None and not self.floor_db < 0:
+            problems.append(f"floor_db must be negative (dBFS), got {self.floor_db!r}")
         if not 0 <= self.warp < 0.5:
             problems.append(f"warp must lie in [0, 0.5), got {self.warp!r}")
         if not 0 < self.ss_step <= 1 or self.ss_epochs_per_step < 1:
@@ -359,9 +362,12 @@ class Trainer(RunTrainer):
             random_crop=self.cfg.random_crop,
             warp=self.cfg.warp,
             join_speakers=self.cfg.join_speakers,
+            floor_db=self.cfg.floor_db,
         )
         self.valid_data = SequenceDataset(
-            SpectrogramCache(config.valid_manifest, config.cache_dir, show_progress=self.progress), self.cfg.seq_len
+            SpectrogramCache(config.valid_manifest, config.cache_dir, show_progress=self.progress),
+            self.cfg.seq_len,
+            floor_db=self.cfg.floor_db,
         )
         for label, data in (("training", self.train_data), ("validation", self.valid_data)):
             if len(data) < self.dist.world_size:
