@@ -16,7 +16,7 @@ import speechdvae
 from speechdvae.cli import build_parser
 from speechdvae.commands import ENGINES
 from speechdvae.enhancement.enhancer import INFERENCE_CONFIGS, LangevinEnhancer, VEMEnhancer, load_enhancer
-from speechdvae.enhancement.langevin import LangevinConfig, LangevinResult, enhance_by_sampling
+from speechdvae.enhancement.langevin import Chain, LangevinConfig, LangevinResult, enhance_by_sampling
 from speechdvae.enhancement.vem import VEMConfig
 from speechdvae.models import build_model
 
@@ -61,6 +61,46 @@ def test_batch_equals_one_at_a_time(kind: str, past: str) -> None:
         torch.testing.assert_close(together.nmf.H, alone.nmf.H, rtol=1e-5, atol=1e-7)
     gains = batch.wiener_gain
     assert bool(torch.isfinite(batch.speech).all()) and float(gains.min()) >= 0 and float(gains.max()) <= 1
+
+
+@pytest.mark.parametrize(
+    "kind, past, reused", [("dkf", "estimate", True), ("srnn", "generated", True), ("srnn", "estimate", False)]
+)
+def test_reused_forward_passes_equal_fresh_ones(monkeypatch, kind: str, past: str, reused: bool) -> None:
+    """Reusing the accepted proposal's forward pass (and the warm-up's decoding) computes what decoding anew does,
+    with one forward pass per iteration instead of two; an estimated past changes between iterations: no reuse."""
+    lengths = [14, 9]
+    X = noisy_stfts(lengths)
+    model = tiny_model(kind)
+    config = replace(FAST, niter=7, warmup=2, past=past)
+    calls = {"n": 0}
+    decode = Chain.decode
+
+    def counted(self, latents, grads):
+        calls["n"] += 1
+        return decode(self, latents, grads)
+
+    monkeypatch.setattr(Chain, "decode", counted)
+    fast = enhance_by_sampling(model, X, config, lengths=lengths)
+    fast_calls, calls["n"] = calls["n"], 0
+    run, warm = Chain.run, Chain.speech_variance
+
+    def fresh_run(self, gain, noise_var):
+        self.decoded = None
+        return run(self, gain, noise_var)
+
+    def fresh_warm(self):
+        self.warm_var = None
+        return warm(self)
+
+    monkeypatch.setattr(Chain, "run", fresh_run)
+    monkeypatch.setattr(Chain, "speech_variance", fresh_warm)
+    fresh = enhance_by_sampling(model, X, config, lengths=lengths)
+    for name in FIELDS:
+        torch.testing.assert_close(getattr(fast, name), getattr(fresh, name), rtol=1e-6, atol=1e-8)
+    sampled = config.niter - config.warmup
+    assert calls["n"] == 2 * sampled * len(lengths)
+    assert fast_calls == ((sampled + 1) if reused else 2 * sampled) * len(lengths)
 
 
 def test_utterances_draw_from_their_own_streams() -> None:

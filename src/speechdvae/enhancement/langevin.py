@@ -35,7 +35,7 @@ import torch
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from ..models.base import DVAE, Posterior
+from ..models.base import DVAE, Decoded, Posterior
 from ..models.losses import log_prior
 from .common import (
     PASTS,
@@ -122,7 +122,12 @@ class _Density:
 
 class Chain:
     """One utterance's Markov chain: its latents, step size, gradient scale, random stream and, when autoregressive
-    priors read an estimated past, that estimate."""
+    priors read an estimated past, that estimate.
+
+    When the decoder's output depends on the latents alone (no estimated past), the forward pass of an accepted
+    last proposal is kept, graph and all, and the next `run` takes log p(x, z) and its gradient at those latents
+    from it under the new gains and noise: one forward pass per iteration instead of two. The warm-up decodes the
+    unchanged latents once."""
 
     def __init__(self, model: DVAE, power: torch.Tensor, seed: int, key: int | str, config: LangevinConfig) -> None:
         self.model, self.steps, self.step_size = model, config.steps, config.step_size
@@ -134,19 +139,26 @@ class Chain:
         self.latents = [post.z] if post.w is None else [post.z, post.w]
         self.mean_squares: list[torch.Tensor] | None = None  # per frame of z, and for w
         self.past = self.power if config.past == "estimate" and model.autoregressive else None
+        self.decoded: tuple[list[torch.Tensor], Decoded] | None = None  # forward pass at self.latents, with graph
+        self.warm_var: torch.Tensor | None = None  # v_s of the latents during the warm-up
+
+    def decode(self, latents: Sequence[torch.Tensor], grads: bool) -> tuple[list[torch.Tensor], Decoded]:
+        """The latents as leaves (requiring gradients if `grads`) and the decoder's output from them."""
+        leaves = [t.detach().requires_grad_(grads) for t in latents]
+        with torch.set_grad_enabled(grads), record_function("Langevin forward"):
+            return leaves, decode_from_past(self.model, point(leaves), self.past)
 
     def density(
-        self, latents: Sequence[torch.Tensor], gain: torch.Tensor, noise_var: torch.Tensor, grads: bool
+        self, decoded: tuple[list[torch.Tensor], Decoded], gain: torch.Tensor, noise_var: torch.Tensor, grads: bool
     ) -> _Density:
-        """log p(x, z) at `latents` under the gains (T,) and noise variance (T, F), and its gradients if `grads`."""
-        leaves = [t.detach().requires_grad_(grads) for t in latents]
+        """log p(x, z) at decoded latents under the gains (T,) and noise variance (T, F), and its gradients if
+        `grads` (the decoding must then have kept its graph)."""
+        leaves, dec = decoded
         with torch.set_grad_enabled(grads):
             with record_function("Langevin forward"):
-                post = point(leaves)
-                dec = decode_from_past(self.model, post, self.past)
                 speech_var = dec.y_logvar[0].exp()
                 vx = gain[:, None] * speech_var + noise_var
-                log_joint = log_prior(post, dec) - (torch.log(vx) + self.power[0] / vx).sum()
+                log_joint = log_prior(point(leaves), dec) - (torch.log(vx) + self.power[0] / vx).sum()
             with record_function("Langevin backward"):
                 slopes = list(torch.autograd.grad(log_joint, leaves)) if grads else []
         return _Density([t.detach() for t in leaves], log_joint.detach(), slopes, speech_var.detach())
@@ -155,7 +167,9 @@ class Chain:
     @record_function("Langevin warm-up decoding")
     def speech_variance(self) -> torch.Tensor:
         """v_s (T, F) decoded from the current latents."""
-        return decode_from_past(self.model, point(self.latents), self.past).y_logvar[0].exp()
+        if self.warm_var is None or self.past is not None:
+            self.warm_var = decode_from_past(self.model, point(self.latents), self.past).y_logvar[0].exp()
+        return self.warm_var
 
     def preconditioners(self, grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """M = 1 / (sqrt(a) + RMS_FLOOR) after taking `grads` into the moving average a of squared gradients,
@@ -171,7 +185,8 @@ class Chain:
         """`steps` Langevin steps z <- z + eta M grad + sqrt(2 eta M) eps under the gains (T,) and noise variance
         (T, F); returns v_s (T, F) of the latents reached. A step to where log p(x, z) is not finite is refused and
         halves the step size."""
-        current = self.density(self.latents, gain, noise_var, grads=True)
+        decoded, self.decoded = self.decoded or self.decode(self.latents, grads=True), None
+        current = self.density(decoded, gain, noise_var, grads=True)
         with drawing_from(self.generator):
             for step in range(self.steps):
                 eta = self.step_size
@@ -179,9 +194,13 @@ class Chain:
                     z + eta * m * g + (2 * eta * m).sqrt() * torch.randn_like(z)
                     for z, g, m in zip(current.latents, current.grads, self.preconditioners(current.grads))
                 ]
-                candidate = self.density(proposal, gain, noise_var, grads=step + 1 < self.steps)
+                last = step + 1 == self.steps
+                keep = last and self.past is None  # the next run starts from this forward pass
+                decoded = self.decode(proposal, grads=not last or keep)
+                candidate = self.density(decoded, gain, noise_var, grads=not last)
                 if bool(torch.isfinite(candidate.log_joint)):
                     current = candidate
+                    self.decoded = decoded if keep else None
                 else:
                     self.step_size = eta / 2
         self.latents = current.latents
