@@ -174,3 +174,15 @@ def test_fillets_dialogue_speakers_are_characters(tmp_path):
         ("fillets-cs/airplane/cs/let-v-oko", "fillets-cs/v", "cs"),
     ]
     assert {s.split for s in sources} <= {"train", "valid"} and {s.kind for s in sources} == {"speech"}
+
+
+def test_non_speech_prompts_leave_training_and_validation_but_not_test():
+    """The test split stays as published, so that its planned mixtures and the numbers reported on them hold."""
+    entry = {"noise_floor_db": -80.0}
+    for split, rejected in (("train", True), ("valid", True), ("test", False)):
+        beep = oc.Source("asterisk-fr/fr_CA_f_June/beeperr", "x", "g722", "speech", "asterisk/June", "fr", split)
+        assert (oc.speech_rejection(beep, entry, -45.0) is not None) == rejected
+    prompt = oc.Source(
+        "asterisk-en/en_US_f_Allison/beeps-two", "x", "g722", "speech", "asterisk/Allison", "en", "train"
+    )
+    assert oc.speech_rejection(prompt, entry, -45.0) is None
