@@ -1,22 +1,24 @@
-"""The training campaign to convergence: `paper`-size priors on the open corpus, trained in stages that outlive a
-working day.
+"""The training campaign to convergence: `paper`-size RNN priors and a `medium` LigHT-DVAE on the open corpus,
+trained in stages that outlive a working day.
 
-Every prior follows the official DVAE configuration (Adam 1e-3, β 0.01, KL warm-up over 50 epochs, batches of
+Every RNN prior follows the official DVAE configuration (Adam 1e-3, β 0.01, KL warm-up over 50 epochs, batches of
 128 × 50 frames). An epoch of the open corpus is 54 steps, against about 880 for a WSJ0 epoch, so the budget is
 counted in steps rather than epochs: the epoch budget is raised to 3000, and the official patience of 30 WSJ0 epochs
 (about 26,000 steps) becomes 500 of ours (PATIENCE). With the official 30, a stage stopped after 1,600 steps
 without a better validation loss, while its training loss was still falling.
-The priors read raw power, as in the official code: log-compressed input (`model.log_input=true`) lowers the
+The RNN priors read raw power, as in the official code: log-compressed input (`model.log_input=true`) lowers the
 validation loss much faster but resynthesises speech worse (docs/training_diagnosis.md).
 
-A prior is a lineage of stages NAME, NAME.2, NAME.3, ... Within a working session a stage resumes exactly from its
-state in RUNS_DIR (`--resume`); the state (optimiser included) is never committed, so a new session continues the
-lineage from its last committed model (PUBLISHED/NAME[.k]/model, written by `recipes/publish_runs.sh`) as the next
-stage: same settings, a fresh optimiser, no second KL warm-up. A lineage whose last stage stopped early is done.
+A prior is a lineage of stages NAME, NAME.2, NAME.3, ... A stage resumes exactly from its state in
+RUNS_DIR (`--resume`); the state (optimiser included) is never committed, so on a machine without it the lineage
+continues from its last committed model (PUBLISHED/NAME[.k]/model, written by `recipes/publish_runs.sh`) as the next
+stage: same settings, a fresh optimiser (and learning-rate schedule), no second KL warm-up. A lineage whose last
+stage stopped early or used up its step budget is done.
 Settings that change along a lineage (LANES) take effect at the stage they name; to close a running stage early
 and start the next one with them, publish it and delete its run folder's state.pt.
 
-    python recipes/train_campaign.py [--runs runs/paper] [--published checkpoints/open-paper] [--data data/open]
+    python recipes/train_campaign.py [--runs runs/paper] [--published checkpoints/open-paper] [--data data/open] \
+        [--only LINEAGE ...]
 
 Lanes run side by side, one thread each; the runs of a lane one after the other. Logs: RUNS_DIR/STAGE.log.
 """
@@ -44,9 +46,13 @@ from pathlib import Path
 # 39 % in the Dutch dialogue), and a floor made the small DKF fit an unseen speaker's loud bins 11 % better and the
 # held-out noise much worse (docs/training_diagnosis.md, section 7).
 FLOOR = ["train.floor_db=-60"]
-LANES: list[list[tuple[str, str, dict[int, list[str]]]]] = [
-    [("dkf", "dkf", {2: ["train.grad_clip=10000"], 3: ["train.lr=0.0003"], 4: FLOOR})],
-    [("rvae", "rvae", {2: FLOOR}), ("vae", "vae", {2: FLOOR})],
+# LigHT-DVAE follows its paper's schedule instead (AdamW, warm-up + cosine decay ending at max_steps) at the
+# `medium` size of presets/light.yaml: the largest whose ~29,000 steps fit in a budget of 12 CPU-hours. Its
+# stage ends with the schedule; it trains with the floor from its first stage.
+LANES: list[list[tuple[str, str, str, dict[int, list[str]]]]] = [
+    [("dkf", "dkf", "paper", {2: ["train.grad_clip=10000"], 3: ["train.lr=0.0003"], 4: FLOOR})],
+    [("rvae", "rvae", "paper", {2: FLOOR}), ("vae", "vae", "paper", {2: FLOOR})],
+    [("light-medium", "light", "medium", {1: FLOOR})],
 ]
 PATIENCE = 500
 BUDGET = ["train.epochs=3000", f"train.early_stop_patience={PATIENCE}"]
@@ -65,22 +71,25 @@ def last_stage(folder: Path, lineage: str, marker: str) -> int:
     return max((k for k in stages if (folder / stage_name(lineage, k) / marker).exists()), default=0)
 
 
-def stopped_early(run: Path) -> bool:
-    """Whether the run's log shows PATIENCE epochs without improvement after its best epoch."""
+def finished(run: Path) -> bool:
+    """Whether a published stage ended its lineage: its log shows PATIENCE epochs without improvement after its best
+    epoch, or the step budget of its schedule (`max_steps`) used up."""
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     best = max((r["epoch"] for r in rows if r["best"]), default=rows[0]["epoch"])
-    return rows[-1]["epoch"] - best >= PATIENCE
+    config = json.loads((run / "model" / "config.json").read_text())
+    max_steps = config["metadata"]["training"]["train"].get("max_steps")
+    return rows[-1]["epoch"] - best >= PATIENCE or (max_steps is not None and rows[-1]["step"] >= max_steps)
 
 
 def stage_command(
-    lineage: str, preset: str, overrides: dict[int, list[str]], runs: Path, published: Path, data: Path
+    lineage: str, preset: str, size: str, overrides: dict[int, list[str]], runs: Path, published: Path, data: Path
 ) -> tuple[str, list[str]] | None:
     """The stage to run next for a lineage and its `speechdvae train` command; None when the lineage is done."""
     committed = last_stage(published, lineage, "model")
     running = last_stage(runs, lineage, "state.pt")
     if running and running >= committed:
         k, extra = running, ["--resume"]
-    elif committed and stopped_early(published / stage_name(lineage, committed)):
+    elif committed and finished(published / stage_name(lineage, committed)):
         return None
     else:
         k, extra = committed + 1, []
@@ -95,7 +104,7 @@ def stage_command(
         "--preset",
         preset,
         "--size",
-        "paper",
+        size,
         "--data-root",
         str(data),
         "-o",
@@ -108,11 +117,11 @@ def stage_command(
     return name, command
 
 
-def run_lane(lane: list[tuple[str, str, dict[int, list[str]]]], args: argparse.Namespace) -> None:
-    for lineage, preset, overrides in lane:
-        stage = stage_command(lineage, preset, overrides, args.runs, args.published, args.data)
+def run_lane(lane: list[tuple[str, str, str, dict[int, list[str]]]], args: argparse.Namespace) -> None:
+    for lineage, preset, size, overrides in lane:
+        stage = stage_command(lineage, preset, size, overrides, args.runs, args.published, args.data)
         if stage is None:
-            print(f"{lineage}: stopped early, done", flush=True)
+            print(f"{lineage}: finished, done", flush=True)
             continue
         name, command = stage
         print(f"{name}: {' '.join(command)}", flush=True)
@@ -133,10 +142,16 @@ def main() -> None:
         help="committed stages (default: checkpoints/open-paper)",
     )
     parser.add_argument("--data", type=Path, default=Path("data/open"), help="open corpus (default: data/open)")
+    parser.add_argument("--only", nargs="+", metavar="LINEAGE", help="run these lineages only (default: all)")
     args = parser.parse_args()
+    lineages = {entry[0] for lane in LANES for entry in lane}
+    if args.only and not set(args.only) <= lineages:
+        parser.error(f"unknown lineage(s) {sorted(set(args.only) - lineages)}; known: {sorted(lineages)}")
+    lanes = [[entry for entry in lane if not args.only or entry[0] in args.only] for lane in LANES]
+    lanes = [lane for lane in lanes if lane]
     args.runs.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(len(LANES)) as pool:
-        list(pool.map(lambda lane: run_lane(lane, args), LANES))
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        list(pool.map(lambda lane: run_lane(lane, args), lanes))
 
 
 if __name__ == "__main__":

@@ -351,3 +351,18 @@ def test_precision(corpus, tmp_path, monkeypatch):
         losses[precision] = trainer.best_loss
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.1)
     assert losses["bfloat16"] != losses["float32"]  # autocast did run in bf16
+
+
+def test_noise_floor_reaches_training_and_validation(corpus, tmp_path):
+    with pytest.raises(ConfigError, match="floor_db must be negative"):
+        make_config(corpus, tmp_path, floor_db=0.0)
+    plain = Trainer(make_config(corpus, tmp_path), tmp_path / "plain", progress=False)
+    floored = Trainer(make_config(corpus, tmp_path, floor_db=-20.0), tmp_path / "floored", progress=False)
+    for name in ("train_data", "valid_data"):
+        assert getattr(plain, name).floor_db is None and getattr(floored, name).floor_db == -20.0
+        clean = next(iter(getattr(plain, name).batches(4, shuffle=False)))
+        noisy = next(iter(getattr(floored, name).batches(4, shuffle=False)))
+        # a -20-dBFS floor dwarfs the tones' quietest bins, not their loudest
+        assert noisy.min() > 100 * clean.min() and noisy.max() < 2 * clean.max()
+    # the validation loss is scored on the floored sequences
+    assert floored.validate(0.0)["recon"] != plain.validate(0.0)["recon"]

@@ -23,7 +23,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "Runs resume exactly with --resume; under `torchrun --nproc_per_node N` training is distributed.",
     )
     train.add_argument("--preset", help="preset name (e.g. vae, dkf, rvae, rvae-causal, srnn-tf, srnn-ss)")
-    train.add_argument("--size", default="small", choices=["small", "paper"], help="preset size (default: small)")
+    train.add_argument(
+        "--size",
+        default="small",
+        help="preset size: small, paper, or another section of the preset's YAML, e.g. medium for light "
+        "(default: small)",
+    )
     train.add_argument("--config", help="a YAML file with model/train/data sections, instead of a preset")
     train.add_argument(
         "--data-root",

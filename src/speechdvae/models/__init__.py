@@ -55,7 +55,8 @@ def available_presets() -> list[str]:
 
 
 def load_preset(name: str, size: str = "small") -> dict[str, Any]:
-    """The `size` section ("paper" or "small") of presets/<name>.yaml, e.g. {"model": {...}, ...}."""
+    """The `size` section ("paper", "small", or another one the preset has) of presets/<name>.yaml, e.g.
+    {"model": {...}, ...}."""
     path = _preset_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown preset {name!r}; available presets: {', '.join(available_presets())}")
