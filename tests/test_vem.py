@@ -4,7 +4,7 @@ random models, for batching, isolation of the caller's model and the settings.""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 from conftest import noisy_stfts, tiny_model
 
 from speechdvae.checkpoints import load_model
-from speechdvae.enhancement.common import generated_past
+from speechdvae.enhancement.common import generated_past, settings_identity
 from speechdvae.enhancement.enhancer import InferenceRequest
 from speechdvae.enhancement.langevin import LangevinConfig
 from speechdvae.enhancement.nmf import (
@@ -248,11 +248,39 @@ def test_caller_model_is_left_unchanged(kind: str) -> None:
 def test_encoder_copy_shares_only_the_frozen_part() -> None:
     model = tiny_model("srnn")
     clone = encoder_copy(model)
-    ours = {id(p) for p in model.parameters()}
+    ours = {p.data_ptr() for p in model.parameters()}
     copied = clone.encoder_parameters()
-    assert len(copied) == len(model.encoder_parameters()) and not any(id(p) in ours for p in copied)
-    shared = [p for p in clone.parameters() if id(p) in ours]
-    assert len(shared) == len(list(model.parameters())) - len(copied)
+    assert len(copied) == len(model.encoder_parameters()) and not any(p.data_ptr() in ours for p in copied)
+    shared = [p for p in clone.parameters() if p.data_ptr() in ours]
+    assert len(shared) == len(list(model.parameters())) - len(copied) and not any(p.requires_grad for p in shared)
+
+
+@pytest.mark.parametrize("kind", ["dkf", "rvae", "srnn", "transformer"])
+def test_fine_tuning_the_heads_updates_only_them_and_leaves_the_rest_without_gradients(kind: str) -> None:
+    model = tiny_model(kind)
+    heads = {id(p) for p in model.encoder_head_parameters()}
+    trunk = [p for p in model.encoder_parameters() if id(p) not in heads]
+    assert heads and trunk and heads <= {id(p) for p in model.encoder_parameters()}
+    clone = encoder_copy(model, "heads")
+    ours = {p.data_ptr() for p in model.parameters()}
+    tuned = [p for p in clone.parameters() if p.data_ptr() not in ours]
+    assert len(tuned) == len(heads) and all(p.requires_grad for p in tuned)
+    assert all(not p.requires_grad for p in clone.parameters() if p.data_ptr() in ours)
+    # the E-step's backward pass reaches the heads only, and the run changes the result of fine-tuning everything
+    X = noisy_stfts([30], seed=4)
+    config = VEMConfig(niter=4, nmf_rank=2, lr=0.05, past="estimate")
+    full = enhance_spectrogram(model, X, config)
+    part = enhance_spectrogram(model, X, replace(config, finetune="heads"))
+    assert torch.isfinite(part.wiener_gain).all() and not torch.equal(part.wiener_gain, full.wiener_gain)
+    with pytest.raises(ValueError, match="finetune"):
+        VEMConfig(finetune="decoder")
+
+
+def test_the_neutral_value_of_a_later_setting_keeps_cache_keys() -> None:
+    official = VEMConfig.official()
+    assert "finetune" not in settings_identity(official)
+    assert settings_identity(replace(official, finetune="heads"))["finetune"] == "heads"
+    assert settings_identity(official) == {k: v for k, v in asdict(official).items() if k != "finetune"}
 
 
 @pytest.mark.parametrize("kind", ["vae", "rvae"])

@@ -63,6 +63,15 @@ INFERENCE_OPTIONS = (
         "past (eq. 31), or `estimate`, the current clean-power estimate (decodes all frames at once)",
         "PAST",
     ),
+    InferenceOption(
+        "finetune",
+        "--finetune",
+        str,
+        "what the E-step fine-tunes: `encoder`, the whole encoder (the paper), or `heads`, only the layers giving "
+        "the posterior's parameters (the backward pass stops before the layers below them)",
+        "PART",
+        engines=("vem",),
+    ),
     InferenceOption("seed", "--seed", int, "root of every utterance's random streams"),
 )
 

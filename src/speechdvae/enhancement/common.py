@@ -30,6 +30,18 @@ FEEDBACK = 1.0
 # official choice), or the current estimate of the clean power, E[|s_t|^2 | x] under the last M-step
 # (the noisy power before the first), which decodes all frames at once instead of frame by frame.
 PASTS = ("generated", "estimate")
+# Field metadata of an engine setting added after results were cached: the value that runs the engine as before the
+# setting existed. Cache keys (`settings_identity`) leave such a setting out at that value.
+NEUTRAL = "neutral"
+
+
+def settings_identity(settings: object) -> dict[str, object]:
+    """An engine's settings (a dataclass) as a dict for cache keys, without the settings at their `NEUTRAL` value."""
+    return {
+        f.name: getattr(settings, f.name)
+        for f in fields(settings)
+        if not (NEUTRAL in f.metadata and getattr(settings, f.name) == f.metadata[NEUTRAL])
+    }
 
 
 def utterance_seed(seed: int, key: int | str, stream: str) -> int:

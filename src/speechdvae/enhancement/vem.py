@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..models.base import DVAE, Decoded, Posterior
 from ..models.losses import kl_terms
 from .common import (
+    NEUTRAL,
     PASTS,
     PER_ITERATION,
     POWER_FLOOR,
@@ -40,6 +41,10 @@ from .nmf import NMFNoise, clean_power, m_step, mixture_loss, wiener_gain
 
 # VEM iterations of a prior whose checkpoint chose none (docs/enhancement_valid/settings.md).
 DEFAULT_ITERATIONS = 30
+# What the E-step fine-tunes: the whole encoder (the paper), or only its Gaussian heads (`DVAE.encoder_heads`), the
+# layers that map the encoder's features to the posterior's parameters, so the backward pass stops before the
+# recurrent or attention layers below them.
+FINETUNE = ("encoder", "heads")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class VEMConfig:
     kl_weight: float = 1.0  # weight of the KL terms in the E-step objective (39)
     deterministic: bool = False  # replace every latent draw by the posterior mean
     past: str = "estimate"  # past speech of autoregressive priors: one of PASTS
+    # what the E-step fine-tunes: one of FINETUNE; "encoder" is the algorithm as it was before the option existed,
+    # so cached results keyed without it stay valid (`evaluate.enhancement.result_key`)
+    finetune: str = field(default="encoder", metadata={NEUTRAL: "encoder"})
     tol: float = 0.0  # stop an utterance once its mean loss over the last `window`
     window: int = 10  # iterations moved less than tol (relative); tol = 0: never stop
     seed: int = 0  # root of every utterance's random stream
@@ -76,6 +84,8 @@ class VEMConfig:
             raise ValueError("VEMConfig.kl_weight and VEMConfig.tol must be nonnegative")
         if self.past not in PASTS:
             raise ValueError(f"VEMConfig.past must be one of {', '.join(PASTS)}, got {self.past!r}")
+        if self.finetune not in FINETUNE:
+            raise ValueError(f"VEMConfig.finetune must be one of {', '.join(FINETUNE)}, got {self.finetune!r}")
 
     @classmethod
     def official(cls, **overrides: object) -> VEMConfig:
@@ -106,13 +116,22 @@ class VEMResult(EnhancementResult):
     estep_kl: torch.Tensor = field(metadata=PER_ITERATION)  # (B, I)
 
 
-def encoder_copy(model: DVAE) -> DVAE:
-    """A copy of `model` whose encoder parameters are new trainable tensors and whose other
-    parameters and buffers are shared with `model` (they are never updated)."""
-    encoder = {id(p) for p in model.encoder_parameters()}
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers()) if id(t) not in encoder}
+def tuned_parameters(model: DVAE, finetune: str = "encoder") -> list[torch.nn.Parameter]:
+    """The parameters the E-step fine-tunes (`FINETUNE`)."""
+    return model.encoder_parameters() if finetune == "encoder" else model.encoder_head_parameters()
+
+
+def encoder_copy(model: DVAE, finetune: str = "encoder") -> DVAE:
+    """A copy of `model` whose fine-tuned parameters (`tuned_parameters`) are new trainable tensors and whose other
+    parameters and buffers share `model`'s memory as frozen tensors (never updated, no gradients: autograd keeps no
+    graph for the layers below the fine-tuned ones)."""
+    tuned = {id(p) for p in tuned_parameters(model, finetune)}
+    shared: dict[int, torch.Tensor] = {id(b): b for b in model.buffers()}
+    shared |= {
+        id(p): torch.nn.Parameter(p.detach(), requires_grad=False) for p in model.parameters() if id(p) not in tuned
+    }
     clone = copy.deepcopy(model, memo=shared).eval()
-    for p in clone.encoder_parameters():
+    for p in tuned_parameters(clone, finetune):
         p.requires_grad_(True)
     return clone
 
@@ -121,11 +140,13 @@ class Utterance:
     """One utterance's power spectrogram, fine-tuned encoder copy, random stream and, when autoregressive
     priors read an estimated past, that estimate."""
 
-    def __init__(self, model: DVAE, power: torch.Tensor, seed: int, key: int | str, past: str) -> None:
+    def __init__(
+        self, model: DVAE, power: torch.Tensor, seed: int, key: int | str, past: str, finetune: str = "encoder"
+    ) -> None:
         self.power = power[None]  # (1, T, F)
         self.frames = power.shape[0]
-        self.model = encoder_copy(model)
-        self.params = self.model.encoder_parameters()
+        self.model = encoder_copy(model, finetune)
+        self.params = tuned_parameters(self.model, finetune)
         self.sampler = torch.Generator(device=power.device).manual_seed(utterance_seed(seed, key, "latents"))
         self.past = self.power if past == "estimate" and model.autoregressive else None
 
@@ -192,7 +213,8 @@ def enhance_spectrogram(
     clock = Clock()
     batch = NoisyBatch.checked(model, X, lengths, keys)
     utts = [
-        Utterance(model, batch.utterance_power(b), config.seed, key, config.past) for b, key in enumerate(batch.keys)
+        Utterance(model, batch.utterance_power(b), config.seed, key, config.past, config.finetune)
+        for b, key in enumerate(batch.keys)
     ]
     nmf = batch.initial_noise(config.nmf_rank, config.seed, init)
     state = _VEMState(nmf, config, batch.power, batch.mask)

@@ -47,6 +47,7 @@ from tqdm import tqdm
 from .. import audio
 from ..atomic import write_text_atomic
 from ..commands import enhance_command
+from ..enhancement.common import settings_identity
 from ..enhancement.enhancer import (
     Enhancer,
     EnhancerSource,
@@ -107,7 +108,7 @@ def result_key(label: str, fingerprint: str, settings: Any, mixture: Mixture) ->
     identity = {
         "model": label,
         "weights": fingerprint,
-        "vem": asdict(settings) if settings else None,
+        "vem": settings_identity(settings) if settings else None,
         "id": mixture.id,
         "files": mixture.digest,
     }

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from .layers import GaussianHead
+
 if TYPE_CHECKING:
     from ..enhancement.enhancer import Inference, LangevinEnhancer, VEMEnhancer
 
@@ -150,6 +152,12 @@ class DVAE(Configured):
                     seen.add(id(p))
                     params.append(p)
         return params
+
+    def encoder_head_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the encoder's Gaussian heads (the layers giving the posterior's mean and log-variance,
+        with their own hidden layers): what the VEM fine-tunes with `finetune="heads"`."""
+        heads = [m for module in self.encoder_modules() for m in module.modules() if isinstance(m, GaussianHead)]
+        return list(dict.fromkeys(p for head in heads for p in head.parameters()))
 
     @property
     def device(self) -> torch.device:
