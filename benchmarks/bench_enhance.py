@@ -11,7 +11,9 @@ setting's (the official one's) on the same mixture, ± 1.57·IQR/√n. `--iterat
 N iterations. `--profile vem langevin` instead shows where the time of each engine's default settings goes on the
 first mixture (the phases labelled in `speechdvae.enhancement.vem` and `.langevin`), and `--past-cost` times
 instead one E-step (forward and backward) of each autoregressive prior on the first mixture with each past:
-generated frame by frame under autograd, generated in two passes (as the VEM does), estimated. `--long-file PATH`
+generated frame by frame under autograd, generated in two passes (as the VEM does), estimated; `--finetune-cost`
+times instead 10 VEM iterations (each prior's own settings otherwise) on the first mixture fine-tuning the whole
+encoder and fine-tuning its heads only, in alternating rounds. `--long-file PATH`
 instead times `speechdvae enhance` on that one recording (default settings, 20-s chunks) with one worker and with
 `--cores` workers, which share its chunks, and checks that both write the same samples. Prints Markdown tables.
 
@@ -26,7 +28,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +141,19 @@ def estep_seconds(model: DVAE, power: torch.Tensor, past: str, repeats: int = 3)
     return sorted(times)[len(times) // 2]
 
 
+def finetune_seconds(model: DVAE, X: torch.Tensor, rounds: int = 3, iterations: int = 10) -> dict[str, float]:
+    """Median wall time of `iterations` VEM iterations on X (T, F) per `vem.FINETUNE` choice, in alternating
+    rounds."""
+    base = replace(InferenceRequest("vem").for_prior(model), niter=iterations)
+    times: dict[str, list[float]] = {part: [] for part in vem.FINETUNE}
+    for _ in range(rounds):
+        for part in vem.FINETUNE:
+            start = time.perf_counter()
+            vem.enhance_spectrogram(model, X, replace(base, finetune=part))
+            times[part].append(time.perf_counter() - start)
+    return {part: sorted(t)[len(t) // 2] for part, t in times.items()}
+
+
 def long_file_walls(model: DVAE, path: str, cores: int) -> list[tuple[int, float]]:
     """(workers, wall time) of enhancing the file at `path` with 1 and with `cores` workers into fresh folders;
     an error if the outputs differ."""
@@ -178,6 +193,7 @@ def main() -> None:
         help="only profile the phases of these engines (vem, langevin) with their default settings",
     )
     parser.add_argument("--past-cost", action="store_true", help="only time one E-step with each past")
+    parser.add_argument("--finetune-cost", action="store_true", help="only time VEM iterations per fine-tuned part")
     parser.add_argument("--long-file", metavar="PATH", help="only time one long recording on 1 and on all cores")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -222,6 +238,21 @@ def main() -> None:
             if model.autoregressive:
                 one, two, est = (estep_seconds(model, power, past) for past in ("one pass", "two passes", "estimate"))
                 print(f"| {label} | {one:.3f} | {two:.3f} | {est:.3f} | {one / two:.2f} |", flush=True)
+        return
+    if args.finetune_cost:
+        X = stft.stft(torch.from_numpy(read_pair(records[0])[0]))
+        print(f"10 VEM iterations on the first mixture ({X.shape[0]} frames), median of 3 alternating rounds:\n")
+        print("| prior | tuned parameters, encoder | heads | encoder (s) | heads (s) | heads / encoder |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for spec in args.model:
+            label, model = load(spec)
+            counts = [sum(p.numel() for p in vem.tuned_parameters(model, part)) for part in vem.FINETUNE]
+            walls = finetune_seconds(model, X)
+            print(
+                f"| {label} | {counts[0]:,} | {counts[1]:,} | {walls['encoder']:.2f} | {walls['heads']:.2f} | "
+                f"{walls['heads'] / walls['encoder']:.2f} |",
+                flush=True,
+            )
         return
     print(
         "| prior | setting | wall time (s) | RTF | speed-up | median SI-SDR (dB) | median paired Δ (dB) | "
