@@ -71,13 +71,18 @@ def main() -> None:
     parser.add_argument("--cache", help="spectrogram cache (default: next to the manifests, as in training)")
     parser.add_argument("--seq-len", type=int, default=50, help="frames per sequence (default: 50)")
     parser.add_argument("--beta", type=float, default=0.01, help="KL weight of the criterion (default: 0.01)")
+    parser.add_argument(
+        "--floor-db",
+        type=float,
+        help="add white noise at this level (dBFS) to every sequence, as training with `train.floor_db` does",
+    )
     parser.add_argument("-o", "--out", help="also write the Markdown table here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     manifest = Path(args.manifest)
     cache = args.cache or manifest.resolve().parent.parent / "cache" / "spectrograms"
     spectra = SpectrogramCache(manifest, cache, show_progress=False)
-    data = SequenceDataset(spectra, args.seq_len)
+    data = SequenceDataset(spectra, args.seq_len, floor_db=args.floor_db)
     corpus_of_id = {r["id"]: r["corpus"] for r in map(json.loads, manifest.read_text().splitlines())}
     corpus_of_file = [corpus_of_id[i] for i in spectra.ids]
     bands = [
@@ -105,7 +110,11 @@ def main() -> None:
             bands.append(f"| {label} | {corpus} | " + " | ".join(f"{v:.1f}" for v in per_part) + " |")
     table = (
         f"Negative ELBO per frame on `{manifest.name}` ({len(data)} sequences of {args.seq_len} frames, "
-        f"β = {args.beta}).\n\n" + "\n".join(rows) + "\n\nIS divergence per frame by source, "
+        f"β = {args.beta}"
+        + (f", white noise at {args.floor_db:g} dBFS added" if args.floor_db is not None else "")
+        + ").\n\n"
+        + "\n".join(rows)
+        + "\n\nIS divergence per frame by source, "
         f"by level (bins within {LOUD_DB:g} dB of the sequence's strongest bin, and the others) and by band "
         "(z = posterior mean, true past):\n\n" + "\n".join(bands) + "\n"
     )
