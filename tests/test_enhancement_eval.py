@@ -425,6 +425,10 @@ def test_snapshot_rows_equal_and_share_the_cache_of_shorter_runs(
     assert calls == []  # the runs of four iterations are cached under the same keys
     with pytest.raises(EnhancementError, match="positive"):
         evaluate_enhancement(models, manifest, tmp_path, inference=VEMConfig(niter=4), snapshots=[0], **run)
+    langevin = LangevinConfig(niter=6, warmup=2, wf_samples=2)
+    with pytest.raises(EnhancementError, match="no snapshot after 2 iterations.*warmup"):
+        evaluate_enhancement(models, manifest, tmp_path / "l", inference=langevin, snapshots=[2], **run)
+    assert not (tmp_path / "l").exists()
 
 
 def test_settings_and_command_line(

@@ -404,8 +404,14 @@ def test_inference_settings_round_trip_and_are_checked(tmp_path: Path) -> None:
                 load_model(tmp_path / "tuned")
 
 
-def test_shipped_default_carries_its_validated_inference() -> None:
-    assert from_pretrained("default", device="cpu").inference == {"engine": "vem", "niter": 100}
+@pytest.mark.parametrize(
+    "name, inference",
+    [("default", {"engine": "vem", "niter": 100}), ("fast", {"engine": "langevin", "niter": 20})],
+)
+def test_shipped_priors_carry_their_validated_inference(name: str, inference: dict) -> None:
+    model = from_pretrained(name, device="cpu")
+    assert model.inference == inference
+    assert model.enhancer().settings.engine == inference["engine"]
 
 
 def test_save_replaces_a_checkpoint_only_when_complete(tmp_path: Path) -> None:

@@ -123,6 +123,15 @@ def audio_path(out_dir: Path, label: str, mixture_id: str) -> Path:
     return out_dir / AUDIO_DIR / re.sub(r"[^\w.-]+", "_", label) / relative
 
 
+def snapshot_settings(label: str, settings: Any, iterations: int) -> Any:
+    """The settings of a run of `iterations` iterations, which a snapshot stands for; EnhancementError if the
+    engine cannot run so few (e.g. Langevin iterations within its warm-up)."""
+    try:
+        return replace(settings, niter=iterations)
+    except ValueError as err:
+        raise EnhancementError(f"{label}: no snapshot after {iterations} iterations: {err}") from None
+
+
 def snapshot_label(label: str, iterations: int) -> str:
     """The row of a prior stopped after `iterations` iterations (`snapshots`)."""
     return f"{label} · {iterations} it"
@@ -229,12 +238,9 @@ class _Evaluation:
         for p in priors:
             rows = {p.label: (None, p.model.settings)}
             if p.model.prior is not None:
-                niter = p.model.settings.niter
-                rows.update(
-                    (snapshot_label(p.label, k), (k, replace(p.model.settings, niter=k)))
-                    for k in sorted(set(snapshots))
-                    if k < niter
-                )
+                for k in sorted(set(snapshots)):
+                    if k < p.model.settings.niter:
+                        rows[snapshot_label(p.label, k)] = (k, snapshot_settings(p.label, p.model.settings, k))
             self.rows_of[p.label] = rows
         self.computed = dict.fromkeys([label for p in priors for label in self.rows_of[p.label]], 0)
 
