@@ -13,7 +13,7 @@ import torch
 from speechdvae.checkpoints import load_model
 from speechdvae.models import DVAE, Posterior, build_model
 from speechdvae.models.losses import gaussian_kl, itakura_saito
-from speechdvae.official import OfficialImportError, import_official, rename_official_state
+from speechdvae.official import CHOSEN_INFERENCE, OfficialImportError, import_official, rename_official_state
 
 OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "official-dvae-se"
 TAGS = [f"{corpus}_{model}" for corpus in ("wsj", "vb") for model in ("vae", "dkf", "rvae", "srnn")]
@@ -78,6 +78,8 @@ def test_all_eight_checkpoints_are_imported_with_metadata(imported: dict[str, Pa
         assert meta["training_corpus"] == ("WSJ0" if tag.startswith("wsj") else "VoiceBank")
         assert config["training_data"].startswith(meta["training_corpus"])
         assert config["model"]["name"] == tag.split("_")[1]
+        assert config.get("inference") == CHOSEN_INFERENCE.get(tag)  # the settings chosen for it, if any
+    assert load_model(imported["wsj_dkf"], device="cpu").enhancer().settings.engine == "langevin"
 
 
 @pytest.mark.parametrize("tag", TAGS)

@@ -28,6 +28,10 @@ LICENCE_NOTICE = (
 )
 OFFICIAL_NAMES = {"VAE": "vae", "DKF": "dkf", "RVAE": "rvae", "SRNN": "srnn"}
 CHECKPOINT_PATTERN = re.compile(r"^.+_final_epoch(\d+)\.pt$")
+# The inference chosen for an imported checkpoint on the realistic validation benchmark, by the rule of
+# docs/enhancement_realistic/settings.md: the fastest setting whose median ΔSI-SDR and ΔESTOI are within 0.2 dB and
+# 0.01 of the official settings'. Checkpoints without an entry run the VEM's defaults.
+CHOSEN_INFERENCE: dict[str, dict[str, Any]] = {"wsj_dkf": {"engine": "langevin", "niter": 30}}
 IGNORED_OPTIONS = {"name", "tag", "dropout_p"}  # dropout is inactive at inference; we never train with it
 REQUIRED_VALUES = {"activation": "tanh", "bidir_gx": "False"}  # and num_rnn_* = 1: what our models implement
 
@@ -77,6 +81,7 @@ def convert_official(
     if not isinstance(official_state, dict):
         raise OfficialImportError(f"{pt_path}: expected a bare state_dict, found {type(official_state).__name__}")
     model.load_state_dict(rename_official_state(official_state, model, pt_path))
+    model.inference = CHOSEN_INFERENCE.get(tag_dir.name)
     metadata = _metadata(tag_dir.name, pt_path, ini)
     extra = {"LICENSE.txt": licence_file} if licence_file is not None else None
     return save_model(model, out_path, metadata=metadata, extra_files=extra)
