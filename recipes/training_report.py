@@ -72,8 +72,9 @@ def main() -> None:
         "2-core CPU (a run that starts from another one counts only its own in the table; the figure draws it after "
         "the run it starts from). The validation split changed twice, so losses compare within a stretch of a run: "
         "its one non-speech file left it during `dkf.3` (epoch 67) and `rvae` (epoch 62), and the runs on the corpus "
-        "with the fillets-ng dialogue (`dkf.4`, `rvae.2`, `light-medium`) score it with a −60-dBFS noise floor (`train.floor_db`), "
-        "which removes the divergence of the bins below it (docs/training_diagnosis.md, sections 6 and 7).\n",
+        "with the fillets-ng dialogue (`dkf.4`, `rvae.2`, `light-medium`) score it with a −60-dBFS noise floor "
+        "(`train.floor_db`), which removes the divergence of the bins below it (docs/training_diagnosis.md, "
+        "sections 6 and 7).\n",
         f"![validation loss against CPU-hours]({figure.name})\n",
         "| folder | run | starts from | parameters | epochs | steps | best epoch | best validation loss | "
         "validation IS at best | CPU-hours | status |",
