@@ -93,6 +93,11 @@ def _as_json(value: Any) -> Any:
     return [_as_json(item) for item in value] if isinstance(value, (list, tuple)) else value
 
 
+def _unique_parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
+    """The parameters of `modules`, each once (modules may share some), in order."""
+    return list(dict.fromkeys(p for module in modules for p in module.parameters()))
+
+
 class DVAE(Configured):
     """Base class of all speech priors. Subclasses set the class attributes and implement
     `infer`, `decode`, `sample_prior` and `encoder_modules`."""
@@ -144,20 +149,15 @@ class DVAE(Configured):
         return torch.log(s + LOG_EPS) if self.log_input else s
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        seen: set[int] = set()
-        params = []
-        for module in self.encoder_modules():
-            for p in module.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    params.append(p)
-        return params
+        """The parameters of the encoder's modules, each once, in module order."""
+        return _unique_parameters(self.encoder_modules())
 
     def encoder_head_parameters(self) -> list[nn.Parameter]:
         """The parameters of the encoder's Gaussian heads (the layers giving the posterior's mean and log-variance,
         with their own hidden layers): what the VEM fine-tunes with `finetune="heads"`."""
-        heads = [m for module in self.encoder_modules() for m in module.modules() if isinstance(m, GaussianHead)]
-        return list(dict.fromkeys(p for head in heads for p in head.parameters()))
+        return _unique_parameters(
+            [m for module in self.encoder_modules() for m in module.modules() if isinstance(m, GaussianHead)]
+        )
 
     @property
     def device(self) -> torch.device:
