@@ -10,6 +10,8 @@ from speechdvae.data.sequences import (
     SequenceDataset,
     SpectrogramCache,
     add_floor,
+    at_speed,
+    change_speed,
     floor_power,
     preprocess,
     warp_frequencies,
@@ -161,3 +163,28 @@ def test_joined_speakers_use_short_files_and_keep_speakers_apart(tmp_path):
     for batch in joined.batches(batch_size=len(joined), shuffle=False, seed=0):
         rows = [joined.rows[s + np.arange(seq_len)] for s in joined.starts]
         assert torch.equal(batch, torch.stack([torch.from_numpy(np.array(cache.frames[r])) for r in rows]))
+
+
+def test_speed_perturbation_scales_time_and_pitch_and_keeps_speed_one(manifest, tmp_path):
+    with pytest.warns(UserWarning):
+        plain = SpectrogramCache(manifest, tmp_path / "cache", show_progress=False)
+    with pytest.warns(UserWarning):
+        cache = SpectrogramCache(manifest, tmp_path / "cache", show_progress=False, speeds=(0.9, 1.0, 1.1))
+    assert cache.folder != plain.folder
+    assert cache.ids == [at_speed(i, s) for i in plain.ids for s in (0.9, 1.0, 1.1)]
+    assert cache.ids[:3] == ["u0@0.9", "u0", "u0@1.1"] and cache.speakers[:3] == ["u0@0.9", "u0", "u0@1.1"]
+    # speed 1 is the plain file, bit for bit
+    row = cache.ids.index("u1")
+    got = cache.frames[cache.offsets[row] : cache.offsets[row] + cache.lengths[row]]
+    np.testing.assert_array_equal(got, plain.frames[plain.offsets[1] : plain.offsets[1] + plain.lengths[1]])
+    # the 440-Hz burst lasts 1 / speed as long (after trimming) and sounds at 440 × speed Hz
+    for speed in (0.9, 1.1):
+        row = cache.ids.index(f"u1@{speed:g}")
+        assert abs(cache.lengths[row] / plain.lengths[1] * speed - 1) < 0.02
+        spec = cache.frames[cache.offsets[row] : cache.offsets[row] + cache.lengths[row]]
+        peak_hz = float(np.argmax(spec.mean(axis=0))) * audio.SAMPLE_RATE / stft.N_FFT
+        assert abs(peak_hz - 440 * speed) <= audio.SAMPLE_RATE / stft.N_FFT
+    x = tone_burst(seconds=1.0)
+    assert change_speed(x, 1.0) is x and abs(len(change_speed(x, 1.25)) * 1.25 - len(x)) <= 1
+    with pytest.raises(ValueError, match="speeds"):
+        SpectrogramCache(manifest, tmp_path / "cache", show_progress=False, speeds=(0.9, 0.9))

@@ -107,11 +107,20 @@ def test_overrides_are_read_as_their_options_types(corpus):
         str(corpus / "train.jsonl"),
         str(corpus / "valid.jsonl"),
         None,
-        ["train.lr=5e-4", "train.grad_clip=1", "train.warmup_steps=100", "train.max_steps=null"],
+        [
+            "train.lr=5e-4",
+            "train.grad_clip=1",
+            "train.warmup_steps=100",
+            "train.max_steps=null",
+            "train.speeds=[0.9,1,1.1]",
+        ],
     )
     assert cfg.train.lr == 5e-4 and isinstance(cfg.train.grad_clip, float) and cfg.train.warmup_steps == 100
-    assert cfg.train.max_steps is None
+    assert cfg.train.max_steps is None and cfg.train.speeds == (0.9, 1.0, 1.1)
     for bad, message in (
+        ("train.speeds=1.1", "speeds must be tuple"),
+        ("train.speeds=[0.9,0.9]", "speeds must be distinct"),
+        ("train.betas=[0.9]", "betas must be tuple"),
         ("train.lr=fast", "lr must be float"),
         ("train.batch_size=3.5", "batch_size must be int"),
         ("train.random_crop=maybe", "random_crop must be bool"),
@@ -366,3 +375,11 @@ def test_noise_floor_reaches_training_and_validation(corpus, tmp_path):
         assert noisy.min() > 100 * clean.min() and noisy.max() < 2 * clean.max()
     # the validation loss is scored on the floored sequences
     assert floored.validate(0.0)["recon"] != plain.validate(0.0)["recon"]
+
+
+def test_speed_perturbation_reaches_training_data_only(corpus, tmp_path):
+    plain = Trainer(make_config(corpus, tmp_path), tmp_path / "plain", progress=False)
+    faster = Trainer(make_config(corpus, tmp_path, speeds=[0.9, 1.0, 1.1]), tmp_path / "speeds", progress=False)
+    assert len(faster.train_data.cache.ids) == 3 * len(plain.train_data.cache.ids)
+    assert 2.5 * len(plain.train_data) < len(faster.train_data) < 3.5 * len(plain.train_data)
+    assert faster.valid_data.cache.ids == plain.valid_data.cache.ids

@@ -53,7 +53,7 @@ def to_mono(x: np.ndarray) -> np.ndarray:
     return x.mean(axis=1) if x.ndim == 2 else x
 
 
-def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+def resample(x: np.ndarray, sr_in: float, sr_out: float) -> np.ndarray:
     """High-quality resampling (soxr, VHQ) of a 1-D signal; identity if the rates agree."""
     if sr_in == sr_out:
         return x

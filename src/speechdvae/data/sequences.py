@@ -10,9 +10,12 @@ with `random_crop`, one random T-frame window per such sequence slot is drawn an
 `join_speakers`, each speaker's files are cut as one stream instead, as if their prompts had been
 recorded back to back, so that files shorter than T frames are used too. With `warp`, each
 training sequence's frequency axis is warped by its own random factor (`warp_frequencies`), a cheap
-stand-in for more speakers. With `floor_db`, white noise at that level (dBFS, of the peak-normalised
-waveform) is added to every sequence's power (`add_floor`): a recording's noise floor, which fills the
-codec holes and digital silence of compressed or synthetic-quiet recordings.
+stand-in for more speakers. With `speeds` (speed perturbation, Ko et al. 2015), the cache also holds every file
+resampled to play at each of these speeds (pitch, formants and tempo scaled together), each speed of a speaker
+counting as a speaker of its own; unlike `warp`, the spectrograms keep the statistics of a real STFT. With
+`floor_db`, white noise at that level (dBFS, of the peak-normalised waveform) is added to every sequence's power
+(`add_floor`): a recording's noise floor, which fills the codec holes and digital silence of compressed or
+synthetic-quiet recordings.
 """
 
 from __future__ import annotations
@@ -48,30 +51,48 @@ def preprocess(x: np.ndarray, trim: bool = True) -> np.ndarray:
     return spec.to(torch.float32).numpy()
 
 
+def at_speed(name: str, speed: float) -> str:
+    """The id (or speaker) of a file played at `speed`: the name itself at speed 1."""
+    return name if speed == 1 else f"{name}@{speed:g}"
+
+
+def change_speed(x: np.ndarray, speed: float) -> np.ndarray:
+    """A 16 kHz waveform played `speed` times faster: read as if sampled at `speed` × 16 kHz and resampled to
+    16 kHz (1 / `speed` times as many samples)."""
+    return x if speed == 1 else audio.resample(x, audio.SAMPLE_RATE * speed, audio.SAMPLE_RATE)
+
+
 class SpectrogramCache:
-    """All spectrograms of a manifest, back to back in one memory-mapped (frames, F) array."""
+    """All spectrograms of a manifest (each file at each of `speeds`), back to back in one memory-mapped (frames, F)
+    array."""
 
     def __init__(
-        self, manifest: str | os.PathLike, cache_dir: str | os.PathLike, trim: bool = True, show_progress: bool = True
+        self,
+        manifest: str | os.PathLike,
+        cache_dir: str | os.PathLike,
+        trim: bool = True,
+        show_progress: bool = True,
+        speeds: tuple[float, ...] = (1.0,),
     ) -> None:
+        if not speeds or not all(0.5 <= s <= 2 for s in speeds) or len(set(speeds)) < len(speeds):
+            raise ValueError(f"speeds must be distinct factors in [0.5, 2], got {speeds}")
         records = read_manifest(manifest)
-        key = hashlib.sha256(
-            json.dumps(
-                {
-                    "version": CACHE_VERSION,
-                    "trim": trim,
-                    "n_fft": stft.N_FFT,
-                    "hop": stft.HOP_LENGTH,
-                    "files": [(r["id"], r.get("sha256") or r["path"]) for r in records],
-                }
-            ).encode()
-        ).hexdigest()[:16]
+        settings = {
+            "version": CACHE_VERSION,
+            "trim": trim,
+            "n_fft": stft.N_FFT,
+            "hop": stft.HOP_LENGTH,
+            "files": [(r["id"], r.get("sha256") or r["path"]) for r in records],
+        }
+        if tuple(speeds) != (1.0,):  # left out at its neutral value, so caches built before speeds stay valid
+            settings["speeds"] = list(speeds)
+        key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
         self.folder = Path(cache_dir) / f"{Path(manifest).stem}-{key}"
         if not (self.folder / "index.json").is_file():
-            self._build(records, trim, show_progress)
+            self._build(records, trim, show_progress, speeds)
         index = json.loads((self.folder / "index.json").read_text())
         self.ids: list[str] = index["ids"]
-        speakers = {r["id"]: r.get("speaker", r["id"]) for r in records}
+        speakers = {at_speed(r["id"], s): at_speed(r.get("speaker", r["id"]), s) for r in records for s in speeds}
         self.speakers: list[str] = [speakers[i] for i in self.ids]  # a file without a speaker is its own
         self.offsets = np.asarray(index["offsets"], dtype=np.int64)
         self.lengths = np.asarray(index["lengths"], dtype=np.int64)
@@ -83,7 +104,7 @@ class SpectrogramCache:
             else np.zeros((0, stft.N_FREQ), np.float32)
         )
 
-    def _build(self, records: list[dict], trim: bool, show_progress: bool) -> None:
+    def _build(self, records: list[dict], trim: bool, show_progress: bool, speeds: tuple[float, ...]) -> None:
         from tqdm import tqdm
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -92,13 +113,14 @@ class SpectrogramCache:
             for r in tqdm(records, desc=f"spectrograms {self.folder.name}", unit="file", disable=not show_progress):
                 try:
                     x, _ = audio.read_audio(r["path"])
-                    spec = preprocess(x, trim)
+                    specs = [preprocess(change_speed(x, s), trim) for s in speeds]
                 except (audio.AudioError, ValueError) as err:
                     skipped.append(f"{r['id']}: {err}")
                     continue
-                f.write(spec.tobytes())
-                ids.append(r["id"])
-                lengths.append(spec.shape[0])
+                for s, spec in zip(speeds, specs, strict=True):
+                    f.write(spec.tobytes())
+                    ids.append(at_speed(r["id"], s))
+                    lengths.append(spec.shape[0])
         if skipped:
             warnings.warn(
                 f"{len(skipped)} file(s) skipped while computing spectrograms, e.g. {skipped[0]}", stacklevel=2

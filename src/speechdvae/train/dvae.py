@@ -80,6 +80,7 @@ class TrainConfig:
     random_crop: bool = False
     join_speakers: bool = False  # cut each speaker's training files as one stream (short files are used too)
     warp: float = 0.0  # VTLP: each training sequence's frequency axis warped by a factor from U[1 - warp, 1 + warp]
+    speeds: tuple[float, ...] = (1.0,)  # speed perturbation: training files also resampled to play at these speeds
     floor_db: float | None = None  # white noise at this level (dBFS) added to training and validation power
     epochs: int = 300
     max_steps: int | None = None  # stop after this many optimiser steps (None: no limit)
@@ -129,6 +130,8 @@ class TrainConfig:
             problems.append(f"floor_db must be negative (dBFS), got {self.floor_db!r}")
         if not 0 <= self.warp < 0.5:
             problems.append(f"warp must lie in [0, 0.5), got {self.warp!r}")
+        if not self.speeds or not all(0.5 <= s <= 2 for s in self.speeds) or len(set(self.speeds)) < len(self.speeds):
+            problems.append(f"speeds must be distinct factors in [0.5, 2], got {self.speeds!r}")
         if not 0 < self.ss_step <= 1 or self.ss_epochs_per_step < 1:
             problems.append("ss_step must lie in (0, 1] and ss_epochs_per_step be >= 1")
         if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
@@ -196,8 +199,10 @@ def _typed(name: str, value: Any, annotation: str) -> Any:
             return value
         if kind == "str" and isinstance(value, str):
             return value
-        if kind.startswith("tuple") and len(value) == 2:
-            return tuple(float(v) for v in value)
+        if kind.startswith("tuple") and not isinstance(value, str | dict):
+            items = tuple(float(v) for v in value)
+            if "..." in kind or len(items) == kind.count(",") + 1:
+                return items
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"training option {name} must be {annotation}, got {value!r}")
@@ -357,7 +362,9 @@ class Trainer(RunTrainer):
             self.model.load_state_dict(start.state_dict())
         torch.manual_seed(self.cfg.seed + self.dist.rank)  # same initial weights, independent sampling noise
         self.train_data = SequenceDataset(
-            SpectrogramCache(config.train_manifest, config.cache_dir, show_progress=self.progress),
+            SpectrogramCache(
+                config.train_manifest, config.cache_dir, show_progress=self.progress, speeds=self.cfg.speeds
+            ),
             self.cfg.seq_len,
             random_crop=self.cfg.random_crop,
             warp=self.cfg.warp,
