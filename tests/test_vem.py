@@ -13,6 +13,7 @@ import torch
 from conftest import noisy_stfts, tiny_model
 
 from speechdvae.checkpoints import load_model
+from speechdvae.enhancement import common
 from speechdvae.enhancement.common import generated_past, settings_identity
 from speechdvae.enhancement.enhancer import InferenceRequest
 from speechdvae.enhancement.langevin import LangevinConfig
@@ -278,9 +279,32 @@ def test_fine_tuning_the_heads_updates_only_them_and_leaves_the_rest_without_gra
 
 def test_the_neutral_value_of_a_later_setting_keeps_cache_keys() -> None:
     official = VEMConfig.official()
-    assert "finetune" not in settings_identity(official)
+    later = ("finetune", "precision")
+    assert not set(later) & set(settings_identity(official))
     assert settings_identity(replace(official, finetune="heads"))["finetune"] == "heads"
-    assert settings_identity(official) == {k: v for k, v in asdict(official).items() if k != "finetune"}
+    assert settings_identity(replace(official, precision="bfloat16"))["precision"] == "bfloat16"
+    assert settings_identity(official) == {k: v for k, v in asdict(official).items() if k not in later}
+
+
+@pytest.mark.parametrize("kind", ["transformer", "dkf"])
+def test_bf16_prior_passes_run_in_bf16_where_native_and_fall_back_to_float32(kind: str, monkeypatch) -> None:
+    model = tiny_model(kind)
+    X = noisy_stfts([30, 22], seed=6)
+    config = VEMConfig(niter=2, nmf_rank=2, lr=1e-2, deterministic=True)  # no draws to amplify the rounding
+    full = enhance_spectrogram(model, X, config)
+    monkeypatch.setattr(common, "computes_bf16", lambda device: True)
+    half = enhance_spectrogram(model, X, replace(config, precision="bfloat16"))
+    # bf16 forward passes change the result, not the outputs' precision, and stay close to float32
+    assert half.wiener_gain.dtype == full.wiener_gain.dtype == torch.float32
+    assert not torch.equal(half.wiener_gain, full.wiener_gain)
+    assert float((half.wiener_gain - full.wiener_gain).abs().mean()) < 0.01
+    assert torch.allclose(half.losses, full.losses, rtol=0.01)
+    # a device without bf16 arithmetic runs float32, bit for bit
+    monkeypatch.setattr(common, "computes_bf16", lambda device: False)
+    fallback = enhance_spectrogram(model, X, replace(config, precision="bfloat16"))
+    assert torch.equal(fallback.wiener_gain, full.wiener_gain)
+    with pytest.raises(ValueError, match="precision"):
+        VEMConfig(precision="float16")
 
 
 @pytest.mark.parametrize("kind", ["vae", "rvae"])

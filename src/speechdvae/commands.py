@@ -72,6 +72,15 @@ INFERENCE_OPTIONS = (
         "PART",
         engines=("vem",),
     ),
+    InferenceOption(
+        "precision",
+        "--precision",
+        str,
+        "arithmetic of the prior's forward passes: `float32`, or `bfloat16` (bf16 autocast where the device "
+        "computes bf16 natively, float32 elsewhere)",
+        "P",
+        engines=("vem",),
+    ),
     InferenceOption("seed", "--seed", int, "root of every utterance's random streams"),
 )
 

@@ -5,6 +5,7 @@ streams, the initial NMF factors, the past speech that autoregressive priors rea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -30,6 +31,9 @@ FEEDBACK = 1.0
 # official choice), or the current estimate of the clean power, E[|s_t|^2 | x] under the last M-step
 # (the noisy power before the first), which decodes all frames at once instead of frame by frame.
 PASTS = ("generated", "estimate")
+# Arithmetic of the prior's forward passes: float32, or bf16 autocast where the device computes bf16 natively
+# (`prior_precision`); the NMF, the gains, the Wiener filter and the losses stay float32.
+PRECISIONS = ("float32", "bfloat16")
 # Field metadata of an engine setting added after results were cached: the value that runs the engine as before the
 # setting existed. Cache keys (`settings_identity`) leave such a setting out at that value.
 NEUTRAL = "neutral"
@@ -61,6 +65,26 @@ def drawing_from(generator: torch.Generator) -> Iterator[None]:
         default.set_state(generator.get_state())
         yield
         generator.set_state(default.get_state())
+
+
+def computes_bf16(device: torch.device) -> bool:
+    """Whether `device` has bf16 arithmetic: GPUs with bf16, CPUs with AVX-512-BF16 or AMX tiles."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def prior_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for `precision` "bfloat16" on a device that computes bf16 natively; float32 elsewhere (a CPU
+    without bf16 would emulate it, several times slower)."""
+    if precision == "bfloat16" and computes_bf16(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def in_float32(dec: Decoded) -> Decoded:
+    """The decoder's outputs in float32 (they are bf16 after a forward pass under autocast)."""
+    return Decoded(dec.y_logvar.float(), dec.prior_mean.float(), dec.prior_logvar.float())
 
 
 def generated_past(model: DVAE, post: Posterior) -> torch.Tensor:

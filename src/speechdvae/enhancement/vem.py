@@ -29,12 +29,15 @@ from .common import (
     PASTS,
     PER_ITERATION,
     POWER_FLOOR,
+    PRECISIONS,
     Clock,
     EnhancementResult,
     NoisyBatch,
     check_snapshots,
     decode_from_past,
     drawing_from,
+    in_float32,
+    prior_precision,
     utterance_seed,
 )
 from .nmf import NMFNoise, clean_power, m_step, mixture_loss, wiener_gain
@@ -71,6 +74,8 @@ class VEMConfig:
     # what the E-step fine-tunes: one of FINETUNE; "encoder" is the algorithm as it was before the option existed,
     # so cached results keyed without it stay valid (`evaluate.enhancement.result_key`)
     finetune: str = field(default="encoder", metadata={NEUTRAL: "encoder"})
+    # arithmetic of the prior's forward passes (`common.prior_precision`): one of PRECISIONS
+    precision: str = field(default="float32", metadata={NEUTRAL: "float32"})
     tol: float = 0.0  # stop an utterance once its mean loss over the last `window`
     window: int = 10  # iterations moved less than tol (relative); tol = 0: never stop
     seed: int = 0  # root of every utterance's random stream
@@ -86,6 +91,8 @@ class VEMConfig:
             raise ValueError(f"VEMConfig.past must be one of {', '.join(PASTS)}, got {self.past!r}")
         if self.finetune not in FINETUNE:
             raise ValueError(f"VEMConfig.finetune must be one of {', '.join(FINETUNE)}, got {self.finetune!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"VEMConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @classmethod
     def official(cls, **overrides: object) -> VEMConfig:
@@ -141,9 +148,17 @@ class Utterance:
     priors read an estimated past, that estimate."""
 
     def __init__(
-        self, model: DVAE, power: torch.Tensor, seed: int, key: int | str, past: str, finetune: str = "encoder"
+        self,
+        model: DVAE,
+        power: torch.Tensor,
+        seed: int,
+        key: int | str,
+        past: str,
+        finetune: str = "encoder",
+        precision: str = "float32",
     ) -> None:
         self.power = power[None]  # (1, T, F)
+        self.precision = precision
         self.frames = power.shape[0]
         self.model = encoder_copy(model, finetune)
         self.params = tuned_parameters(self.model, finetune)
@@ -152,12 +167,12 @@ class Utterance:
 
     def forward(self, samples: int, sample: bool) -> tuple[Posterior, Decoded]:
         """Encode the noisy power (`samples` draws) and decode, from the generated or the estimated past
-        (`decode_from_past`)."""
+        (`decode_from_past`), in the configured precision; the decoder's outputs come back in float32."""
         s = self.power.expand(samples, -1, -1)
-        with drawing_from(self.sampler):
+        with drawing_from(self.sampler), prior_precision(self.power.device, self.precision):
             post = self.model.infer(s, sample=sample)
             past = None if self.past is None else self.past.expand(samples, -1, -1)
-            return post, decode_from_past(self.model, post, past)
+            return post, in_float32(decode_from_past(self.model, post, past))
 
     def estep_terms(
         self,
@@ -213,7 +228,7 @@ def enhance_spectrogram(
     clock = Clock()
     batch = NoisyBatch.checked(model, X, lengths, keys)
     utts = [
-        Utterance(model, batch.utterance_power(b), config.seed, key, config.past, config.finetune)
+        Utterance(model, batch.utterance_power(b), config.seed, key, config.past, config.finetune, config.precision)
         for b, key in enumerate(batch.keys)
     ]
     nmf = batch.initial_noise(config.nmf_rank, config.seed, init)
