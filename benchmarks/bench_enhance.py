@@ -13,8 +13,8 @@ first mixture (the phases labelled in `speechdvae.enhancement.vem` and `.langevi
 instead one E-step (forward and backward) of each autoregressive prior on the first mixture with each past:
 generated frame by frame under autograd, generated in two passes (as the VEM does), estimated; `--finetune-cost`
 times instead 10 VEM iterations (each prior's own settings otherwise) on the first mixture fine-tuning the whole
-encoder and fine-tuning its heads only, in alternating rounds; `--bf16-cost` times instead one E-step (forward and
-backward, estimated past) on the first mixture in float32 and under bf16 autocast, in alternating rounds.
+encoder and fine-tuning its heads only, in alternating rounds; `--precision-cost` the same in float32 and with the
+prior's passes under bf16 autocast (`--precision bfloat16`).
 `--long-file PATH` instead times `speechdvae enhance` on that one recording (default settings, 20-s chunks) with one
 worker and with `--cores` workers, which share its chunks, and checks that both write the same samples. Prints
 Markdown tables.
@@ -40,13 +40,13 @@ import torch
 from speechdvae import stft
 from speechdvae.checkpoints import from_pretrained, load_model
 from speechdvae.enhancement import vem
+from speechdvae.enhancement.common import PRECISIONS, computes_bf16
 from speechdvae.enhancement.enhancer import Inference, InferenceRequest, enhance_waves
 from speechdvae.enhancement.files import enhance_files
 from speechdvae.evaluate.enhancement import UTTERANCES_NAME, evaluate_enhancement
 from speechdvae.evaluate.metrics import median_ci
 from speechdvae.evaluate.mixtures import balanced_subset, read_mixtures, read_pair
 from speechdvae.models import DVAE
-from speechdvae.train.dvae import autocast, native_bf16
 
 
 @dataclass(frozen=True)
@@ -144,33 +144,17 @@ def estep_seconds(model: DVAE, power: torch.Tensor, past: str, repeats: int = 3)
     return sorted(times)[len(times) // 2]
 
 
-def bf16_seconds(model: DVAE, power: torch.Tensor, rounds: int = 5) -> dict[str, float]:
-    """Median wall time of one E-step forward and backward on `power` (1, T, F) (estimated past) in float32 and
-    under bf16 autocast, in alternating rounds."""
-    utterance = vem.Utterance(model, power[0], 0, 0, "estimate")
-    times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
-    for _ in range(rounds):
-        for precision in times:
-            start = time.perf_counter()
-            with autocast(model.device, precision):
-                dec = utterance.forward(1, True)[1]
-                loss = dec.y_logvar.float().sum() + dec.prior_logvar.float().sum()
-            torch.autograd.grad(loss, utterance.params, allow_unused=True)
-            times[precision].append(time.perf_counter() - start)
-    return {precision: sorted(t)[len(t) // 2] for precision, t in times.items()}
-
-
-def finetune_seconds(model: DVAE, X: torch.Tensor, rounds: int = 3, iterations: int = 10) -> dict[str, float]:
-    """Median wall time of `iterations` VEM iterations on X (T, F) per `vem.FINETUNE` choice, in alternating
-    rounds."""
+def vem_seconds(model: DVAE, X: torch.Tensor, name: str, values: tuple, rounds: int = 3, iterations: int = 10) -> dict:
+    """Median wall time of `iterations` VEM iterations on X (T, F) (the prior's own settings otherwise) with each of
+    `values` of the VEM setting `name`, in alternating rounds."""
     base = replace(InferenceRequest("vem").for_prior(model), niter=iterations)
-    times: dict[str, list[float]] = {part: [] for part in vem.FINETUNE}
+    times: dict = {value: [] for value in values}
     for _ in range(rounds):
-        for part in vem.FINETUNE:
+        for value in values:
             start = time.perf_counter()
-            vem.enhance_spectrogram(model, X, replace(base, finetune=part))
-            times[part].append(time.perf_counter() - start)
-    return {part: sorted(t)[len(t) // 2] for part, t in times.items()}
+            vem.enhance_spectrogram(model, X, replace(base, **{name: value}))
+            times[value].append(time.perf_counter() - start)
+    return {value: sorted(t)[len(t) // 2] for value, t in times.items()}
 
 
 def long_file_walls(model: DVAE, path: str, cores: int) -> list[tuple[int, float]]:
@@ -213,7 +197,7 @@ def main() -> None:
     )
     parser.add_argument("--past-cost", action="store_true", help="only time one E-step with each past")
     parser.add_argument("--finetune-cost", action="store_true", help="only time VEM iterations per fine-tuned part")
-    parser.add_argument("--bf16-cost", action="store_true", help="only time one E-step in float32 and in bf16")
+    parser.add_argument("--precision-cost", action="store_true", help="only time VEM iterations per precision")
     parser.add_argument("--long-file", metavar="PATH", help="only time one long recording on 1 and on all cores")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -259,17 +243,20 @@ def main() -> None:
                 one, two, est = (estep_seconds(model, power, past) for past in ("one pass", "two passes", "estimate"))
                 print(f"| {label} | {one:.3f} | {two:.3f} | {est:.3f} | {one / two:.2f} |", flush=True)
         return
-    if args.bf16_cost:
-        power = stft.power_spectrogram(torch.from_numpy(read_pair(records[0])[0]))[None]
-        native = "with" if native_bf16(torch.device("cpu")) else "without"
-        print(f"One E-step on the first mixture ({power.shape[1]} frames), CPU {native} AMX, median of 5 rounds:\n")
+    if args.precision_cost:
+        X = stft.stft(torch.from_numpy(read_pair(records[0])[0]))
+        native = "with" if computes_bf16(torch.device("cpu")) else "without"
+        print(
+            f"10 VEM iterations on the first mixture ({X.shape[0]} frames), CPU {native} bf16 arithmetic, median of "
+            "3 alternating rounds:\n"
+        )
         print("| prior | float32 (s) | bf16 autocast (s) | bf16 / float32 |")
         print("|---|---:|---:|---:|")
         for spec in args.model:
             label, model = load(spec)
-            walls = bf16_seconds(model, power)
+            walls = vem_seconds(model, X, "precision", PRECISIONS)
             print(
-                f"| {label} | {walls['float32']:.3f} | {walls['bfloat16']:.3f} | "
+                f"| {label} | {walls['float32']:.2f} | {walls['bfloat16']:.2f} | "
                 f"{walls['bfloat16'] / walls['float32']:.2f} |",
                 flush=True,
             )
@@ -282,7 +269,7 @@ def main() -> None:
         for spec in args.model:
             label, model = load(spec)
             counts = [sum(p.numel() for p in vem.tuned_parameters(model, part)) for part in vem.FINETUNE]
-            walls = finetune_seconds(model, X)
+            walls = vem_seconds(model, X, "finetune", vem.FINETUNE)
             print(
                 f"| {label} | {counts[0]:,} | {counts[1]:,} | {walls['encoder']:.2f} | {walls['heads']:.2f} | "
                 f"{walls['heads'] / walls['encoder']:.2f} |",

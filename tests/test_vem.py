@@ -20,6 +20,7 @@ from speechdvae.enhancement.langevin import LangevinConfig
 from speechdvae.enhancement.nmf import (
     INIT_FLOOR,
     NMFNoise,
+    clean_power,
     m_step,
     mixture_loss,
     normalize_columns,
@@ -98,6 +99,22 @@ def test_wiener_gain_reproduces_official(tag: str, vem_inputs: dict[str, np.ndar
     nmf, gain = reference_state(ref, vem_inputs, 5)
     wiener = wiener_gain(time_major(ref["iter5_Vs"])[:, None], gain, nmf.variance())
     np.testing.assert_allclose(wiener[0], ref["WFs"].T, rtol=1e-5)
+
+
+def test_clean_power_is_the_posterior_power_and_finite_where_the_gain_vanished() -> None:
+    gen = torch.Generator().manual_seed(3)
+    speech_var = torch.rand(2, 3, 6, 5, generator=gen, dtype=torch.float64) + 0.1  # (B, R, T, F)
+    noise_var = torch.rand(2, 6, 5, generator=gen, dtype=torch.float64) + 0.1
+    power = torch.rand(2, 6, 5, generator=gen, dtype=torch.float64)
+    gain = torch.rand(2, 6, generator=gen, dtype=torch.float64) + 0.5
+    wiener = wiener_gain(speech_var, gain, noise_var)
+    expected = (wiener.square() * power + wiener * noise_var) / gain[..., None]  # (|G X|^2 + G W H) / g
+    torch.testing.assert_close(clean_power(power, speech_var, gain, noise_var, 1e-10), expected)
+    # a frame whose gain decayed to zero: the prior's mean variance, not 0 / 0
+    gain[0, 2] = 0.0
+    estimate = clean_power(power, speech_var, gain, noise_var, 1e-10)
+    assert bool(torch.isfinite(estimate).all())
+    torch.testing.assert_close(estimate[0, 2], speech_var[0, :, 2].mean(0))
 
 
 @pytest.fixture(scope="module")

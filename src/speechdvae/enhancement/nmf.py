@@ -90,10 +90,10 @@ def clean_power(
 ) -> torch.Tensor:
     """E[|s_t|^2 | x] (B, T, F) for the unit-gain speech s the prior models: (|G X|^2 + G W H) / g with the Wiener
     gain G (of the R draws of v_s (B, R, T, F)), i.e. the posterior mean and variance of g^(1/2) s under the
-    current parameters, floored at `floor`."""
-    wiener = wiener_gain(speech_var, gain, noise_var)
-    scaled = wiener.square() * power + wiener * noise_var
-    return (scaled / gain[..., None]).clamp_min(floor)
+    current parameters, floored at `floor`. Computed with G / g = mean_r v_s / V_x, which stays finite where a
+    frame's gain has decayed to zero (there the estimate is the prior's v_s)."""
+    ratio = (speech_var / mixture_variance(speech_var, gain, noise_var)).mean(1)
+    return (gain[..., None] * ratio.square() * power + ratio * noise_var).clamp_min(floor)
 
 
 def _weights(power: torch.Tensor, vx: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
