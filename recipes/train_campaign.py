@@ -50,15 +50,16 @@ FLOOR = ["train.floor_db=-60"]
 # voice 1.4 times worse (docs/training_diagnosis.md, section 8): from stage 5 on it trains with speed perturbation
 # (each file also at 0.9 and 1.1 times its speed, counted as voices of their own), the usual remedy for few voices.
 # In 9 epochs it fitted the unseen voice 6.4 % better, where 48 epochs of stage 4 had gained 1.3 % (section 9): the
-# RVAE takes it from its stage 3. The LigHT-DVAE's stage keeps its data until its cosine schedule ends.
+# RVAE takes it from its stage 3, the LigHT-DVAE from its first.
 SPEEDS = ["train.speeds=[0.9,1.0,1.1]"]
 # LigHT-DVAE follows its paper's schedule instead (AdamW, warm-up + cosine decay ending at max_steps) at the
 # `medium` size of presets/light.yaml: the largest whose ~29,000 steps fit in a budget of 12 CPU-hours. Its
-# stage ends with the schedule; it trains with the floor from its first stage.
+# stage ends with the schedule; it trains with the floor and the speeds from its first stage (`light-speeds`; the
+# lineage `light-medium`, without the speeds, was stopped after 2,255 of its steps for it, checkpoints/open-paper).
 LANES: list[list[tuple[str, str, str, dict[int, list[str]]]]] = [
     [("dkf", "dkf", "paper", {2: ["train.grad_clip=10000"], 3: ["train.lr=0.0003"], 4: FLOOR, 5: SPEEDS})],
     [("rvae", "rvae", "paper", {2: FLOOR, 3: SPEEDS}), ("vae", "vae", "paper", {2: FLOOR})],
-    [("light-medium", "light", "medium", {1: FLOOR})],
+    [("light-speeds", "light", "medium", {1: FLOOR + SPEEDS})],
 ]
 PATIENCE = 500
 BUDGET = ["train.epochs=3000", f"train.early_stop_patience={PATIENCE}"]
