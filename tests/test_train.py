@@ -224,7 +224,7 @@ def test_a_state_older_than_an_option_resumes_with_its_default(corpus, tmp_path)
     Trainer(make_config(corpus, tmp_path, epochs=1), tmp_path / "run", progress=False).train()
     state_path = tmp_path / "run" / "state.pt"
     state = torch.load(state_path, weights_only=False)
-    for option in ("warp", "join_speakers"):  # written before these options existed
+    for option in ("warp", "join_speakers", "speeds"):  # written before these options existed
         del state["config"]["train"][option]
     torch.save(state, state_path)
     with pytest.raises(ConfigError, match="different configuration"):
@@ -383,3 +383,12 @@ def test_speed_perturbation_reaches_training_data_only(corpus, tmp_path):
     assert len(faster.train_data.cache.ids) == 3 * len(plain.train_data.cache.ids)
     assert 2.5 * len(plain.train_data) < len(faster.train_data) < 3.5 * len(plain.train_data)
     assert faster.valid_data.cache.ids == plain.valid_data.cache.ids
+    # a run with speeds resumes (its state keeps them as a tuple, config.json as a list)
+    faster.train()
+    again = Trainer(
+        make_config(corpus, tmp_path, speeds=[0.9, 1.0, 1.1], epochs=4),
+        tmp_path / "speeds",
+        resume=True,
+        progress=False,
+    )
+    assert again.epoch == 3

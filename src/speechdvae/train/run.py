@@ -148,8 +148,9 @@ class RunTrainer(abc.ABC):
                 f"{self.run_dir} already holds a run: pass --resume to continue it, or choose another folder"
             )
         state = torch.load(path, map_location=self.device, weights_only=False)
-        current = self.config.to_json()
-        if with_budget(with_defaults(state["config"], self.defaults), current, self.budget) != current:
+        # compared as config.json holds them (tuples as lists), whatever the state's pickle kept
+        current, saved = (json.loads(json.dumps(c)) for c in (self.config.to_json(), state["config"]))
+        if with_budget(with_defaults(saved, self.defaults), current, self.budget) != current:
             names = ", ".join(key.rpartition(".")[2] for key in self.budget)
             raise self.error(
                 f"{path} was written with a different configuration; resume with the same options "
