@@ -69,7 +69,7 @@ def parity(preset: str, size: str, data_root: Path, steps: int, precisions: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="small", choices=["small", "paper"])
+    parser.add_argument("--size", default="small", help="a size the presets define (small, paper, medium, ...)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
