@@ -58,6 +58,12 @@ def status(rows: list[dict], training: dict) -> str:
     return "best at last epoch" if stale == 0 else f"{stale} epochs since best"
 
 
+def continued(name: str, parent: dict[str, str]) -> str:
+    """ ", continued by RUN, ..." for the runs that start from `name`, else ""."""
+    later = sorted(run for run, start in parent.items() if start == name)
+    return f", continued by {', '.join(later)}" if later else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="folders of runs")
@@ -74,7 +80,9 @@ def main() -> None:
         "its one non-speech file left it during `dkf.3` (epoch 67) and `rvae` (epoch 62), and the runs on the corpus "
         "with the fillets-ng dialogue (`dkf.4`, `rvae.2`, `light-medium`) score it with a −60-dBFS noise floor "
         "(`train.floor_db`), which removes the divergence of the bins below it (docs/training_diagnosis.md, "
-        "sections 6 and 7).\n",
+        "sections 6 and 7). `dkf.5`, `rvae.3` and `light-speeds` also train on every file at 0.9 and 1.1 times its "
+        "speed (`train.speeds`, section 9); their validation files stay at speed 1. A stage that a later one "
+        "continues stopped where its log ends.\n",
         f"![validation loss against CPU-hours]({figure.name})\n",
         "| folder | run | starts from | parameters | epochs | steps | best epoch | best validation loss | "
         "validation IS at best | CPU-hours | status |",
@@ -101,7 +109,7 @@ def main() -> None:
                 f"| {folder.name} | {run.name} | {starts_from(training)} | "
                 f"{parameters(run / 'model' / 'model.safetensors'):,} | {rows[-1]['epoch'] + 1} | {rows[-1]['step']} | "
                 f"{best['epoch']} | {best['valid_loss']:.1f} | {best['valid_recon']:.1f} | "
-                f"{cpu_hours(rows[-1], training):.2f} | {status(rows, training)} |"
+                f"{cpu_hours(rows[-1], training):.2f} | {status(rows, training)}{continued(run.name, parent)} |"
             )
             hours = [start + cpu_hours(r, training) for r in rows]
             ax.plot(hours, [r["valid_loss"] for r in rows], label=run.name)
