@@ -406,7 +406,10 @@ def test_inference_settings_round_trip_and_are_checked(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name, inference",
-    [("default", {"engine": "vem", "niter": 100}), ("fast", {"engine": "langevin", "niter": 20})],
+    [
+        ("default", {"engine": "vem", "niter": 100, "precision": "bfloat16"}),
+        ("fast", {"engine": "langevin", "niter": 20}),
+    ],
 )
 def test_shipped_priors_carry_their_validated_inference(name: str, inference: dict) -> None:
     model = from_pretrained(name, device="cpu")
