@@ -282,7 +282,7 @@ def test_inference_options_of_both_commands_reach_the_engine():
         run(enhance_args(["in.wav"], "out", "m", "--inference", "langevin", "--step-size", "0"))
     with pytest.raises(UserError, match="--official-settings, --lr do not apply to --inference langevin"):
         run(enhance_args(["in.wav"], "out", "m", "--inference", "langevin", "--official-settings", "--lr", "0.1"))
-    with pytest.raises(UserError, match="--step-size do not apply to --inference vem"):
+    with pytest.raises(UserError, match="--step-size does not apply to --inference vem"):
         run(enhance_args(["in.wav"], "out", "m", "--inference", "vem", "--step-size", "0.1"))
     with pytest.raises(UserError, match="warmup must be in"):  # --step-size chooses Langevin, 2 iterations are few
         run(enhance_args(["in.wav"], "out", "m", "--step-size", "0.1"))

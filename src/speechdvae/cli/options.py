@@ -60,7 +60,8 @@ def inference_request(args: argparse.Namespace) -> InferenceRequest:
         if args.inference not in engines:
             foreign = [option.flag for option in given if args.inference not in option.engines]
             foreign = official * (args.inference != VEMConfig.engine) + foreign
-            raise UserError(f"{', '.join(foreign)} do not apply to {INFERENCE} {args.inference}")
+            verb = "does" if len(foreign) == 1 else "do"
+            raise UserError(f"{', '.join(foreign)} {verb} not apply to {INFERENCE} {args.inference}")
         engines = {args.inference}
     if not engines:
         flags = official + [option.flag for option in given]
