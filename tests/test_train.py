@@ -383,7 +383,7 @@ def test_speed_perturbation_reaches_training_data_only(corpus, tmp_path):
     assert len(faster.train_data.cache.ids) == 3 * len(plain.train_data.cache.ids)
     assert 2.5 * len(plain.train_data) < len(faster.train_data) < 3.5 * len(plain.train_data)
     assert faster.valid_data.cache.ids == plain.valid_data.cache.ids
-    # a run with speeds resumes (its state keeps them as a tuple, config.json as a list)
+    # a run with speeds resumes with the same speeds
     faster.train()
     again = Trainer(
         make_config(corpus, tmp_path, speeds=[0.9, 1.0, 1.1], epochs=4),

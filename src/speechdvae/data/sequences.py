@@ -51,6 +51,12 @@ def preprocess(x: np.ndarray, trim: bool = True) -> np.ndarray:
     return spec.to(torch.float32).numpy()
 
 
+def check_speeds(speeds: tuple[float, ...]) -> None:
+    """ValueError unless `speeds` are distinct factors in [0.5, 2]."""
+    if not speeds or not all(0.5 <= s <= 2 for s in speeds) or len(set(speeds)) < len(speeds):
+        raise ValueError(f"speeds must be distinct factors in [0.5, 2], got {speeds!r}")
+
+
 def at_speed(name: str, speed: float) -> str:
     """The id (or speaker) of a file played at `speed`: the name itself at speed 1."""
     return name if speed == 1 else f"{name}@{speed:g}"
@@ -74,8 +80,7 @@ class SpectrogramCache:
         show_progress: bool = True,
         speeds: tuple[float, ...] = (1.0,),
     ) -> None:
-        if not speeds or not all(0.5 <= s <= 2 for s in speeds) or len(set(speeds)) < len(speeds):
-            raise ValueError(f"speeds must be distinct factors in [0.5, 2], got {speeds}")
+        check_speeds(speeds)
         records = read_manifest(manifest)
         settings = {
             "version": CACHE_VERSION,

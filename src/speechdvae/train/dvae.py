@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import checkpoints
-from ..data.sequences import SequenceDataset, SpectrogramCache
+from ..data.sequences import SequenceDataset, SpectrogramCache, check_speeds
 from ..errors import SpeechDVAEError
 from ..models import DVAE, build_model, load_preset
 from ..models.losses import elbo_loss
@@ -130,8 +130,10 @@ class TrainConfig:
             problems.append(f"floor_db must be negative (dBFS), got {self.floor_db!r}")
         if not 0 <= self.warp < 0.5:
             problems.append(f"warp must lie in [0, 0.5), got {self.warp!r}")
-        if not self.speeds or not all(0.5 <= s <= 2 for s in self.speeds) or len(set(self.speeds)) < len(self.speeds):
-            problems.append(f"speeds must be distinct factors in [0.5, 2], got {self.speeds!r}")
+        try:
+            check_speeds(self.speeds)
+        except ValueError as err:
+            problems.append(str(err))
         if not 0 < self.ss_step <= 1 or self.ss_epochs_per_step < 1:
             problems.append("ss_step must lie in (0, 1] and ss_epochs_per_step be >= 1")
         if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
