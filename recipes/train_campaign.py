@@ -12,8 +12,9 @@ validation loss much faster but resynthesises speech worse (docs/training_diagno
 A prior is a lineage of stages NAME, NAME.2, NAME.3, ... A stage resumes exactly from its state in
 RUNS_DIR (`--resume`); the state (optimiser included) is never committed, so on a machine without it the lineage
 continues from its last committed model (PUBLISHED/NAME[.k]/model, written by `recipes/publish_runs.sh`) as the next
-stage: same settings, a fresh optimiser (and learning-rate schedule), no second KL warm-up. A lineage whose last
-stage stopped early or used up its step budget is done.
+stage: same settings, a fresh optimiser, no second KL warm-up; a stage on a step schedule (LigHT-DVAE) goes on from
+its predecessor's last logged step (`train.start_step`), so the schedule and its step budget are not started again.
+A lineage whose last stage stopped early or used up its step budget is done.
 Settings that change along a lineage (LANES) take effect at the stage they name; to close a running stage early
 and start the next one with them, publish it and delete its run folder's state.pt.
 
@@ -78,13 +79,25 @@ def last_stage(folder: Path, lineage: str, marker: str) -> int:
     return max((k for k in stages if (folder / stage_name(lineage, k) / marker).exists()), default=0)
 
 
+def training_options(run: Path) -> dict:
+    return json.loads((run / "model" / "config.json").read_text())["metadata"]["training"]["train"]
+
+
+def last_row(run: Path) -> dict:
+    return json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+
+
+def scheduled(run: Path) -> bool:
+    """Whether a published stage followed a step schedule (`max_steps`), which its successor continues."""
+    return training_options(run).get("max_steps") is not None
+
+
 def finished(run: Path) -> bool:
     """Whether a published stage ended its lineage: its log shows PATIENCE epochs without improvement after its best
     epoch, or the step budget of its schedule (`max_steps`) used up."""
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     best = max((r["epoch"] for r in rows if r["best"]), default=rows[0]["epoch"])
-    config = json.loads((run / "model" / "config.json").read_text())
-    max_steps = config["metadata"]["training"]["train"].get("max_steps")
+    max_steps = training_options(run).get("max_steps")
     return rows[-1]["epoch"] - best >= PATIENCE or (max_steps is not None and rows[-1]["step"] >= max_steps)
 
 
@@ -103,8 +116,10 @@ def stage_command(
     name = stage_name(lineage, k)
     settings = BUDGET + [setting for first, more in sorted(overrides.items()) if first <= k for setting in more]
     if k > 1:  # a later stage starts from the previous one's committed model (the same settings when resumed)
-        start = published / stage_name(lineage, k - 1) / "model"
-        settings += [f"train.init_from={start}", "train.kl_warmup_epochs=0"]
+        previous = published / stage_name(lineage, k - 1)
+        settings += [f"train.init_from={previous / 'model'}", "train.kl_warmup_epochs=0"]
+        if scheduled(previous):  # and goes on with its learning-rate schedule and step budget
+            settings.append(f"train.start_step={last_row(previous)['step']}")
     command = [
         "speechdvae",
         "train",

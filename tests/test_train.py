@@ -209,6 +209,21 @@ def test_scheduled_sampling_selects_only_fully_generative_epochs(corpus, tmp_pat
     assert all(not h["best"] for h in trainer.history if h["feedback"] < 1) and trainer.best_epoch >= 2
 
 
+def test_a_later_stage_continues_the_schedule_and_step_budget(corpus, tmp_path):
+    torch.set_num_threads(1)
+    schedule = {"lr_schedule": "warmup_cosine", "warmup_steps": 2, "cosine_steps": 200, "lr_min": 1e-6}
+    n = Trainer(make_config(corpus, tmp_path), tmp_path / "probe", progress=False).train_data.num_batches(4, 1, True)
+    begin, end = 2 * n, 2 * n + 3  # a whole run of `end` steps would log three epochs
+    config = make_config(corpus, tmp_path, epochs=100, max_steps=end, start_step=begin, **schedule)
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config.train.learning_rate(begin))
+    trainer.train()
+    assert [h["step"] for h in trainer.history] == [end]  # three steps in one epoch
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config.train.learning_rate(end - 1))
+    with pytest.raises(ConfigError, match="start_step"):
+        make_config(corpus, tmp_path, max_steps=10, start_step=10)
+
+
 def test_resume_refuses_a_changed_configuration_but_accepts_a_new_budget(corpus, tmp_path):
     Trainer(make_config(corpus, tmp_path, epochs=1), tmp_path / "run", progress=False).train()
     with pytest.raises(ConfigError, match="different configuration"):

@@ -84,6 +84,9 @@ class TrainConfig:
     floor_db: float | None = None  # white noise at this level (dBFS) added to training and validation power
     epochs: int = 300
     max_steps: int | None = None  # stop after this many optimiser steps (None: no limit)
+    # The step count a new run starts at: a stage continuing a published model (init_from) goes on with its
+    # predecessor's learning-rate schedule and step budget instead of starting them again.
+    start_step: int = 0
     beta_z: float = 1.0
     beta_w: float = 1.0
     kl_warmup_epochs: int = 0  # KL weight epoch / kl_warmup_epochs, then 1 (0: off)
@@ -126,6 +129,8 @@ class TrainConfig:
         for name in ("lr", "batch_size", "seq_len", "epochs", "checkpoint_every", "valid_batch_size"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.start_step < 0 or (self.max_steps is not None and self.start_step >= self.max_steps):
+            problems.append(f"start_step must lie in [0, max_steps), got {self.start_step!r}")
         if self.floor_db is not None and not self.floor_db < 0:
             problems.append(f"floor_db must be negative (dBFS), got {self.floor_db!r}")
         if not 0 <= self.warp < 0.5:
@@ -392,11 +397,12 @@ class Trainer(RunTrainer):
         opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(
             self.model.parameters(),
-            lr=self.cfg.learning_rate(0),
+            lr=self.cfg.learning_rate(self.cfg.start_step),
             betas=self.cfg.betas,
             eps=self.cfg.eps,
             weight_decay=self.cfg.weight_decay,
         )
+        self.step = self.cfg.start_step  # a resumed run restores its own count
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_epoch = -1
