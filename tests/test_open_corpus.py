@@ -53,6 +53,8 @@ def test_build_splits_rejects_and_is_idempotent(tmp_path):
     # tuxpaint ro is test, el is the unseen-speaker validation set, ru and sound effects are unused
     assert ids["test"] == ["tuxpaint/animals/cat_desc_ro"]
     assert ids["valid_unseen"] == ["tuxpaint/animals/cat_desc_el"]
+    together = sorted(r["id"] for r in read_manifest(manifests / "speech_valid_all.jsonl"))
+    assert together == sorted(ids["valid"] + ids["valid_unseen"]) and ids["valid"]
     seen = ids["train"] + ids["valid"]
     assert "tuxpaint/animals/cat_desc_fr" in seen and not any("ru" in i.rsplit("_", 1)[-1] for i in seen)
     assert len([i for i in seen if i.startswith("asterisk")]) == 7  # silence/ excluded

@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,26 @@ def test_overrides_are_read_as_their_options_types(corpus):
     ):
         with pytest.raises(ConfigError, match=message):
             resolve_config("vae", "small", str(corpus / "train.jsonl"), str(corpus / "valid.jsonl"), None, [bad])
+
+
+def test_manifests_come_from_the_arguments_then_the_config_then_the_data_root(corpus, tmp_path):
+    manifests = tmp_path / "root" / "manifests"
+    manifests.mkdir(parents=True)
+    for name, source in (("speech_train", "train"), ("speech_valid", "valid"), ("other", "valid")):
+        shutil.copy(corpus / f"{source}.jsonl", manifests / f"{name}.jsonl")
+    root, other = str(tmp_path / "root"), str((manifests / "other.jsonl").resolve())
+    cfg = resolve_config("vae", "small", None, None, None, data_root=root)
+    assert cfg.valid_manifest == str((manifests / "speech_valid.jsonl").resolve())
+    assert cfg.train_manifest == str((manifests / "speech_train.jsonl").resolve())
+    assert (
+        resolve_config("vae", "small", None, None, None, [f"data.valid={other}"], data_root=root).valid_manifest
+        == other
+    )
+    given = str((corpus / "valid.jsonl").resolve())
+    assert (
+        resolve_config("vae", "small", None, given, None, [f"data.valid={other}"], data_root=root).valid_manifest
+        == given
+    )
 
 
 def test_training_lowers_the_loss_and_exports_the_best_copy(corpus, tmp_path):

@@ -35,8 +35,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=DATA_ROOT,
         help="corpus folder built by `speechdvae data open` (default: $SPEECHDVAE_DATA or data/open)",
     )
-    train.add_argument("--train", help="training manifest (overrides --data-root)")
-    train.add_argument("--valid", help="validation manifest (overrides --data-root)")
+    train.add_argument("--train", help="training manifest (overrides data.train and --data-root)")
+    train.add_argument("--valid", help="validation manifest (overrides data.valid and --data-root)")
     train.add_argument("--cache", help="spectrogram cache folder (default: DATA_ROOT/cache/spectrograms)")
     train.add_argument("-o", "--out", required=True, help="run folder (state, logs, best model)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -101,11 +101,12 @@ def run_train(args: argparse.Namespace) -> int:
     config = resolve_config(
         args.preset,
         args.size,
-        args.train or str(root / "manifests" / "speech_train.jsonl"),
-        args.valid or str(root / "manifests" / "speech_valid.jsonl"),
+        args.train,
+        args.valid,
         args.cache or str(root / "cache" / "spectrograms"),
         args.overrides,
         args.config,
+        data_root=str(root),
     )
     trainer = Trainer(config, args.out, resume=args.resume, progress=not args.no_progress)
     model_dir = trainer.train()

@@ -8,6 +8,7 @@ to `build`) and the prompts that are not speech (ASTERISK_NOT_SPEECH) are droppe
 written per split:
 
   ROOT/manifests/speech_{train,valid,valid_unseen,test}.jsonl
+  ROOT/manifests/speech_valid_all.jsonl  (valid and valid_unseen together: known and unseen voices)
   ROOT/manifests/noise_{train,valid,test}.jsonl
   ROOT/manifests/rejected.jsonl   (undecodable files, noisy recordings and non-speech, with the reason)
 
@@ -456,6 +457,8 @@ def build(
     ):
         for split in splits:
             write_manifest(manifests / f"{kind}_{split}.jsonl", [r for r in records if r["split"] == split])
+    validation = [r for r in speech if r["split"] in ("valid", "valid_unseen")]
+    write_manifest(manifests / "speech_valid_all.jsonl", validation)
     write_manifest(manifests / "rejected.jsonl", rejected)
     stats = {
         "speech": summarize(speech),

@@ -223,8 +223,11 @@ def resolve_config(
     cache_dir: str | None,
     overrides: list[str] = (),
     config_file: str | None = None,
+    data_root: str | None = None,
 ) -> RunConfig:
-    """Preset (or a YAML/JSON config file) + `section.key=value` overrides -> a checked RunConfig."""
+    """Preset (or a YAML/JSON config file) + `section.key=value` overrides -> a checked RunConfig. A manifest
+    comes from the argument, else from `data.train` / `data.valid`, else from `data_root` (the open corpus
+    layout: manifests/speech_{train,valid}.jsonl)."""
     import yaml
 
     if config_file:
@@ -245,8 +248,9 @@ def resolve_config(
             raise ConfigError(f"override {item!r} must look like model.KEY=VALUE, train.KEY=VALUE or data.KEY=VALUE")
         raw[section][name] = yaml.safe_load(value)
     data = raw["data"]
-    train_manifest = train_manifest or data.get("train")
-    valid_manifest = valid_manifest or data.get("valid")
+    manifests = Path(data_root) / "manifests" if data_root else None
+    train_manifest = train_manifest or data.get("train") or (manifests and str(manifests / "speech_train.jsonl"))
+    valid_manifest = valid_manifest or data.get("valid") or (manifests and str(manifests / "speech_valid.jsonl"))
     for label, path in (("training", train_manifest), ("validation", valid_manifest)):
         if not path:
             raise ConfigError(f"no {label} manifest: pass --{label[:5]} or set data.{label[:5]}")
