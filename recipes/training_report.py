@@ -81,7 +81,9 @@ def main() -> None:
         "with the fillets-ng dialogue (`dkf.4`, `rvae.2`, `light-medium`) score it with a −60-dBFS noise floor "
         "(`train.floor_db`), which removes the divergence of the bins below it (docs/training_diagnosis.md, "
         "sections 6 and 7). `dkf.5`, `rvae.3` and `light-speeds` also train on every file at 0.9 and 1.1 times its "
-        "speed (`train.speeds`, section 9); their validation files stay at speed 1. A stage that a later one "
+        "speed (`train.speeds`, section 9); their validation files stay at speed 1. The stages after them "
+        "(`dkf.6`, `rvae.4`, `vae.2`, `light-speeds.2`) validate on the known and the unseen voices together "
+        "(`speech_valid_all.jsonl`, section 10), a third change of split. A stage that a later one "
         "continues stopped where its log ends.\n",
         f"![validation loss against CPU-hours]({figure.name})\n",
         "| folder | run | starts from | parameters | epochs | steps | best epoch | best validation loss | "
