@@ -54,6 +54,11 @@ STEPS = (
     Step("enhancement-valid", "docs/enhancement_valid/enhancement.md", 25),
     Step("enhancement-realistic-defaults", "docs/enhancement_realistic/defaults-before/enhancement.md", 20),
     Step("enhancement-realistic-official", "docs/enhancement_realistic/official-settings/enhancement.md", 30),
+    Step(
+        "enhancement-realistic-official-light",
+        "docs/enhancement_realistic/official-settings-light-long/enhancement.md",
+        100,
+    ),
     Step("enhancement", "docs/enhancement/enhancement.md", 70),
     Step("generation", "docs/generation/generation.md", 25),
     Step("listening", "docs/listen/index.html", 3),
