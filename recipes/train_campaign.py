@@ -91,26 +91,22 @@ def last_stage(folder: Path, lineage: str, marker: str) -> int:
     return max((k for k in stages if (folder / stage_name(lineage, k) / marker).exists()), default=0)
 
 
-def training_options(run: Path) -> dict:
-    return json.loads((run / "model" / "config.json").read_text())["metadata"]["training"]["train"]
+def log_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-def last_row(run: Path) -> dict:
-    return json.loads((run / "log.jsonl").read_text().splitlines()[-1])
-
-
-def scheduled(run: Path) -> bool:
-    """Whether a published stage followed a step schedule (`max_steps`), which its successor continues."""
-    return training_options(run).get("max_steps") is not None
+def max_steps(run: Path) -> int | None:
+    """The step budget of a published stage's schedule (None: no step schedule)."""
+    config = json.loads((run / "model" / "config.json").read_text())
+    return config["metadata"]["training"]["train"].get("max_steps")
 
 
 def finished(run: Path) -> bool:
     """Whether a published stage ended its lineage: its log shows PATIENCE epochs without improvement after its best
     epoch, or the step budget of its schedule (`max_steps`) used up."""
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    rows, budget = log_rows(run), max_steps(run)
     best = max((r["epoch"] for r in rows if r["best"]), default=rows[0]["epoch"])
-    max_steps = training_options(run).get("max_steps")
-    return rows[-1]["epoch"] - best >= PATIENCE or (max_steps is not None and rows[-1]["step"] >= max_steps)
+    return rows[-1]["epoch"] - best >= PATIENCE or (budget is not None and rows[-1]["step"] >= budget)
 
 
 def stage_command(
@@ -132,8 +128,8 @@ def stage_command(
     if k > 1:  # a later stage starts from the previous one's committed model (the same settings when resumed)
         previous = published / stage_name(lineage, k - 1)
         settings += [f"train.init_from={previous / 'model'}", "train.kl_warmup_epochs=0"]
-        if scheduled(previous):  # and goes on with its learning-rate schedule and step budget
-            settings.append(f"train.start_step={last_row(previous)['step']}")
+        if max_steps(previous) is not None:  # and goes on with its learning-rate schedule and step budget
+            settings.append(f"train.start_step={log_rows(previous)[-1]['step']}")
     command = [
         "speechdvae",
         "train",
