@@ -2,10 +2,12 @@
 trained in stages that outlive a working day.
 
 Every RNN prior follows the official DVAE configuration (Adam 1e-3, β 0.01, KL warm-up over 50 epochs, batches of
-128 × 50 frames). An epoch of the open corpus is 54 steps, against about 880 for a WSJ0 epoch, so the budget is
-counted in steps rather than epochs: the epoch budget is raised to 3000, and the official patience of 30 WSJ0 epochs
-(about 26,000 steps) becomes 500 of ours (PATIENCE). With the official 30, a stage stopped after 1,600 steps
-without a better validation loss, while its training loss was still falling.
+128 × 50 frames). An epoch of the open corpus is 54 steps (310 with speed perturbation), against about 880 for a
+WSJ0 epoch, so the budget is counted in steps rather than epochs: the epoch budget is raised to 3000, and the
+official patience of 30 WSJ0 epochs becomes PATIENCE_STEPS = 26,000 steps without a better validation loss, turned
+into epochs from the lineage's last log (500 epochs before its first log). With the official 30 epochs, a stage
+stopped after 1,600 steps without a better validation loss, while its training loss was still falling; with 500
+epochs at 310 steps each, patience had grown to six times the official one.
 The RNN priors read raw power, as in the official code: log-compressed input (`model.log_input=true`) lowers the
 validation loss much faster but resynthesises speech worse (docs/training_diagnosis.md).
 
@@ -74,8 +76,9 @@ LANES: list[list[tuple[str, str, str, dict[int, list[str]]]]] = [
     [("rvae", "rvae", "paper", {2: FLOOR, 3: SPEEDS, 4: VALID_ALL}), ("vae", "vae", "paper", {2: FLOOR + VALID_ALL})],
     [("light-speeds", "light", "medium", {1: FLOOR + SPEEDS, 2: VALID_ALL})],
 ]
-PATIENCE = 500
-BUDGET = ["train.epochs=3000", f"train.early_stop_patience={PATIENCE}"]
+PATIENCE_STEPS = 26_000
+EPOCH_STEPS = 54  # an epoch of the open corpus without speed perturbation, until a log tells
+EPOCHS = 3000
 
 
 def stage_name(lineage: str, k: int) -> str:
@@ -101,12 +104,25 @@ def max_steps(run: Path) -> int | None:
     return config["metadata"]["training"]["train"].get("max_steps")
 
 
+def epoch_steps(run: Path) -> int | None:
+    """Steps per epoch in a stage's log (None: fewer than two epochs logged)."""
+    rows = log_rows(run) if (run / "log.jsonl").exists() else []
+    if len(rows) < 2:
+        return None
+    return round((rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["epoch"] - rows[0]["epoch"]))
+
+
+def patience_epochs(steps: int | None) -> int:
+    """PATIENCE_STEPS in epochs of `steps` steps (EPOCH_STEPS when unknown), rounded up."""
+    return -(-PATIENCE_STEPS // (steps or EPOCH_STEPS))
+
+
 def finished(run: Path) -> bool:
-    """Whether a published stage ended its lineage: its log shows PATIENCE epochs without improvement after its best
-    epoch, or the step budget of its schedule (`max_steps`) used up."""
+    """Whether a published stage ended its lineage: its log shows PATIENCE_STEPS steps without improvement after its
+    best epoch, or the step budget of its schedule (`max_steps`) used up."""
     rows, budget = log_rows(run), max_steps(run)
-    best = max((r["epoch"] for r in rows if r["best"]), default=rows[0]["epoch"])
-    return rows[-1]["epoch"] - best >= PATIENCE or (budget is not None and rows[-1]["step"] >= budget)
+    best = next((r for r in reversed(rows) if r["best"]), rows[0])
+    return rows[-1]["step"] - best["step"] >= PATIENCE_STEPS or (budget is not None and rows[-1]["step"] >= budget)
 
 
 def stage_command(
@@ -122,11 +138,12 @@ def stage_command(
     else:
         k, extra = committed + 1, []
     name = stage_name(lineage, k)
-    settings = BUDGET + [
+    previous = published / stage_name(lineage, k - 1)
+    steps = epoch_steps(runs / name) or (epoch_steps(previous) if k > 1 else None)
+    settings = [f"train.epochs={EPOCHS}", f"train.early_stop_patience={patience_epochs(steps)}"] + [
         setting.format(data=data) for first, more in sorted(overrides.items()) if first <= k for setting in more
     ]
     if k > 1:  # a later stage starts from the previous one's committed model (the same settings when resumed)
-        previous = published / stage_name(lineage, k - 1)
         settings += [f"train.init_from={previous / 'model'}", "train.kl_warmup_epochs=0"]
         if max_steps(previous) is not None:  # and goes on with its learning-rate schedule and step budget
             settings.append(f"train.start_step={log_rows(previous)[-1]['step']}")

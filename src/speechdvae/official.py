@@ -30,10 +30,11 @@ OFFICIAL_NAMES = {"VAE": "vae", "DKF": "dkf", "RVAE": "rvae", "SRNN": "srnn"}
 CHECKPOINT_PATTERN = re.compile(r"^.+_final_epoch(\d+)\.pt$")
 # The inference chosen for an imported checkpoint on the realistic validation benchmark, by the rule of
 # docs/enhancement_realistic/settings.md: the fastest setting whose median ΔSI-SDR and ΔESTOI are within 0.2 dB and
-# 0.01 of the official settings'. Checkpoints without an entry run the VEM's defaults.
+# 0.01 of both the official settings' and the checkpoint's best setting's. Checkpoints without an entry run the
+# VEM's defaults.
 CHOSEN_INFERENCE: dict[str, dict[str, Any]] = {
-    "wsj_dkf": {"engine": "langevin", "niter": 30},
-    "wsj_rvae": {"engine": "langevin", "niter": 20},
+    "wsj_dkf": {"engine": "langevin", "niter": 40},
+    "wsj_rvae": {"engine": "langevin", "niter": 60},
 }
 IGNORED_OPTIONS = {"name", "tag", "dropout_p"}  # dropout is inactive at inference; we never train with it
 REQUIRED_VALUES = {"activation": "tanh", "bidir_gx": "False"}  # and num_rnn_* = 1: what our models implement

@@ -1,0 +1,82 @@
+"""The decisions the recipes make: the inference-settings rule (recipes/vem_settings.py) and when a training
+lineage is done (recipes/train_campaign.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+vem_settings = load("vem_settings")
+train_campaign = load("train_campaign")
+
+
+def candidate(si_sdr: float, estoi: float, seconds: float, niter: int = 30, **settings):
+    rows = [
+        {
+            "si_sdr_improvement": str(si_sdr),
+            "estoi_improvement": str(estoi),
+            "seconds": str(seconds),
+            "duration": "1",
+            "length": "",
+            "speaker": "",
+        }
+    ]
+    return vem_settings.Candidate("prior", Path("report"), {"engine": "vem", "niter": niter, **settings}, rows)
+
+
+def test_the_default_stays_near_the_official_and_the_best_settings():
+    official = candidate(2.0, -0.05, 100.0, niter=300)
+    fast_but_poor = candidate(2.1, 0.0, 1.0)  # passes the official settings, 3 dB below the best
+    near_best = candidate(4.9, 0.0, 5.0)
+    best = candidate(5.0, 0.005, 9.0, niter=100)
+    options = [official, fast_but_poor, near_best, best]
+    passes, chosen = vem_settings.verdicts(official, options)
+    assert vem_settings.best_setting(options) is best
+    assert chosen is near_best
+    assert [passes[id(c)] for c in options] == [False, False, True, True]
+    # the ESTOI margin binds as well
+    lower_estoi = candidate(4.95, -0.011, 2.0)
+    passes, chosen = vem_settings.verdicts(official, options + [lower_estoi])
+    assert not passes[id(lower_estoi)] and chosen is near_best
+
+
+def test_a_report_without_a_newer_setting_ran_it_at_its_default():
+    official = dict(vem_settings.OFFICIAL)
+    assert candidate(0, 0, 1, **{k: v for k, v in official.items() if k not in ("engine", "precision")}).official
+    assert not candidate(0, 0, 1, **{**official, "niter": 30}).official
+
+
+def write_log(run: Path, rows: list[tuple[int, int, bool]], max_steps: int | None = None) -> Path:
+    (run / "model").mkdir(parents=True)
+    (run / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "step": s, "best": b}) + "\n" for e, s, b in rows))
+    config = {"metadata": {"training": {"train": {"max_steps": max_steps}}}}
+    (run / "model" / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def test_patience_is_counted_in_steps_whatever_the_epoch(tmp_path: Path):
+    steps = train_campaign.PATIENCE_STEPS
+    # epochs of 310 steps (speed perturbation): the patience in epochs shrinks accordingly
+    assert train_campaign.patience_epochs(310) == -(-steps // 310)
+    assert train_campaign.patience_epochs(None) == -(-steps // train_campaign.EPOCH_STEPS)
+    short = write_log(tmp_path / "a", [(0, 310, True), (1, 620, True), (2, 930, False)])
+    assert train_campaign.epoch_steps(short) == 310
+    assert not train_campaign.finished(short)
+    stale = write_log(tmp_path / "b", [(0, 310, True), (5, 1860, True), (90, 1860 + steps, False)])
+    assert train_campaign.finished(stale)
+    # a step schedule ends its lineage when its budget is used up
+    assert train_campaign.finished(write_log(tmp_path / "c", [(0, 600, True), (1, 1200, True)], max_steps=1200))
+    assert not train_campaign.finished(write_log(tmp_path / "d", [(0, 600, True), (1, 1200, True)], max_steps=1300))
