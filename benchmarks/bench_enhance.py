@@ -15,11 +15,14 @@ generated frame by frame under autograd, generated in two passes (as the VEM doe
 times instead 10 VEM iterations (each prior's own settings otherwise) on the first mixture fine-tuning the whole
 encoder and fine-tuning its heads only, in alternating rounds; `--precision-cost` the same in float32 and with the
 prior's passes under bf16 autocast (`--precision bfloat16`).
-`--long-file PATH` instead times `speechdvae enhance` on that one recording (default settings, 20-s chunks) with one
-worker and with `--cores` workers, which share its chunks, and checks that both write the same samples. Prints
-Markdown tables.
+`--files [PATH ...]` instead times `speechdvae enhance` (each prior's own settings, 20-s chunks) on these recordings,
+or without paths on the noisy files of the `--manifest` mixtures, with one worker and with `--cores` workers, which
+share the files and the chunks of long ones, and checks that both write the same samples: the real-time factor
+users get, start-up included. Prints Markdown tables.
 
-    python benchmarks/bench_enhance.py --long-file ten-minutes.wav --model default=default
+    python benchmarks/bench_enhance.py --files ten-minutes.wav --model default=default
+    python benchmarks/bench_enhance.py --files --manifest data/open/mixtures/valid_realistic/manifest.jsonl \
+        --limit 24 --model default=default --model fast=fast
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import soundfile as sf
 import torch
 
 from speechdvae import stft
-from speechdvae.checkpoints import from_pretrained, load_model
+from speechdvae.checkpoints import from_pretrained
 from speechdvae.enhancement import vem
 from speechdvae.enhancement.common import PRECISIONS, computes_bf16
 from speechdvae.enhancement.enhancer import Inference, InferenceRequest, enhance_waves
@@ -83,7 +86,7 @@ def settings(cores: int, limit: int, iterations: list[int]) -> list[Setting]:
 def load(spec: str) -> tuple[str, DVAE]:
     label, _, path = spec.partition("=")
     path = path or label
-    return label, (from_pretrained(path) if path == "default" else load_model(path)).cpu()
+    return label, from_pretrained(path, "cpu")
 
 
 def timed_run(model: DVAE, records: list[dict], setting: Setting) -> tuple[float, dict, dict[str, float]]:
@@ -157,26 +160,27 @@ def vem_seconds(model: DVAE, X: torch.Tensor, name: str, values: tuple, rounds: 
     return {value: sorted(t)[len(t) // 2] for value, t in times.items()}
 
 
-def long_file_walls(model: DVAE, path: str, cores: int) -> list[tuple[int, float]]:
-    """(workers, wall time) of enhancing the file at `path` with 1 and with `cores` workers into fresh folders;
+def files_walls(model: DVAE, paths: list[str], cores: int) -> list[tuple[int, float]]:
+    """(workers, wall time) of enhancing the files at `paths` with 1 and with `cores` workers into fresh folders;
     an error if the outputs differ."""
     walls, outputs = [], []
     with tempfile.TemporaryDirectory() as out:
         for workers in (1, cores):
             start = time.perf_counter()
-            report = enhance_files([path], Path(out) / str(workers), model, progress=False, workers=workers)
+            report = enhance_files(paths, Path(out) / str(workers), model, progress=False, workers=workers)
             walls.append((workers, time.perf_counter() - start))
             if report.failed:
                 raise SystemExit(report.failed[0]["error"])
-            outputs.append(sf.read(report.written[0])[0])
-    if not np.array_equal(*outputs):
-        raise SystemExit(f"{path}: {cores} workers wrote other samples than one")
+            outputs.append([sf.read(path)[0] for path in sorted(report.written)])
+    for one, many in zip(*outputs):
+        if not np.array_equal(one, many):
+            raise SystemExit(f"{cores} workers wrote other samples than one")
     return walls
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifest", help="mixtures to time (required unless --long-file)")
+    parser.add_argument("--manifest", help="mixtures to time (required unless --files PATH...)")
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=PATH|default")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
@@ -198,26 +202,39 @@ def main() -> None:
     parser.add_argument("--past-cost", action="store_true", help="only time one E-step with each past")
     parser.add_argument("--finetune-cost", action="store_true", help="only time VEM iterations per fine-tuned part")
     parser.add_argument("--precision-cost", action="store_true", help="only time VEM iterations per precision")
-    parser.add_argument("--long-file", metavar="PATH", help="only time one long recording on 1 and on all cores")
+    parser.add_argument(
+        "--files",
+        nargs="*",
+        metavar="PATH",
+        help="only time `speechdvae enhance` on these recordings (none: the mixtures' noisy files) on 1 and all cores",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.long_file:
-        seconds = sf.info(args.long_file).duration
-        print(f"`{args.long_file}` ({seconds:.1f} s of audio), torch {torch.__version__}\n")
-        print("| prior | workers | wall time (s) | RTF | speed-up |")
-        print("|---|---:|---:|---:|---:|")
+    if args.files is not None and (args.files or not args.manifest):
+        paths = args.files or parser.error("--files needs recordings or --manifest")
+        what = f"`{paths[0]}`" if len(paths) == 1 else f"{len(paths)} recordings"
+    elif not args.manifest:
+        parser.error("--manifest is required unless --files PATH... is given")
+    else:
+        records = balanced_subset(read_mixtures(args.manifest), args.limit)
+        paths = [r["path"] for r in records]
+        what = f"{len(records)} mixtures of `{args.manifest}`"
+    if args.files is not None:
+        seconds = sum(sf.info(path).duration for path in paths)
+        print(f"`speechdvae enhance` on {what} ({seconds:.1f} s of audio), torch {torch.__version__}\n")
+        print("| prior | engine, setting | workers | wall time (s) | RTF | speed-up |")
+        print("|---|---|---:|---:|---:|---:|")
         for spec in args.model:
             label, model = load(spec)
-            walls = long_file_walls(model, args.long_file, args.cores)
+            setting = InferenceRequest().for_prior(model)
+            walls = files_walls(model, paths, args.cores)
             for workers, wall in walls:
                 print(
-                    f"| {label} | {workers} | {wall:.1f} | {wall / seconds:.2f} | {walls[0][1] / wall:.2f}x |",
+                    f"| {label} | {setting.engine}, {setting.niter} iterations | {workers} | {wall:.1f} | "
+                    f"{wall / seconds:.2f} | {walls[0][1] / wall:.2f}x |",
                     flush=True,
                 )
         return
-    if not args.manifest:
-        parser.error("--manifest is required unless --long-file is given")
-    records = balanced_subset(read_mixtures(args.manifest), args.limit)
     seconds = sum(len(read_pair(r)[0]) for r in records) / 16000
     print(
         f"{len(records)} mixtures of `{args.manifest}` ({seconds:.1f} s of audio), {args.cores} cores, "
