@@ -59,7 +59,7 @@ STEPS = (
         "docs/enhancement_realistic/official-settings-light-long/enhancement.md",
         100,
     ),
-    Step("enhancement", "docs/enhancement/enhancement.md", 70),
+    Step("enhancement", "docs/enhancement/enhancement.md", 50),
     Step("generation", "docs/generation/generation.md", 25),
     Step("listening", "docs/listen/index.html", 3),
 )
