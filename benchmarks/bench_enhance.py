@@ -165,9 +165,9 @@ def files_walls(model: DVAE, paths: list[str], cores: int) -> list[tuple[int, fl
     an error if the outputs differ."""
     walls, outputs = [], []
     with tempfile.TemporaryDirectory() as out:
-        for workers in (1, cores):
+        for run, workers in enumerate((1, cores)):
             start = time.perf_counter()
-            report = enhance_files(paths, Path(out) / str(workers), model, progress=False, workers=workers)
+            report = enhance_files(paths, Path(out) / str(run), model, progress=False, workers=workers)
             walls.append((workers, time.perf_counter() - start))
             if report.failed:
                 raise SystemExit(report.failed[0]["error"])
@@ -210,16 +210,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.files is not None and (args.files or not args.manifest):
-        paths = args.files or parser.error("--files needs recordings or --manifest")
-        what = f"`{paths[0]}`" if len(paths) == 1 else f"{len(paths)} recordings"
-    elif not args.manifest:
-        parser.error("--manifest is required unless --files PATH... is given")
-    else:
-        records = balanced_subset(read_mixtures(args.manifest), args.limit)
-        paths = [r["path"] for r in records]
-        what = f"{len(records)} mixtures of `{args.manifest}`"
+    if not (args.files or args.manifest):
+        parser.error("give --manifest, or --files with recordings")
+    records = balanced_subset(read_mixtures(args.manifest), args.limit) if args.manifest else []
     if args.files is not None:
+        paths = args.files or [r["path"] for r in records]
+        what = f"`{paths[0]}`" if len(paths) == 1 else f"{len(paths)} recordings"
         seconds = sum(sf.info(path).duration for path in paths)
         print(f"`speechdvae enhance` on {what} ({seconds:.1f} s of audio), torch {torch.__version__}\n")
         print("| prior | engine, setting | workers | wall time (s) | RTF | speed-up |")

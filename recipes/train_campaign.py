@@ -138,12 +138,12 @@ def stage_command(
     else:
         k, extra = committed + 1, []
     name = stage_name(lineage, k)
-    previous = published / stage_name(lineage, k - 1)
-    steps = epoch_steps(runs / name) or (epoch_steps(previous) if k > 1 else None)
+    previous = published / stage_name(lineage, k - 1) if k > 1 else None
+    steps = epoch_steps(runs / name) or (previous and epoch_steps(previous))
     settings = [f"train.epochs={EPOCHS}", f"train.early_stop_patience={patience_epochs(steps)}"] + [
         setting.format(data=data) for first, more in sorted(overrides.items()) if first <= k for setting in more
     ]
-    if k > 1:  # a later stage starts from the previous one's committed model (the same settings when resumed)
+    if previous:  # a later stage starts from the previous one's committed model (the same settings when resumed)
         settings += [f"train.init_from={previous / 'model'}", "train.kl_warmup_epochs=0"]
         if max_steps(previous) is not None:  # and goes on with its learning-rate schedule and step budget
             settings.append(f"train.start_step={log_rows(previous)[-1]['step']}")

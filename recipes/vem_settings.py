@@ -111,12 +111,12 @@ def best_setting(options: list[Candidate]) -> Candidate:
     return max(options, key=lambda c: (c.median("si_sdr_improvement"), c.median("estoi_improvement")))
 
 
-def verdicts(reference: Candidate, options: list[Candidate]) -> tuple[dict[int, bool], Candidate | None]:
+def verdicts(
+    reference: Candidate, best: Candidate, options: list[Candidate]
+) -> tuple[dict[int, bool], Candidate | None]:
     """Whether each candidate passes the rule against the reference and the best setting, and the fastest that
     passes."""
-    bounds = [
-        (c.median("si_sdr_improvement"), c.median("estoi_improvement")) for c in (reference, best_setting(options))
-    ]
+    bounds = [(c.median("si_sdr_improvement"), c.median("estoi_improvement")) for c in (reference, best)]
     passes = {
         id(c): all(
             c.median("si_sdr_improvement") >= si - SI_SDR_MARGIN
@@ -178,8 +178,8 @@ def main() -> None:
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for prior, options in per_prior.items():
         reference = next((c for c in options if c.official), None)
-        passes, chosen = verdicts(reference, options) if reference else ({id(c): False for c in options}, None)
         best = best_setting(options)
+        passes, chosen = verdicts(reference, best, options) if reference else ({id(c): False for c in options}, None)
         options.sort(key=lambda c: (c is not reference, c.iterations))
         lines += [
             "",

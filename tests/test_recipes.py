@@ -43,13 +43,13 @@ def test_the_default_stays_near_the_official_and_the_best_settings():
     near_best = candidate(4.9, 0.0, 5.0)
     best = candidate(5.0, 0.005, 9.0, niter=100)
     options = [official, fast_but_poor, near_best, best]
-    passes, chosen = vem_settings.verdicts(official, options)
+    passes, chosen = vem_settings.verdicts(official, best, options)
     assert vem_settings.best_setting(options) is best
     assert chosen is near_best
     assert [passes[id(c)] for c in options] == [False, False, True, True]
     # the ESTOI margin binds as well
     lower_estoi = candidate(4.95, -0.011, 2.0)
-    passes, chosen = vem_settings.verdicts(official, options + [lower_estoi])
+    passes, chosen = vem_settings.verdicts(official, best, options + [lower_estoi])
     assert not passes[id(lower_estoi)] and chosen is near_best
 
 
@@ -70,8 +70,9 @@ def write_log(run: Path, rows: list[tuple[int, int, bool]], max_steps: int | Non
 def test_patience_is_counted_in_steps_whatever_the_epoch(tmp_path: Path):
     steps = train_campaign.PATIENCE_STEPS
     # epochs of 310 steps (speed perturbation): the patience in epochs shrinks accordingly
-    assert train_campaign.patience_epochs(310) == -(-steps // 310)
-    assert train_campaign.patience_epochs(None) == -(-steps // train_campaign.EPOCH_STEPS)
+    for epoch, known in ((310, 310), (train_campaign.EPOCH_STEPS, None)):
+        epochs = train_campaign.patience_epochs(known)
+        assert (epochs - 1) * epoch < steps <= epochs * epoch
     short = write_log(tmp_path / "a", [(0, 310, True), (1, 620, True), (2, 930, False)])
     assert train_campaign.epoch_steps(short) == 310
     assert not train_campaign.finished(short)
