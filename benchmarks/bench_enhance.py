@@ -15,14 +15,16 @@ generated frame by frame under autograd, generated in two passes (as the VEM doe
 times instead 10 VEM iterations (each prior's own settings otherwise) on the first mixture fine-tuning the whole
 encoder and fine-tuning its heads only, in alternating rounds; `--precision-cost` the same in float32 and with the
 prior's passes under bf16 autocast (`--precision bfloat16`).
-`--files [PATH ...]` instead times `speechdvae enhance` (each prior's own settings, 20-s chunks) on these recordings,
-or without paths on the noisy files of the `--manifest` mixtures, with one worker and with `--cores` workers, which
-share the files and the chunks of long ones, and checks that both write the same samples: the real-time factor
-users get, start-up included. Prints Markdown tables.
+`--files [PATH ...]` instead times `speechdvae enhance` (20-s chunks) on these recordings, or without paths on the
+noisy files of the `--manifest` mixtures, with one worker and with `--cores` workers, which share the files and the
+chunks of long ones, and checks that both write the same samples: the real-time factor users get, start-up included.
+Each `--setting` is a set of `speechdvae enhance` inference options timed for every prior (default: the prior's own
+settings); on mixtures the outputs are also scored against the clean references (median ΔSI-SDR and ΔESTOI over
+the noisy input), so speed and quality come from one run. Prints Markdown tables.
 
     python benchmarks/bench_enhance.py --files ten-minutes.wav --model default=default
     python benchmarks/bench_enhance.py --files --manifest data/open/mixtures/valid_realistic/manifest.jsonl \
-        --limit 24 --model default=default --model fast=fast
+        --limit 24 --model default=default --setting= --setting='--iterations 30' --setting='--inference vem'
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import argparse
 import csv
 import math
 import os
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -42,12 +45,14 @@ import torch
 
 from speechdvae import stft
 from speechdvae.checkpoints import from_pretrained
+from speechdvae.cli.options import add_inference_options, inference_request
 from speechdvae.enhancement import vem
 from speechdvae.enhancement.common import PRECISIONS, computes_bf16
 from speechdvae.enhancement.enhancer import Inference, InferenceRequest, enhance_waves
-from speechdvae.enhancement.files import enhance_files
+from speechdvae.enhancement.files import collect_jobs, enhance_files
+from speechdvae.errors import UserError
 from speechdvae.evaluate.enhancement import UTTERANCES_NAME, evaluate_enhancement
-from speechdvae.evaluate.metrics import median_ci
+from speechdvae.evaluate.metrics import estoi, median_ci, si_sdr
 from speechdvae.evaluate.mixtures import balanced_subset, read_mixtures, read_pair
 from speechdvae.models import DVAE
 
@@ -160,22 +165,42 @@ def vem_seconds(model: DVAE, X: torch.Tensor, name: str, values: tuple, rounds: 
     return {value: sorted(t)[len(t) // 2] for value, t in times.items()}
 
 
-def files_walls(model: DVAE, paths: list[str], cores: int) -> list[tuple[int, float]]:
-    """(workers, wall time) of enhancing the files at `paths` with 1 and with `cores` workers into fresh folders;
-    an error if the outputs differ."""
+def files_run(
+    model: DVAE, paths: list[str], cores: int, inference: Inference
+) -> tuple[list[tuple[int, float]], list[np.ndarray]]:
+    """(workers, wall time) of enhancing the files at `paths` with 1 and with `cores` workers into fresh folders, and
+    the outputs in the order of `paths`; an error if the two runs wrote different samples."""
     walls, outputs = [], []
     with tempfile.TemporaryDirectory() as out:
         for run, workers in enumerate((1, cores)):
+            folder = Path(out) / str(run)
+            targets = {job.source: job.target for job in collect_jobs(paths, folder)}
             start = time.perf_counter()
-            report = enhance_files(paths, Path(out) / str(run), model, progress=False, workers=workers)
+            report = enhance_files(paths, folder, model, inference, progress=False, workers=workers)
             walls.append((workers, time.perf_counter() - start))
             if report.failed:
                 raise SystemExit(report.failed[0]["error"])
-            outputs.append([sf.read(path)[0] for path in sorted(report.written)])
+            outputs.append([sf.read(targets[Path(path)])[0] for path in paths])
     for one, many in zip(*outputs):
         if not np.array_equal(one, many):
             raise SystemExit(f"{cores} workers wrote other samples than one")
-    return walls
+    return walls, outputs[0]
+
+
+def improvements(records: list[dict], outputs: list[np.ndarray]) -> tuple[float, float]:
+    """Median over mixtures of the outputs' SI-SDR and ESTOI minus the noisy inputs', against the clean references."""
+    gains = []
+    for record, output in zip(records, outputs):
+        noisy, clean = read_pair(record)
+        gains.append([metric(clean, output) - metric(clean, noisy) for metric in (si_sdr, estoi)])
+    return tuple(float(np.median(column)) for column in zip(*gains))
+
+
+def parse_setting(options: str) -> InferenceRequest:
+    """The inference that `speechdvae enhance` options (e.g. "--inference vem --iterations 30") ask for."""
+    parser = argparse.ArgumentParser(prog="--setting", add_help=False)
+    add_inference_options(parser)
+    return inference_request(parser.parse_args(shlex.split(options)))
 
 
 def main() -> None:
@@ -208,28 +233,49 @@ def main() -> None:
         metavar="PATH",
         help="only time `speechdvae enhance` on these recordings (none: the mixtures' noisy files) on 1 and all cores",
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="with --files: `speechdvae enhance` inference options to time, e.g. --setting='--inference vem' "
+        "(repeatable; an empty one is the prior's own settings; default: only those)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not (args.files or args.manifest):
         parser.error("give --manifest, or --files with recordings")
+    if args.setting and args.files is None:
+        parser.error("--setting goes with --files")
+    try:
+        requests = {options: parse_setting(options) for options in args.setting or [""]}
+    except UserError as err:
+        parser.error(str(err))
     records = balanced_subset(read_mixtures(args.manifest), args.limit) if args.manifest else []
     if args.files is not None:
+        scored = not args.files
         paths = args.files or [r["path"] for r in records]
         what = f"`{paths[0]}`" if len(paths) == 1 else f"{len(paths)} recordings"
         seconds = sum(sf.info(path).duration for path in paths)
         print(f"`speechdvae enhance` on {what} ({seconds:.1f} s of audio), torch {torch.__version__}\n")
-        print("| prior | engine, setting | workers | wall time (s) | RTF | speed-up |")
-        print("|---|---|---:|---:|---:|---:|")
+        quality = " median ΔSI-SDR (dB) | median ΔESTOI |" if scored else ""
+        print(f"| prior | options | engine, iterations | RTF, 1 core | RTF, {args.cores} cores | speed-up |{quality}")
+        print("|---|---|---|---:|---:|---:|" + "---:|" * (2 * scored))
         for spec in args.model:
             label, model = load(spec)
-            setting = InferenceRequest().for_prior(model)
-            walls = files_walls(model, paths, args.cores)
-            for workers, wall in walls:
-                print(
-                    f"| {label} | {setting.engine}, {setting.niter} iterations | {workers} | {wall:.1f} | "
-                    f"{wall / seconds:.2f} | {walls[0][1] / wall:.2f}x |",
-                    flush=True,
+            for options, request in requests.items():
+                config = request.for_prior(model)
+                walls, outputs = files_run(model, paths, args.cores, request)
+                (_, one), (_, many) = walls
+                shown = f"`{options}`" if options else "its own"
+                row = (
+                    f"| {label} | {shown} | {config.engine}, {config.niter} | {one / seconds:.2f} | "
+                    f"{many / seconds:.2f} | {one / many:.2f}x |"
                 )
+                if scored:
+                    si_sdr_gain, estoi_gain = improvements(records, outputs)
+                    row += f" {si_sdr_gain:+.2f} | {estoi_gain:+.3f} |"
+                print(row, flush=True)
         return
     seconds = sum(len(read_pair(r)[0]) for r in records) / 16000
     print(
