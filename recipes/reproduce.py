@@ -59,6 +59,13 @@ STEPS = (
         "docs/enhancement_realistic/official-settings-light-long/enhancement.md",
         100,
     ),
+    Step(
+        "enhancement-realistic-official-default",
+        "docs/enhancement_realistic/official-settings-default/enhancement.md",
+        25,
+    ),
+    Step("enhancement-realistic-langevin-default", "docs/enhancement_realistic/langevin-default/enhancement.md", 3),
+    Step("enhancement-realistic-shipped", "docs/enhancement_realistic/defaults/enhancement.md", 16),
     Step("enhancement", "docs/enhancement/enhancement.md", 50),
     Step("generation", "docs/generation/generation.md", 25),
     Step("listening", "docs/listen/index.html", 3),
