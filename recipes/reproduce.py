@@ -51,7 +51,7 @@ STEPS = (
     Step("enhancement-valid-300", "docs/enhancement_valid/iterations-300/enhancement.md", 12),
     Step("enhancement-valid-stop", "docs/enhancement_valid/stop-1e-3/enhancement.md", 6),
     Step("enhancement-valid-official", "docs/enhancement_valid/official-settings/enhancement.md", 65),
-    Step("enhancement-valid", "docs/enhancement_valid/enhancement.md", 25),
+    Step("enhancement-valid", "docs/enhancement_valid/enhancement.md", 15),
     Step("enhancement-realistic-defaults", "docs/enhancement_realistic/defaults-before/enhancement.md", 20),
     Step("enhancement-realistic-official", "docs/enhancement_realistic/official-settings/enhancement.md", 30),
     Step(
