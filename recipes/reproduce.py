@@ -43,7 +43,7 @@ class Step:
 
 STEPS = (
     Step("training", "", 1),
-    Step("resynthesis", "docs/resynthesis_ours/resynthesis.md", 12),
+    Step("resynthesis", "docs/resynthesis_ours/resynthesis.md", 15),
     Step("resynthesis-official", "docs/resynthesis/resynthesis.md", 12, needs=OFFICIAL_SOURCE),
     Step("enhancement-valid-30", "docs/enhancement_valid/iterations-30/enhancement.md", 6),
     Step("enhancement-valid-100", "docs/enhancement_valid/iterations-100/enhancement.md", 20),
