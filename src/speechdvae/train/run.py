@@ -124,7 +124,7 @@ class RunTrainer(abc.ABC):
     def __init__(self, config: RunConfiguration, run_dir: str | os.PathLike, device: torch.device) -> None:
         self.config, self.run_dir, self.device = config, Path(run_dir), device
         self.step = 0
-        self.elapsed = 0.0  # training and validation seconds, over every session of the run
+        self.elapsed = 0.0  # training and validation seconds, over every resumption of the run
         self.best_loss = math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict] = []
