@@ -188,12 +188,13 @@ def files_run(
 
 
 def improvements(records: list[dict], outputs: list[np.ndarray]) -> tuple[float, float]:
-    """Median over mixtures of the outputs' SI-SDR and ESTOI minus the noisy inputs', against the clean references."""
+    """Median over mixtures of the outputs' SI-SDR and ESTOI minus the noisy inputs', against the clean references
+    (over the finite values: ESTOI is undefined on too little speech)."""
     gains = []
     for record, output in zip(records, outputs):
         noisy, clean = read_pair(record)
         gains.append([metric(clean, output) - metric(clean, noisy) for metric in (si_sdr, estoi)])
-    return tuple(float(np.median(column)) for column in zip(*gains))
+    return tuple(float(np.nanmedian(column)) for column in zip(*gains))
 
 
 def parse_setting(options: str) -> InferenceRequest:
