@@ -187,13 +187,22 @@ def files_run(
     return walls, outputs[0]
 
 
-def improvements(records: list[dict], outputs: list[np.ndarray]) -> tuple[float, float]:
+SCORES = (si_sdr, estoi)
+
+
+def references(records: list[dict]) -> list[tuple[np.ndarray, list[float]]]:
+    """Each mixture's clean reference and the noisy input's scores against it (computed once for every run)."""
+    pairs = [read_pair(record) for record in records]
+    return [(clean, [metric(clean, noisy) for metric in SCORES]) for noisy, clean in pairs]
+
+
+def improvements(refs: list[tuple[np.ndarray, list[float]]], outputs: list[np.ndarray]) -> tuple[float, float]:
     """Median over mixtures of the outputs' SI-SDR and ESTOI minus the noisy inputs', against the clean references
     (over the finite values: ESTOI is undefined on too little speech)."""
-    gains = []
-    for record, output in zip(records, outputs):
-        noisy, clean = read_pair(record)
-        gains.append([metric(clean, output) - metric(clean, noisy) for metric in (si_sdr, estoi)])
+    gains = [
+        [metric(clean, output) - before for metric, before in zip(SCORES, noisy)]
+        for (clean, noisy), output in zip(refs, outputs)
+    ]
     return tuple(float(np.nanmedian(column)) for column in zip(*gains))
 
 
@@ -254,14 +263,14 @@ def main() -> None:
         parser.error(str(err))
     records = balanced_subset(read_mixtures(args.manifest), args.limit) if args.manifest else []
     if args.files is not None:
-        scored = not args.files
+        refs = [] if args.files else references(records)  # mixtures: score the outputs too
         paths = args.files or [r["path"] for r in records]
         what = f"`{paths[0]}`" if len(paths) == 1 else f"{len(paths)} recordings"
         seconds = sum(sf.info(path).duration for path in paths)
         print(f"`speechdvae enhance` on {what} ({seconds:.1f} s of audio), torch {torch.__version__}\n")
-        quality = " median ΔSI-SDR (dB) | median ΔESTOI |" if scored else ""
+        quality = " median ΔSI-SDR (dB) | median ΔESTOI |" if refs else ""
         print(f"| prior | options | engine, iterations | RTF, 1 core | RTF, {args.cores} cores | speed-up |{quality}")
-        print("|---|---|---|---:|---:|---:|" + "---:|" * (2 * scored))
+        print("|---|---|---|---:|---:|---:|" + "---:|" * (2 * bool(refs)))
         for spec in args.model:
             label, model = load(spec)
             for options, request in requests.items():
@@ -273,8 +282,8 @@ def main() -> None:
                     f"| {label} | {shown} | {config.engine}, {config.niter} | {one / seconds:.2f} | "
                     f"{many / seconds:.2f} | {one / many:.2f}x |"
                 )
-                if scored:
-                    si_sdr_gain, estoi_gain = improvements(records, outputs)
+                if refs:
+                    si_sdr_gain, estoi_gain = improvements(refs, outputs)
                     row += f" {si_sdr_gain:+.2f} | {estoi_gain:+.3f} |"
                 print(row, flush=True)
         return
