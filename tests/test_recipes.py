@@ -1,8 +1,9 @@
-"""The decisions the recipes make: the inference-settings rule (recipes/vem_settings.py) and when a training
-lineage is done (recipes/train_campaign.py)."""
+"""The decisions the recipes make: the inference-settings rule (recipes/vem_settings.py), when a training
+lineage is done (recipes/train_campaign.py), and the paired comparison of report rows (recipes/paired.py)."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import sys
@@ -21,6 +22,7 @@ def load(name: str):
 
 vem_settings = load("vem_settings")
 train_campaign = load("train_campaign")
+paired = load("paired")
 
 
 def candidate(si_sdr: float, estoi: float, seconds: float, niter: int = 30, **settings):
@@ -81,3 +83,31 @@ def test_patience_is_counted_in_steps_whatever_the_epoch(tmp_path: Path):
     # a step schedule ends its lineage when its budget is used up
     assert train_campaign.finished(write_log(tmp_path / "c", [(0, 600, True), (1, 1200, True)], max_steps=1200))
     assert not train_campaign.finished(write_log(tmp_path / "d", [(0, 600, True), (1, 1200, True)], max_steps=1300))
+
+
+def write_report(folder: Path, rows: dict[str, list[tuple[str, float, float]]]) -> Path:
+    """An `eval enhance` report folder whose utterance table holds `rows`: label -> (id, SI-SDR, ESTOI)."""
+    folder.mkdir()
+    with (folder / "enhancement_utterances.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["id", "model", "si_sdr", "pesq_wb", "estoi", "error"])
+        writer.writeheader()
+        for label, scores in rows.items():
+            for key, si_sdr, estoi in scores:
+                writer.writerow({"id": key, "model": label, "si_sdr": si_sdr, "pesq_wb": "", "estoi": estoi})
+    return folder
+
+
+def test_paired_differences_are_taken_mixture_by_mixture(tmp_path: Path):
+    ids = [f"m{i}" for i in range(20)]
+    base = [(k, float(i), 0.5) for i, k in enumerate(ids)]
+    # the row is 1 dB better on every mixture but the last two, and ESTOI equal; one mixture only in the row
+    better = [(k, s + (1.0 if i < 18 else -0.5), e) for i, (k, s, e) in enumerate(base)] + [("extra", 99.0, 1.0)]
+    a = paired.scores(write_report(tmp_path / "a", {"row": better, "other": base}), "row")
+    b = paired.scores(write_report(tmp_path / "b", {"ref": base}), "ref")
+    stats = paired.compare(a, b)
+    assert set(stats) == {"si_sdr", "estoi"}  # PESQ-WB is empty in both
+    s = stats["si_sdr"]
+    assert s["n"] == 20 and s["better"] == 18 and s["median"] == 1.0
+    assert abs(s["mean"] - (18 * 1.0 - 2 * 0.5) / 20) < 1e-12 and s["p"] < 0.01
+    assert stats["estoi"]["better"] == 0 and stats["estoi"]["p"] == 1.0
+    assert paired.compare(a, a)["si_sdr"]["p"] == 1.0
