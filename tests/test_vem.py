@@ -494,6 +494,15 @@ def test_priors_run_their_own_settings_unless_asked_otherwise() -> None:
     assert model.enhancer(VEMConfig(niter=2)).settings == VEMConfig(niter=2)  # exact settings are kept
     model.inference = {"engine": "langevin", "niter": 30}
     assert InferenceRequest().for_prior(model) == LangevinConfig(niter=30)
+    # its own Wiener average shrinks to fit fewer iterations asked for, never one given or one that fits
+    model.inference = {"engine": "langevin", "niter": 100, "wf_samples": 50}
+    assert InferenceRequest().for_prior(model) == LangevinConfig(niter=100, wf_samples=50)
+    assert InferenceRequest(settings={"niter": 30}).for_prior(model) == LangevinConfig(niter=30, wf_samples=20)
+    assert InferenceRequest(settings={"niter": 80}).for_prior(model) == LangevinConfig(niter=80, wf_samples=50)
+    fewer = {"niter": 30, "warmup": 25}
+    assert InferenceRequest(settings=fewer).for_prior(model) == LangevinConfig(niter=30, warmup=25, wf_samples=5)
+    with pytest.raises(ValueError, match=r"wf_samples \(40\) cannot exceed the iterations after the warm-up \(20\)"):
+        InferenceRequest(settings={"niter": 30, "wf_samples": 40}).for_prior(model)
     assert InferenceRequest("vem").for_prior(model) == VEMConfig()
     assert InferenceRequest(official=True).for_prior(model) == VEMConfig.official()
     X = noisy_stfts([12])

@@ -53,18 +53,25 @@ class InferenceRequest:
 
     def for_prior(self, prior: DVAE) -> InferenceConfig:
         """The settings `prior` runs: the engine's official (VEM) or default settings, then the prior's own when they
-        are for that engine (not with `official`), then `settings`; UserError if they do not fit together."""
+        are for that engine (not with `official`), then `settings`; UserError if they do not fit together. A prior's
+        own Langevin average (`wf_samples`) is cut to the iterations after the warm-up when `settings` ask for
+        fewer iterations than it averages, so that asking a prior for fewer iterations needs no other option."""
         own = dict(prior.inference or {})
         own_engine = own.pop("engine", VEMConfig.engine)
         engine = self.engine or (VEMConfig.engine if self.official else own_engine)
+        settings = dict(self.settings)
         if self.official:
             base = VEMConfig.official()
         else:
             base = INFERENCE_CONFIGS[engine]()
             if own_engine == engine:
                 base = replace(base, **own)
+                if isinstance(base, LangevinConfig) and "wf_samples" in own and "wf_samples" not in settings:
+                    after_warmup = settings.get("niter", base.niter) - settings.get("warmup", base.warmup)
+                    if 0 < after_warmup < base.wf_samples:
+                        settings["wf_samples"] = after_warmup
         try:
-            return settings_with(base, self.settings)
+            return settings_with(base, settings)
         except ValueError as err:
             raise UserError(f"{ENGINES[engine]} settings of the prior with {dict(self.settings)}: {err}") from err
 
