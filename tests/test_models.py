@@ -407,7 +407,7 @@ def test_inference_settings_round_trip_and_are_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "name, inference",
     [
-        ("default", {"engine": "langevin", "niter": 100}),
+        ("default", {"engine": "langevin", "niter": 100, "wf_samples": 50}),
         ("fast", {"engine": "langevin", "niter": 20}),
     ],
 )
