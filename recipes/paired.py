@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wilcoxon
 
+from speechdvae.evaluate.metrics import median_ci
+
 METRICS = {"si_sdr": "SI-SDR (dB)", "pesq_wb": "PESQ-WB", "estoi": "ESTOI"}
 
 
@@ -47,11 +49,11 @@ def compare(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> d
         d = np.array([a[k][metric] - b[k][metric] for k in a.keys() & b.keys() if metric in a[k] and metric in b[k]])
         if len(d) == 0:
             continue
-        q1, q3 = np.percentile(d, [25, 75])
+        median, half_width = median_ci(d)
         out[metric] = {
             "n": len(d),
-            "median": float(np.median(d)),
-            "median_ci": float(1.57 * (q3 - q1) / math.sqrt(len(d))),
+            "median": median,
+            "median_ci": half_width,
             "mean": float(d.mean()),
             "mean_se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan,
             "better": int((d > 0).sum()),
