@@ -85,6 +85,21 @@ def test_patience_is_counted_in_steps_whatever_the_epoch(tmp_path: Path):
     assert not train_campaign.finished(write_log(tmp_path / "d", [(0, 600, True), (1, 1200, True)], max_steps=1300))
 
 
+def test_an_ended_lineage_starts_no_stage(tmp_path: Path, monkeypatch):
+    published, runs = tmp_path / "published", tmp_path / "runs"
+    for name in ("x", "x.2"):
+        write_log(published / name, [(0, 310, True), (1, 620, True)])
+
+    def command(ended: dict[str, int]):
+        monkeypatch.setattr(train_campaign, "ENDED", ended)
+        return train_campaign.stage_command("x", "dkf", "paper", {}, runs, published, tmp_path / "data")
+
+    name, argv = command({})
+    assert name == "x.3" and f"train.init_from={published / 'x.2' / 'model'}" in argv
+    assert command({"x": 3})[0] == "x.3"  # ends after a stage not committed yet
+    assert command({"x": 2}) is None
+
+
 def write_report(folder: Path, rows: dict[str, list[tuple[str, float, float]]]) -> Path:
     """An `eval enhance` report folder whose utterance table holds `rows`: label -> (id, SI-SDR, ESTOI)."""
     folder.mkdir()
