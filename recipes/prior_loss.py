@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechdvae.checkpoints import load_model
+from speechdvae.checkpoints import from_pretrained
 from speechdvae.data.sequences import SequenceDataset, SpectrogramCache
 from speechdvae.models import DVAE
 from speechdvae.models.losses import itakura_saito
@@ -67,7 +67,13 @@ def robust_summary(per_sequence_is: np.ndarray) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", required=True, help="speech manifest (JSONL)")
-    parser.add_argument("--model", action="append", required=True, metavar="LABEL=PATH", help="checkpoint (repeatable)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="LABEL=PATH",
+        help="checkpoint folder or shipped name (repeatable)",
+    )
     parser.add_argument("--cache", help="spectrogram cache (default: next to the manifests, as in training)")
     parser.add_argument("--seq-len", type=int, default=50, help="frames per sequence (default: 50)")
     parser.add_argument("--beta", type=float, default=0.01, help="KL weight of the criterion (default: 0.01)")
@@ -95,7 +101,7 @@ def main() -> None:
     ]
     for item in args.model:
         label, _, path = item.partition("=")
-        model = load_model(path)
+        model = from_pretrained(path)
         per_sequence = sequence_divergences(model, data)
         median, trimmed = robust_summary(per_sequence[:, 0])
         modes = {"GT": 0.0, "GEN": 1.0} if model.autoregressive else {"-": 0.0}
