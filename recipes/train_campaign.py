@@ -139,7 +139,7 @@ def stage_command(
     """The stage to run next for a lineage and its `speechdvae train` command; None when the lineage is done."""
     committed = last_stage(published, lineage, "model")
     running = last_stage(runs, lineage, "state.pt")
-    if committed and committed >= ENDED.get(lineage, committed + 1):
+    if lineage in ENDED and committed >= ENDED[lineage]:
         return None
     if running and running >= committed:
         k, extra = running, ["--resume"]
