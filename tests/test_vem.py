@@ -422,8 +422,8 @@ def test_generated_past_in_two_passes_equals_generation_under_autograd(kind: str
     torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-5)
     for a, b in zip(grads_one, grads_two):
         assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+        if a is not None:  # float32 sums taken in another order: differences of about eps times the tensor's scale
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
 
 
 def expected_stop(losses: list[float], tol: float, window: int) -> int:
