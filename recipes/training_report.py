@@ -76,15 +76,16 @@ def main() -> None:
         "Losses are per frame (IS divergence summed over the 513 bins + β-weighted KL, β = 0.01) on the open corpus "
         "validation split; CPU-hours are the run's own wall-clock time × processes, one thread each, on a shared "
         "2-core CPU (a run that starts from another one counts only its own in the table; the figure draws it after "
-        "the run it starts from). The validation split changed twice, so losses compare within a stretch of a run: "
+        "the run it starts from). The validation split changed three times, so losses compare within a stretch of a run: "
         "its one non-speech file left it during `dkf.3` (epoch 67) and `rvae` (epoch 62), and the runs on the corpus "
         "with the fillets-ng dialogue (`dkf.4`, `rvae.2`, `light-medium`) score it with a −60-dBFS noise floor "
         "(`train.floor_db`), which removes the divergence of the bins below it (docs/training_diagnosis.md, "
         "sections 6 and 7). `dkf.5`, `rvae.3` and `light-speeds` also train on every file at 0.9 and 1.1 times its "
         "speed (`train.speeds`, section 9); their validation files stay at speed 1. The stages after them "
         "(`dkf.6`, `rvae.4`, `vae.2`, `light-speeds.2`) validate on the known and the unseen voices together "
-        "(`speech_valid_all.jsonl`, section 10), a third change of split. A stage that a later one "
-        "continues stopped where its log ends.\n",
+        "(`speech_valid_all.jsonl`, section 10), a third change of split. From `dkf.3` and `rvae.6` on, the DKF and "
+        "the RVAE train at a learning rate of 3e-4 instead of 1e-3 (`recipes/train_campaign.py`). A stage that a "
+        "later one continues stopped where its log ends.\n",
         f"![validation loss against CPU-hours]({figure.name})\n",
         "| folder | run | starts from | parameters | epochs | steps | best epoch | best validation loss | "
         "validation IS at best | CPU-hours | status |",
