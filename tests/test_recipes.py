@@ -100,6 +100,20 @@ def test_an_ended_lineage_starts_no_stage(tmp_path: Path, monkeypatch):
     assert command({"x": 2}) is None
 
 
+def test_a_lane_setting_takes_effect_from_the_stage_it_names(tmp_path: Path):
+    published, runs = tmp_path / "published", tmp_path / "runs"
+    lanes = {2: ["train.floor_db=-60"], 3: ["train.lr=0.0003"]}
+
+    def settings() -> list[str]:
+        name, argv = train_campaign.stage_command("x", "rvae", "paper", lanes, runs, published, tmp_path / "data")
+        return [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+
+    write_log(published / "x", [(0, 310, True), (1, 620, True)])
+    assert "train.floor_db=-60" in settings() and "train.lr=0.0003" not in settings()  # stage 2
+    write_log(published / "x.2", [(0, 310, True), (1, 620, True)])
+    assert {"train.floor_db=-60", "train.lr=0.0003"} <= set(settings())  # stage 3 keeps stage 2's setting
+
+
 def write_report(folder: Path, rows: dict[str, list[tuple[str, float, float]]]) -> Path:
     """An `eval enhance` report folder whose utterance table holds `rows`: label -> (id, SI-SDR, ESTOI)."""
     folder.mkdir()
