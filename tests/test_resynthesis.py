@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
 
 from speechdvae.audio import read_audio, write_audio
 from speechdvae.checkpoints import load_model
@@ -30,6 +31,7 @@ from speechdvae.evaluate.resynthesis import (
     official_models,
     prepare,
     resynthesize,
+    speech_variance,
 )
 from speechdvae.official import convert_official
 
@@ -158,6 +160,28 @@ def test_modes_select_the_rows_of_autoregressive_models(tiny: dict[str, Path], m
     assert [(row["model"], row["mode"], row["n"]) for row in summary] == [("VAE", "-", 1), ("SRNN", "GEN", 1)]
     with pytest.raises(ResynthesisError, match="modes"):
         evaluate_resynthesis(tiny, manifest, tmp_path, modes=["TF"], progress=False)
+
+
+def test_segments_are_decoded_each_on_its_own(tiny: dict[str, Path], manifest: Path, tmp_path: Path) -> None:
+    _, power = analyse(prepare(voiced(1.5, 150.0, 5)))
+    s, frames = power[None], power.shape[0]
+    vae, srnn, light = load_model(tiny["VAE"], "cpu"), load_model(tiny["SRNN"], "cpu"), tiny_model("transformer")
+    # a frame-wise model gives the same spectra however the utterance is cut
+    torch.testing.assert_close(speech_variance(vae, s, 0.0, segment=20), speech_variance(vae, s, 0.0))
+    for model in (srnn, light):  # one run as long as the utterance is the utterance
+        assert torch.equal(speech_variance(model, s, 1.0, segment=frames), speech_variance(model, s, 1.0))
+    # shorter runs: each decoded as if it were an utterance of its own
+    runs = speech_variance(light, s, 1.0, segment=40)
+    assert runs.shape == (1, frames, 513)
+    torch.testing.assert_close(runs[:, 40:80], speech_variance(light, s[:, 40:80], 1.0))
+    assert not torch.allclose(runs, speech_variance(light, s, 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        evaluate_resynthesis(tiny, manifest, tmp_path, limit=1, oracle=False, segment=10, workers=1, progress=False)
+    report = (tmp_path / resynthesis.MARKDOWN_NAME).read_text()
+    assert "--segment 10" in report and "in runs of 10 frames" in report
+    with pytest.raises(ResynthesisError, match="segment"):
+        evaluate_resynthesis(tiny, manifest, tmp_path, segment=0, progress=False)
 
 
 def test_limit_takes_an_evenly_spaced_subset_by_id() -> None:

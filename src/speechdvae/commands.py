@@ -145,12 +145,15 @@ def resynth_command(
     seed: int,
     oracle: bool,
     official: str | os.PathLike | None = None,
+    segment: int | None = None,
 ) -> str:
     """The `speechdvae eval resynth` command line that reproduces an evaluation."""
     argv = ["speechdvae", "eval", "resynth", *model_arguments(models, official)]
     argv += ["--manifest", os.fspath(manifest), "-o", os.fspath(out_dir), "--modes", *modes]
     if limit is not None:
         argv += ["--limit", str(limit)]
+    if segment is not None:
+        argv += ["--segment", str(segment)]
     if sample:
         argv += ["--sample", "--seed", str(seed)]
     if not oracle:

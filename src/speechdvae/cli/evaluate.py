@@ -48,6 +48,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     resynth.add_argument("--sample", action="store_true", help="draw z from the posterior instead of its mean")
     resynth.add_argument("--seed", type=int, default=0, help="torch seed with --sample (default: 0)")
     resynth.add_argument("--no-oracle", action="store_true", help="leave out the exact-power oracle row")
+    resynth.add_argument(
+        "--segment",
+        type=int,
+        metavar="FRAMES",
+        help="encode and decode each utterance FRAMES frames at a time, each run on its own, e.g. the sequence "
+        "length a Transformer prior was trained on (default: whole utterances)",
+    )
     resynth.add_argument("--workers", type=int, metavar="N", help="processes computing metrics (default: all cores)")
     add_progress(resynth)
     resynth.set_defaults(func=run_resynth)
@@ -170,7 +177,16 @@ def run_resynth(args: argparse.Namespace) -> int:
     oracle = not args.no_oracle
     given, models = models_from_args(args, "eval resynth")
     command = resynth_command(
-        given, args.manifest, args.out, args.limit, args.modes, args.sample, args.seed, oracle, args.official
+        given,
+        args.manifest,
+        args.out,
+        args.limit,
+        args.modes,
+        args.sample,
+        args.seed,
+        oracle,
+        args.official,
+        segment=args.segment,
     )
     summary = evaluate_resynthesis(
         models,
@@ -182,6 +198,7 @@ def run_resynth(args: argparse.Namespace) -> int:
         sample=args.sample,
         seed=args.seed,
         oracle=oracle,
+        segment=args.segment,
         progress=not args.no_progress,
         command=command,
     )

@@ -72,8 +72,13 @@ def analyse(wave: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def speech_variance(model: DVAE, power: torch.Tensor, feedback: float, sample: bool = False) -> torch.Tensor:
-    """exp(y_logvar) decoded from z ~ q(z | s) (its mean unless `sample`) for a (B, T, F) power spectrogram s."""
+def speech_variance(
+    model: DVAE, power: torch.Tensor, feedback: float, sample: bool = False, segment: int | None = None
+) -> torch.Tensor:
+    """exp(y_logvar) decoded from z ~ q(z | s) (its mean unless `sample`) for a (B, T, F) power spectrogram s; with
+    `segment`, each run of `segment` frames is encoded and decoded on its own (its own posterior, an empty past)."""
+    if segment is not None and power.shape[1] > segment:
+        return torch.cat([speech_variance(model, part, feedback, sample) for part in power.split(segment, dim=1)], 1)
     s = power.to(model.device)
     post = model.infer(s, sample=sample)
     return model.decode(post, s if model.autoregressive else None, feedback=feedback).y_logvar.exp().cpu()
@@ -112,6 +117,7 @@ class System:
     label: str
     mode: str
     model: DVAE | None = None
+    segment: int | None = None
 
     @property
     def title(self) -> str:
@@ -120,20 +126,25 @@ class System:
     def variance(self, power: torch.Tensor, sample: bool) -> torch.Tensor:
         if self.model is None:
             return power
-        return speech_variance(self.model, power, MODES.get(self.mode, 0.0), sample)
+        return speech_variance(self.model, power, MODES.get(self.mode, 0.0), sample, self.segment)
 
 
-def build_systems(models: Mapping[str, DVAE], modes: Sequence[str], oracle: bool) -> list[System]:
-    """The table's rows: the oracle first, then each model (once per mode if autoregressive)."""
+def build_systems(
+    models: Mapping[str, DVAE], modes: Sequence[str], oracle: bool, segment: int | None = None
+) -> list[System]:
+    """The table's rows: the oracle first, then each model (once per mode if autoregressive), decoding `segment`
+    frames at a time if given."""
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or not modes:
         raise ResynthesisError(f"modes must be some of {', '.join(MODES)}, got {' '.join(modes) or 'none'}")
+    if segment is not None and segment < 1:
+        raise ResynthesisError(f"segment must be a positive number of frames, got {segment}")
     if oracle and ORACLE_LABEL in models:
         raise ResynthesisError(f"the label {ORACLE_LABEL!r} is reserved for the oracle row")
     systems = [System(ORACLE_LABEL, NO_MODE)] if oracle else []
     for label, model in models.items():
         model_modes = list(dict.fromkeys(modes)) if model.autoregressive else [NO_MODE]
-        systems += [System(label, mode, model) for mode in model_modes]
+        systems += [System(label, mode, model, segment) for mode in model_modes]
     return systems
 
 
@@ -258,6 +269,7 @@ def evaluate_resynthesis(
     sample: bool = False,
     seed: int = 0,
     oracle: bool = True,
+    segment: int | None = None,
     progress: bool = True,
     command: str | None = None,
 ) -> list[dict[str, object]]:
@@ -267,8 +279,10 @@ def evaluate_resynthesis(
     one row per model and mode with `n`, `seconds_per_utterance` (model + iSTFT time) and a MetricSummary
     per metric. `limit` takes an evenly spaced subset by id; `workers` is the metric process pool size
     (default: all cores); unusable utterances and undefined metrics count as NaN, never stop the run.
+    `segment` decodes each utterance `segment` frames at a time, each run on its own (default: whole utterances).
     """
-    systems = build_systems({label: load_source(source) for label, source in models.items()}, modes, oracle)
+    loaded = {label: load_source(source) for label, source in models.items()}
+    systems = build_systems(loaded, modes, oracle, segment)
     if not systems:
         raise ResynthesisError("nothing to evaluate: give at least one model or keep the oracle")
     all_records = read_manifest(manifest)
@@ -293,11 +307,11 @@ def evaluate_resynthesis(
     for row, system_seconds in zip(summary, seconds):
         row["seconds_per_utterance"] = float(system_seconds / n_valid) if n_valid else float("nan")
     if command is None:
-        command = resynth_command(models, manifest, out_dir, limit, modes, sample, seed, oracle)
+        command = resynth_command(models, manifest, out_dir, limit, modes, sample, seed, oracle, segment=segment)
     intro = [
         f"Regenerate with: `{command}`",
         _describe_test_set(manifest, len(all_records), utterances, limit),
-        _describe_method(sample, seed),
+        _describe_method(sample, seed, segment),
         PESQ_NOTE,
         NAN_NOTE,
     ]
@@ -339,15 +353,20 @@ def _describe_test_set(manifest: str | os.PathLike, total: int, utterances: list
     )
 
 
-def _describe_method(sample: bool, seed: int) -> str:
+def _describe_method(sample: bool, seed: int, segment: int | None) -> str:
     latent = (
         f"z is drawn from q(z | s) (stochastic, torch seed {seed})"
         if sample
         else "z is the posterior mean (deterministic)"
     )
+    runs = (
+        f", in runs of {segment} frames, each encoded and decoded on its own (its own posterior, an empty past)"
+        if segment is not None
+        else ""
+    )
     return (
         "**Method:** each utterance is trimmed (30 dB) and peak-normalised as in training and processed alone "
-        f"(batch 1); {latent}; the speech STFT is rebuilt as sqrt(exp(y_logvar)) with the phase of the "
+        f"(batch 1){runs}; {latent}; the speech STFT is rebuilt as sqrt(exp(y_logvar)) with the phase of the "
         "original STFT, inverted to the original length and compared with the trimmed, normalised original. "
         "Autoregressive models: **GT** = the decoder reads the true past s_1:t-1 (teacher forcing; the SE "
         'paper\'s "-True"), **GEN** = it reads its own past outputs (generation mode, in which the papers '
