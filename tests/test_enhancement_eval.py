@@ -458,7 +458,7 @@ def test_settings_and_command_line(
     )
     assert enhance_command({}, manifest, "out", None, LangevinConfig(step_size=0.02)).endswith(
         "-o out --inference langevin --iterations 60 --step-size 0.02 --langevin-steps 1 --warmup 10 --wf-samples 10 "
-        "--nmf-rank 8 --past estimate --seed 0 --segment 0"
+        "--nmf-rank 8 --past estimate --seed 0"
     )
     argv = [
         "eval",

@@ -252,23 +252,6 @@ def test_enhancers_follow_the_settings_type() -> None:
     torch.testing.assert_close(alone.gains[0], result.gains[2], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("engine", [FAST, VEMConfig(niter=3, nmf_rank=3, seed=5)])
-def test_segments_are_enhanced_each_as_a_recording(engine) -> None:
-    model = tiny_model("transformer")
-    spectra = [noisy_stfts([23])[0], noisy_stfts([6], seed=1)[0]]
-    whole = load_enhancer(model, engine).gains(spectra, ["x", "y"], snapshots=[3])
-    runs = load_enhancer(model, replace(engine, segment=10)).gains(spectra, ["x", "y"], snapshots=[3])
-    assert [tuple(g.shape) for g in runs.gains] == [(23, 513), (6, 513)]
-    assert runs.iterations == whole.iterations and list(runs.snapshots) == [3]
-    # a recording no longer than a run is enhanced as without runs; a longer one run by run, KEY@i naming run i
-    torch.testing.assert_close(runs.gains[1], whole.gains[1], rtol=1e-5, atol=1e-7)
-    alone = load_enhancer(model, engine).gains(list(spectra[0].split(10)), ["x", "x@1", "x@2"])
-    torch.testing.assert_close(runs.gains[0], torch.cat(alone.gains), rtol=1e-5, atol=1e-7)
-    assert not torch.allclose(runs.gains[0], whole.gains[0])
-    with pytest.raises(ValueError, match="segment"):
-        replace(engine, segment=-1)
-
-
 def test_command_line_enhances_with_langevin(tmp_path, tiny) -> None:
     wave = tone_burst(seconds=0.5, floor=0.01)
     sf.write(tmp_path / "noisy.wav", wave, 16000)

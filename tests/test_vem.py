@@ -296,13 +296,10 @@ def test_fine_tuning_the_heads_updates_only_them_and_leaves_the_rest_without_gra
 
 def test_the_neutral_value_of_a_later_setting_keeps_cache_keys() -> None:
     official = VEMConfig.official()
-    later = ("finetune", "precision", "segment")
+    later = ("finetune", "precision")
     assert not set(later) & set(settings_identity(official))
     assert settings_identity(replace(official, finetune="heads"))["finetune"] == "heads"
     assert settings_identity(replace(official, precision="bfloat16"))["precision"] == "bfloat16"
-    assert settings_identity(replace(official, segment=50))["segment"] == 50
-    assert "segment" not in settings_identity(LangevinConfig())
-    assert settings_identity(LangevinConfig(segment=9))["segment"] == 9
     assert settings_identity(official) == {k: v for k, v in asdict(official).items() if k not in later}
 
 

@@ -82,14 +82,6 @@ INFERENCE_OPTIONS = (
         engines=("vem",),
     ),
     InferenceOption("seed", "--seed", int, "root of every utterance's random streams"),
-    InferenceOption(
-        "segment",
-        "--segment",
-        int,
-        "frames the prior reads as one recording, each run enhanced on its own (0: whole recordings): the sequence "
-        "length a Transformer prior was trained on",
-        "FRAMES",
-    ),
 )
 
 

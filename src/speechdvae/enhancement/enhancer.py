@@ -189,38 +189,15 @@ class PriorEnhancer:
         progress: bool = False,
         snapshots: Sequence[int] = (),
     ) -> Gains:
-        """Wiener gains of one padded batch; with the setting `segment`, of the runs of that many frames of each
-        STFT, each enhanced as a recording of its own (its own noise model and latents), put back together. The first
-        run keeps the item's key, run i > 0 is named KEY@i, so an STFT no longer than `segment` gives what it gives
-        without the setting."""
-        owners, runs, names = [], [], []
-        for b, (spectrum, key) in enumerate(zip(spectra, keys)):
-            parts = spectrum.split(self.settings.segment) if self.settings.segment else (spectrum,)
-            for i, part in enumerate(parts):
-                owners.append(b)
-                runs.append(part)
-                names.append(key if i == 0 else f"{key}@{i}")
-        gains = engine_gains(
-            runs,
-            names,
+        """Wiener gains of one padded batch."""
+        return engine_gains(
+            spectra,
+            keys,
             lambda X, lengths, names: type(self).engine(
                 self.prior, X, self.settings, lengths=lengths, keys=names, progress=progress, snapshots=snapshots
             ),
             snapshots,
         )
-        return gains if len(runs) == len(spectra) else joined(gains, owners, len(spectra))
-
-
-def joined(gains: Gains, owners: Sequence[int], count: int) -> Gains:
-    """The gains of runs put back together (`PriorEnhancer.gains`): item b from the runs whose owner is b, in order,
-    with the most iterations any of them ran."""
-    parts: list[list[torch.Tensor]] = [[] for _ in range(count)]
-    iterations = [0] * count
-    for owner, gain, ran in zip(owners, gains.gains, gains.iterations):
-        parts[owner].append(gain)
-        iterations[owner] = max(iterations[owner], ran)
-    snapshots = {k: joined(snapshot, owners, count) for k, snapshot in gains.snapshots.items()}
-    return Gains([torch.cat(part) for part in parts], iterations, gains.seconds, snapshots)
 
 
 class VEMEnhancer(PriorEnhancer):

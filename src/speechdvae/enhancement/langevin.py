@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 from ..models.base import DVAE, Decoded, Posterior
 from ..models.losses import log_prior
 from .common import (
-    NEUTRAL,
     PASTS,
     POWER_FLOOR,
     Clock,
@@ -76,16 +75,11 @@ class LangevinConfig:
     nmf_rank: int = 8  # K, rank of the noise NMF
     past: str = "estimate"  # past speech of autoregressive priors: one of PASTS
     seed: int = 0  # root of every utterance's random stream
-    # frames the prior reads as one recording (0: the whole recording; `enhancer.PriorEnhancer`): Transformer priors
-    # fit frames past their training sequence length much worse; 0 is how the engine ran before the setting existed
-    segment: int = field(default=0, metadata={NEUTRAL: 0})
 
     def __post_init__(self) -> None:
         for name in ("niter", "steps", "step_size", "wf_samples", "nmf_rank"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"LangevinConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.segment < 0:
-            raise ValueError(f"LangevinConfig.segment must be a number of frames or 0, got {self.segment}")
         if not math.isfinite(self.step_size):
             raise ValueError(f"LangevinConfig.step_size must be finite, got {self.step_size}")
         if not 0 <= self.warmup < self.niter:

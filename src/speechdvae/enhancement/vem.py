@@ -79,17 +79,12 @@ class VEMConfig:
     tol: float = 0.0  # stop an utterance once its mean loss over the last `window`
     window: int = 10  # iterations moved less than tol (relative); tol = 0: never stop
     seed: int = 0  # root of every utterance's random stream
-    # frames the prior reads as one recording (0: the whole recording; `enhancer.PriorEnhancer`): Transformer priors
-    # fit frames past their training sequence length much worse; 0 is how the engine ran before the setting existed
-    segment: int = field(default=0, metadata={NEUTRAL: 0})
 
     def __post_init__(self) -> None:
         positive = ("niter", "lr", "nmf_rank", "mstep_samples", "wf_samples", "estep_epochs", "window")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"VEMConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.segment < 0:
-            raise ValueError(f"VEMConfig.segment must be a number of frames or 0, got {self.segment}")
         if self.kl_weight < 0 or self.tol < 0:
             raise ValueError("VEMConfig.kl_weight and VEMConfig.tol must be nonnegative")
         if self.past not in PASTS:
