@@ -13,7 +13,7 @@ import yaml
 from conftest import SRNN_CONFIG, VAE_CONFIG
 
 from speechdvae import audio, checkpoints
-from speechdvae.data.manifest import write_manifest
+from speechdvae.data.manifest import read_manifest, write_manifest
 from speechdvae.data.sequences import SequenceDataset, SpectrogramCache
 from speechdvae.train.dvae import ConfigError, TrainConfig, Trainer, evaluate_elbo, resolve_config, resolve_precision
 
@@ -266,6 +266,19 @@ def test_a_state_older_than_an_option_resumes_with_its_default(corpus, tmp_path)
     with pytest.raises(ConfigError, match="different configuration"):
         Trainer(make_config(corpus, tmp_path, epochs=2, warp=0.1), tmp_path / "run", resume=True, progress=False)
     assert Trainer(make_config(corpus, tmp_path, epochs=2), tmp_path / "run", resume=True, progress=False).epoch == 1
+
+
+def test_joined_speakers_cut_validation_files_as_streams_too(corpus, tmp_path):
+    """With join_speakers, a speaker's validation files are cut as one stream like its training files: sequences
+    longer than each file still find validation data."""
+    records = [{**r, "speaker": "one"} for r in read_manifest(corpus / "valid.jsonl")]
+    write_manifest(tmp_path / "valid.jsonl", records)
+    config = make_config(corpus, tmp_path, seq_len=60, join_speakers=True)
+    config.valid_manifest = str(tmp_path / "valid.jsonl")
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    apart = SequenceDataset(trainer.valid_data.cache, 60)
+    assert len(trainer.valid_data) > len(apart)
+    assert sum(trainer.valid_data.cache.lengths) // 60 == len(trainer.valid_data)
 
 
 def test_ddp_two_processes_train_in_sync(corpus, tmp_path):

@@ -78,7 +78,7 @@ class TrainConfig:
     batch_size: int = 128
     seq_len: int = 50
     random_crop: bool = False
-    join_speakers: bool = False  # cut each speaker's training files as one stream (short files are used too)
+    join_speakers: bool = False  # cut each speaker's training and validation files as one stream (short ones used too)
     warp: float = 0.0  # VTLP: each training sequence's frequency axis warped by a factor from U[1 - warp, 1 + warp]
     speeds: tuple[float, ...] = (1.0,)  # speed perturbation: training files also resampled to play at these speeds
     floor_db: float | None = None  # white noise at this level (dBFS) added to training and validation power
@@ -385,6 +385,7 @@ class Trainer(RunTrainer):
         self.valid_data = SequenceDataset(
             SpectrogramCache(config.valid_manifest, config.cache_dir, show_progress=self.progress),
             self.cfg.seq_len,
+            join_speakers=self.cfg.join_speakers,
             floor_db=self.cfg.floor_db,
         )
         for label, data in (("training", self.train_data), ("validation", self.valid_data)):
