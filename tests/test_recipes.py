@@ -1,5 +1,6 @@
 """The decisions the recipes make: the inference-settings rule (recipes/vem_settings.py), when a training
-lineage is done (recipes/train_campaign.py), and the paired comparison of report rows (recipes/paired.py)."""
+lineage is done (recipes/train_campaign.py), the paired comparison of report rows (recipes/paired.py) and the
+resynthesis metrics by utterance length (recipes/by_length.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def load(name: str):
 vem_settings = load("vem_settings")
 train_campaign = load("train_campaign")
 paired = load("paired")
+by_length = load("by_length")
 
 
 def candidate(si_sdr: float, estoi: float, seconds: float, niter: int = 30, **settings):
@@ -140,3 +142,15 @@ def test_paired_differences_are_taken_mixture_by_mixture(tmp_path: Path):
     assert abs(s["mean"] - (18 * 1.0 - 2 * 0.5) / 20) < 1e-12 and s["p"] < 0.01
     assert stats["estoi"]["better"] == 0 and stats["estoi"]["p"] == 1.0
     assert paired.compare(a, a)["si_sdr"]["p"] == 1.0
+
+
+def test_utterances_fall_in_the_bin_of_their_recorded_length(tmp_path: Path):
+    with open(tmp_path / "resynthesis_utterances.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["id", "model", "mode", "si_sdr"])
+        writer.writeheader()
+        for uid, value in (("a", "1"), ("b", "3"), ("c", "5"), ("d", ""), ("e", "-2")):
+            writer.writerow({"id": uid, "model": "m", "mode": "GT", "si_sdr": value})
+    durations = {"a": 0.5, "b": 0.8, "c": 1.0, "d": 3.0, "e": 3.0}
+    bins = by_length.by_length(tmp_path, durations, [0.8, 2.4], "si_sdr")
+    assert bins == {("m", "GT"): [[1.0], [3.0, 5.0], [-2.0]]}  # an edge opens the next bin; no value, no entry
+    assert by_length.bin_labels([0.8, 2.4]) == ["< 0.8 s", "0.8–2.4 s", "≥ 2.4 s"]
