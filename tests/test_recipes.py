@@ -1,6 +1,7 @@
 """The decisions the recipes make: the inference-settings rule (recipes/vem_settings.py), when a training
-lineage is done (recipes/train_campaign.py), the paired comparison of report rows (recipes/paired.py) and the
-resynthesis metrics by utterance length (recipes/by_length.py)."""
+lineage is done (recipes/train_campaign.py), the paired comparison of report rows (recipes/paired.py), the
+resynthesis metrics by utterance length (recipes/by_length.py) and the decoders' dependence on the past
+(recipes/past_dependence.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ vem_settings = load("vem_settings")
 train_campaign = load("train_campaign")
 paired = load("paired")
 by_length = load("by_length")
+past_dependence = load("past_dependence")
 
 
 def candidate(si_sdr: float, estoi: float, seconds: float, niter: int = 30, **settings):
@@ -154,3 +156,19 @@ def test_utterances_fall_in_the_bin_of_their_recorded_length(tmp_path: Path):
     bins = by_length.by_length(tmp_path, durations, [0.8, 2.4], "si_sdr")
     assert bins == {("m", "GT"): [[1.0], [3.0, 5.0], [-2.0]]}  # an edge opens the next bin; no value, no entry
     assert by_length.bin_labels([0.8, 2.4]) == ["< 0.8 s", "0.8–2.4 s", "≥ 2.4 s"]
+
+
+def test_the_pasts_differ_only_in_what_the_decoder_reads():
+    import torch
+    from conftest import tiny_model
+
+    model = tiny_model("transformer")
+    power = torch.rand(1, 12, 513) + 0.1
+    out = past_dependence.variances(model, power, torch.Generator().manual_seed(0))
+    assert list(out) == list(past_dependence.PASTS)
+    post = model.infer(power, sample=False)
+    assert torch.allclose(out["true"], model.decode(post, power).y_logvar.exp())
+    assert torch.allclose(out["generated"], model.decode(post, power, feedback=1.0).y_logvar.exp())
+    assert torch.allclose(out["own-step"], model.decode(post, out["true"]).y_logvar.exp())
+    assert not torch.allclose(out["shuffled"], out["true"])
+    assert torch.allclose(out["shuffled"][:, 0], out["true"][:, 0])  # the first frame reads no past
