@@ -206,27 +206,11 @@ def test_config_rebuilds_the_model_and_bad_options_raise() -> None:
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match="query_source"):
         tiny("hit", query_source="x")
-    with pytest.raises(ValueError, match="past_dropout"):
-        tiny("light", past_dropout=1.0)
     post = model.infer(powers())
     with pytest.raises(ValueError, match="true past"):
         model.decode(post, None, feedback=0.5)
     with pytest.raises(ValueError, match="probability"):
         model.decode(post, powers(), feedback=-0.1)
-
-
-def test_past_dropout_blanks_past_frames_in_training_passes_only() -> None:
-    s = powers()
-    plain, dropping = tiny("light"), tiny("light", past_dropout=0.999)
-    with torch.no_grad():
-        post = plain.infer(s, sample=False)
-        assert torch.equal(dropping.decode(post, s).y_logvar, plain.decode(post, s).y_logvar)  # evaluation
-        dropping.train()
-        torch.manual_seed(1)
-        trained = dropping.decode(post, s).y_logvar
-        # every past frame blanked: the start frame, network input 0 = log(1 - log_eps + log_eps)
-        blank = plain.decode(post, torch.full_like(s, 1 - plain.log_eps)).y_logvar
-    torch.testing.assert_close(trained, blank)
 
 
 def test_own_past_trains_on_the_models_own_one_step_predictions() -> None:
