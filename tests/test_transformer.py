@@ -213,21 +213,6 @@ def test_config_rebuilds_the_model_and_bad_options_raise() -> None:
         model.decode(post, powers(), feedback=-0.1)
 
 
-def test_own_past_trains_on_the_models_own_one_step_predictions() -> None:
-    s = powers()
-    plain, own = tiny("light"), tiny("light", own_past=1.0)
-    with torch.no_grad():
-        post = plain.infer(s, sample=False)
-        assert torch.equal(own.decode(post, s).y_logvar, plain.decode(post, s).y_logvar)  # evaluation
-        one_step = plain.decode(post, s).y_logvar.exp()
-        own.train()
-        trained = own.decode(post, s)
-    expected = plain.decode(post, one_step)
-    assert_outputs_close(trained, expected)
-    with pytest.raises(ValueError, match="own_past"):
-        tiny("light", own_past=1.5)
-
-
 # -- teacher forcing, generation and their equivalence ------------------------------------------
 
 

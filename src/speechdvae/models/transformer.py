@@ -14,11 +14,8 @@ the prior sees s_{1:t-1}, z_{1:t-1} and the speech decoder s_{1:t-1}, z_{1:t}. L
 (`share_decoders=True`) runs one decoder stack twice with separate output heads; HiT has two stacks.
 `decoder_residual=False` removes every residual connection of the speech decoder (Inv-s-NR).
 
-Networks read log(s + log_eps) of the power spectrogram when `log_input` is set. `own_past` (not in the paper;
-parallel scheduled sampling, Duckworth et al. 2019) replaces each past frame the decoders read in a training pass,
-with that probability, by the model's own one-step prediction exp(y_{t-1}) from a first teacher-forced pass without
-gradients, so that training sees pasts like those of generation at the cost of one more decoder pass. With
-`feedback` > 0, `decode` runs frame by frame with cached keys/values, so T frames cost T decoder steps.
+Networks read log(s + log_eps) of the power spectrogram when `log_input` is set. With `feedback` > 0,
+`decode` runs frame by frame with cached keys/values, so T frames cost T decoder steps.
 """
 
 from __future__ import annotations
@@ -213,14 +210,10 @@ class TransformerDVAE(DVAE):
         decoder_residual: bool = True,
         log_input: bool = True,
         log_eps: float = 1e-8,
-        own_past: float = 0.0,
     ) -> None:
         super().__init__(x_dim, z_dim)
         if query_source not in ("z", "s"):
             raise ValueError(f"query_source must be 'z' (queries from [z; w]) or 's' (Inv-s), got {query_source!r}")
-        if not 0.0 <= own_past <= 1.0:
-            raise ValueError(f"own_past must be a probability in [0, 1], got {own_past}")
-        self.own_past = own_past
         self.w_dim = w_dim
         self.query_source = query_source
         self.decoder_residual = decoder_residual
@@ -296,12 +289,6 @@ class TransformerDVAE(DVAE):
 
     def _decode_parallel(self, z: torch.Tensor, w: torch.Tensor, past: torch.Tensor) -> Decoded:
         """All frames at once given the (shifted) past network inputs: the teacher-forced pass."""
-        if self.training and self.own_past:
-            with torch.no_grad():
-                speech = self.speech_decoder(*self._decoder_inputs(z, w, past), residual=self.decoder_residual)
-                own = previous(self.network_input(self.speech_head(speech).exp()))
-            chosen = torch.rand(past.shape[:2] + (1,), device=past.device) < self.own_past
-            past = torch.where(chosen, own, past)
         prior = self.prior_decoder(*self._decoder_inputs(previous(z), w, past))
         speech = self.speech_decoder(*self._decoder_inputs(z, w, past), residual=self.decoder_residual)
         return Decoded(self.speech_head(speech), *self.prior_head(prior))
