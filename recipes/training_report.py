@@ -84,8 +84,10 @@ def main() -> None:
         "speed (`train.speeds`, section 9); their validation files stay at speed 1. The stages after them "
         "(`dkf.6`, `rvae.4`, `vae.2`, `light-speeds.2`) validate on the known and the unseen voices together "
         "(`speech_valid_all.jsonl`, section 10), a third change of split. From `dkf.3` and `rvae.6` on, the DKF and "
-        "the RVAE train at a learning rate of 3e-4 instead of 1e-3 (`recipes/train_campaign.py`). A stage that a "
-        "later one continues stopped where its log ends.\n",
+        "the RVAE train at a learning rate of 3e-4 instead of 1e-3 (`recipes/train_campaign.py`). From "
+        "`light-speeds.4` on, the LigHT-DVAE trains and validates on sequences of 150 frames instead of 50, each "
+        "speaker's files cut as one stream (section 13): its validation loss starts a new stretch there. A stage "
+        "that a later one continues stopped where its log ends.\n",
         f"![validation loss against CPU-hours]({figure.name})\n",
         "| folder | run | starts from | parameters | epochs | steps | best epoch | best validation loss | "
         "validation IS at best | CPU-hours | status |",
