@@ -70,7 +70,7 @@ SLOWER = ["train.lr=0.0003"]
 # stage ends with the schedule; it trains with the floor and the speeds from its first stage (`light-speeds`; the
 # lineage `light-medium`, without the speeds, was stopped after 2,255 of its steps for it, checkpoints/open-paper).
 # The LigHT-DVAE trained on 50-frame sequences fits frames past the 50th much worse (stage 3 at its epoch 6: 13.4 dB of
-# resynthesis with the true past on utterances under 0.8 s, 0.2 dB on those over 2.4 s; docs/training_diagnosis.md,
+# resynthesis with the true past on utterances under 0.8 s, 0.5 dB on those over 2.4 s; docs/training_diagnosis.md,
 # section 13): from its stage 4 it trains on the paper's 150 frames (2.4 s; WSJ0 setting) at the same frames per step
 # (21 x 150 against 64 x 50), each speaker's files cut as one stream, since 70 % of the training files are shorter.
 LONGER = ["train.seq_len=150", "train.batch_size=21", "train.join_speakers=true"]
