@@ -49,12 +49,13 @@ def main() -> None:
     parser.add_argument("--metric", default="si_sdr", help="a column of resynthesis_utterances.csv (default si_sdr)")
     args = parser.parse_args()
     durations = {r["id"]: float(r["duration"]) for r in read_manifest(args.manifest)}
-    labels = bin_labels(sorted(args.edges))
+    edges = sorted(args.edges)
+    labels = bin_labels(edges)
     print(f"| report | model | mode | {' | '.join(labels)} |")
     print("|---|---|---|" + "---:|" * len(labels))
     counts = None
     for report in args.reports:
-        for (model, mode), bins in by_length(report, durations, sorted(args.edges), args.metric).items():
+        for (model, mode), bins in by_length(report, durations, edges, args.metric).items():
             means = [f"{np.mean(b):.1f}" if b else "–" for b in bins]
             print(f"| {report.name} | {model} | {mode} | {' | '.join(means)} |")
             counts = counts or [len(b) for b in bins]

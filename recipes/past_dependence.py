@@ -28,6 +28,7 @@ import torch
 from speechdvae import audio, checkpoints
 from speechdvae.data.manifest import read_manifest
 from speechdvae.evaluate import resynthesis
+from speechdvae.evaluate.common import evenly_spaced
 from speechdvae.evaluate.metrics import si_sdr
 from speechdvae.models.base import DVAE
 
@@ -47,11 +48,6 @@ def variances(model: DVAE, power: torch.Tensor, generator: torch.Generator) -> d
         "own-step": model.decode(post, true).y_logvar.exp(),
         "generated": model.decode(post, s, feedback=1.0).y_logvar.exp(),
     }
-
-
-def evenly_spaced(records: list[dict], limit: int) -> list[dict]:
-    records = sorted(records, key=lambda r: r["id"])
-    return [records[i * len(records) // limit] for i in range(min(limit, len(records)))]
 
 
 def main() -> None:
