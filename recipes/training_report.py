@@ -55,7 +55,7 @@ def status(rows: list[dict], training: dict) -> str:
     stale = rows[-1]["epoch"] - max(r["epoch"] for r in rows if r["best"])
     if patience and stale >= patience:
         return "early-stopped"
-    return "best at last epoch" if stale == 0 else f"{stale} epochs since best"
+    return "best at last epoch" if stale == 0 else f"{stale} epoch{'s' if stale > 1 else ''} since best"
 
 
 def continued(name: str, parent: dict[str, str]) -> str:
