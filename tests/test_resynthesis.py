@@ -184,6 +184,13 @@ def test_segments_are_decoded_each_on_its_own(tiny: dict[str, Path], manifest: P
         evaluate_resynthesis(tiny, manifest, tmp_path, segment=0, progress=False)
 
 
+def test_a_shipped_prior_is_named_as_enhancement_names_it(manifest: Path, tmp_path: Path) -> None:
+    summary = evaluate_resynthesis({"fast": "fast"}, manifest, tmp_path, limit=1, oracle=False, progress=False)
+    assert [(row["model"], row["n"]) for row in summary] == [("fast", 1)]
+    with pytest.raises(SpeechDVAEError, match="unknown pretrained model 'fastest'"):
+        evaluate_resynthesis({"x": "fastest"}, manifest, tmp_path, limit=1, oracle=False, progress=False)
+
+
 def test_limit_takes_an_evenly_spaced_subset_by_id() -> None:
     records = [{"id": f"u{i:02d}"} for i in (7, 2, 9, 0, 4, 1, 8, 3, 6, 5)]
     assert [r["id"] for r in evenly_spaced(records, 3)] == ["u00", "u03", "u06"]

@@ -87,7 +87,8 @@ def add_model_choice(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="checkpoint folder to evaluate, labelled NAME in the tables (repeatable)",
+        help="checkpoint folder (or name of a shipped prior, e.g. default) to evaluate, labelled NAME in the tables "
+        "(repeatable)",
     )
     parser.add_argument(
         "--official", metavar="DIR", help="also evaluate the official DVAE-SE checkpoints in DIR (WSJ0 and VoiceBank)"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..atomic import write_text_atomic
-from ..checkpoints import load_model
+from ..checkpoints import from_pretrained
 from ..errors import SpeechDVAEError
 from ..models import DVAE
 
@@ -29,8 +29,8 @@ class EvaluationError(SpeechDVAEError, ValueError):
 
 
 def load_source(source: ModelSource) -> DVAE:
-    """A prior given in memory (put in eval mode) or as a checkpoint folder."""
-    return load_model(source) if isinstance(source, (str, os.PathLike)) else source.eval()
+    """A prior given in memory (put in eval mode), as a checkpoint folder or by the name of a shipped one."""
+    return from_pretrained(source) if isinstance(source, (str, os.PathLike)) else source.eval()
 
 
 def model_fingerprint(model: nn.Module) -> str:
