@@ -36,6 +36,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+EPOCHS = 3000  # the epoch budget of every stage; patience ends them (module docstring)
 # lanes of (lineage, preset, {first stage: overrides from that stage on})
 # The DKF's gradient norm is heavy-tailed (paper DKF at epoch 231, 40 training batches: median 3.2e3, 90th
 # percentile 1.3e4, max 5.6e4) and its first stage blew up four times in 233 epochs (validation loss from 1114 to
@@ -74,6 +75,22 @@ SLOWER = ["train.lr=0.0003"]
 # section 13): from its stage 4 it trains on the paper's 150 frames (2.4 s; WSJ0 setting) at the same frames per step
 # (21 x 150 against 64 x 50), each speaker's files cut as one stream, since 70 % of the training files are shorter.
 LONGER = ["train.seq_len=150", "train.batch_size=21", "train.join_speakers=true"]
+# SRNN takes the LigHT-DVAE's core when its schedule ends, at the `paper` size with the data settings the other
+# priors reached (floor, speeds, known and unseen voices in validation). Its first stage trains with teacher forcing
+# (SRNN-TF, the official Adam 2e-3) for TEACHER_FORCED's 60 epochs (18,600 steps, about a WSJ0 SRNN-TF's 21 epochs);
+# from its stage 2 it trains with scheduled sampling (SRNN-SS, as the authors' SRNN checkpoints; Adam 1e-3): its own
+# past fed back with probability 0.2, 0.4, ... 1, one step every 10 epochs (3,100 steps; the official 50 WSJ0
+# epochs would be 44,000), then on until its patience runs out, validated in generation mode throughout.
+# Its stage 1 ends on its epoch budget, not on its patience, so a later run of the campaign starts stage 2 once
+# stage 1 is published and its state deleted.
+TEACHER_FORCED = ["train.epochs=60"]
+SCHEDULED = [
+    f"train.epochs={EPOCHS}",  # the campaign's own budget again
+    "train.lr=0.001",
+    "train.ss_start_epoch=0",
+    "train.ss_step=0.2",
+    "train.ss_epochs_per_step=10",
+]
 LANES: list[list[tuple[str, str, str, dict[int, list[str]]]]] = [
     [
         (
@@ -87,7 +104,10 @@ LANES: list[list[tuple[str, str, str, dict[int, list[str]]]]] = [
         ("rvae", "rvae", "paper", {2: FLOOR, 3: SPEEDS, 4: VALID_ALL, 6: SLOWER}),
         ("vae", "vae", "paper", {2: FLOOR + VALID_ALL}),
     ],
-    [("light-speeds", "light", "medium", {1: FLOOR + SPEEDS, 2: VALID_ALL, 4: LONGER})],
+    [
+        ("light-speeds", "light", "medium", {1: FLOOR + SPEEDS, 2: VALID_ALL, 4: LONGER}),
+        ("srnn", "srnn-tf", "paper", {1: FLOOR + SPEEDS + VALID_ALL + TEACHER_FORCED, 2: SCHEDULED}),
+    ],
 ]
 # Lineages ended on a flat learning curve before their patience ran out, with the stage they ended at. A stage that
 # starts on a machine without its predecessor's state begins with a fresh optimiser and a fresh patience count, so
@@ -98,7 +118,6 @@ LANES: list[list[tuple[str, str, str, dict[int, list[str]]]]] = [
 ENDED = {"dkf": 6}
 PATIENCE_STEPS = 26_000
 EPOCH_STEPS = 54  # an epoch of the open corpus without speed perturbation, until a log tells
-EPOCHS = 3000
 
 
 def stage_name(lineage: str, k: int) -> str:

@@ -118,6 +118,23 @@ def test_a_lane_setting_takes_effect_from_the_stage_it_names(tmp_path: Path):
     assert {"train.floor_db=-60", "train.lr=0.0003"} <= set(settings())  # stage 3 keeps stage 2's setting
 
 
+def test_srnn_trains_teacher_forced_then_with_scheduled_sampling(tmp_path: Path):
+    published, runs = tmp_path / "published", tmp_path / "runs"
+    (lane,) = [lane for lane in train_campaign.LANES if any(entry[0] == "srnn" for entry in lane)]
+    _, preset, size, overrides = next(entry for entry in lane if entry[0] == "srnn")
+
+    def settings() -> dict[str, str]:  # the value each key ends with: the trainer applies --set in order
+        _, argv = train_campaign.stage_command("srnn", preset, size, overrides, runs, published, tmp_path / "data")
+        return dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "--set")
+
+    first = settings()
+    assert first["train.epochs"] == "60" and "train.ss_start_epoch" not in first
+    write_log(published / "srnn", [(0, 310, True), (59, 18600, True)])
+    second = settings()
+    assert second["train.epochs"] == str(train_campaign.EPOCHS) and second["train.ss_start_epoch"] == "0"
+    assert second["train.floor_db"] == "-60" and second["train.init_from"] == str(published / "srnn" / "model")
+
+
 def write_report(folder: Path, rows: dict[str, list[tuple[str, float, float]]]) -> Path:
     """An `eval enhance` report folder whose utterance table holds `rows`: label -> (id, SI-SDR, ESTOI)."""
     folder.mkdir()
