@@ -76,13 +76,14 @@ SLOWER = ["train.lr=0.0003"]
 # (21 x 150 against 64 x 50), each speaker's files cut as one stream, since 70 % of the training files are shorter.
 LONGER = ["train.seq_len=150", "train.batch_size=21", "train.join_speakers=true"]
 # SRNN takes the LigHT-DVAE's core when its schedule ends, at the `paper` size with the data settings the other
-# priors reached (floor, speeds, known and unseen voices in validation). Its first stage trains with teacher forcing
-# (SRNN-TF, the official Adam 2e-3) for TEACHER_FORCED's 60 epochs (18,600 steps, about a WSJ0 SRNN-TF's 21 epochs);
-# from its stage 2 it trains with scheduled sampling (SRNN-SS, as the authors' SRNN checkpoints; Adam 1e-3): its own
-# past fed back with probability 0.2, 0.4, ... 1, one step every 10 epochs (3,100 steps; the official 50 WSJ0
-# epochs would be 44,000), then on until its patience runs out, validated in generation mode throughout.
-# Its stage 1 ends on its epoch budget, not on its patience, so a later run of the campaign starts stage 2 once
-# stage 1 is published and its state deleted.
+# priors reached (floor, speeds, known and unseen voices in validation), in the SE paper's two phases (its V-E). Stage
+# 1 trains with teacher forcing (SRNN-TF, Adam 2e-3) for TEACHER_FORCED's 60 epochs (18,600 steps, about 21 WSJ0
+# epochs; the paper trains it to convergence first, which would hold the core for days). From stage 2 it fine-tunes
+# with scheduled sampling (SRNN-SS, Adam 1e-3): its own past fed back with probability 0.2, 0.4, ... 1, one step
+# every 10 epochs (3,100 steps, 15,500 in all; the paper's 50 WSJ0 epochs per step would be 44,000 here), then on
+# until its patience runs out; its best model is chosen in generation mode only, once the feedback is 1.
+# Stage 1 ends on its epoch budget, not on its patience, so a later run of the campaign starts stage 2 once stage 1
+# is published and its state deleted.
 TEACHER_FORCED = ["train.epochs=60"]
 SCHEDULED = [
     f"train.epochs={EPOCHS}",  # the campaign's own budget again
