@@ -104,13 +104,18 @@ def test_an_ended_lineage_starts_no_stage(tmp_path: Path, monkeypatch):
     assert command({"x": 2}) is None
 
 
+def set_options(argv: list[str]) -> list[str]:
+    """The values of a command's --set options, in order."""
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+
+
 def test_a_lane_setting_takes_effect_from_the_stage_it_names(tmp_path: Path):
     published, runs = tmp_path / "published", tmp_path / "runs"
     lanes = {2: ["train.floor_db=-60"], 3: ["train.lr=0.0003"]}
 
     def settings() -> list[str]:
         name, argv = train_campaign.stage_command("x", "rvae", "paper", lanes, runs, published, tmp_path / "data")
-        return [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+        return set_options(argv)
 
     write_log(published / "x", [(0, 310, True), (1, 620, True)])
     assert "train.floor_db=-60" in settings() and "train.lr=0.0003" not in settings()  # stage 2
@@ -125,7 +130,7 @@ def test_srnn_trains_teacher_forced_then_with_scheduled_sampling(tmp_path: Path)
 
     def settings() -> dict[str, str]:  # the value each key ends with: the trainer applies --set in order
         _, argv = train_campaign.stage_command("srnn", preset, size, overrides, runs, published, tmp_path / "data")
-        return dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "--set")
+        return dict(setting.split("=", 1) for setting in set_options(argv))
 
     first = settings()
     assert first["train.epochs"] == "60" and "train.ss_start_epoch" not in first
