@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from safetensors import safe_open  # noqa: E402
+from train_campaign import ENDED, stage_name  # noqa: E402
 
 
 def parameters(weights: Path) -> int:
@@ -48,12 +49,19 @@ def cpu_hours(row: dict, training: dict) -> float:
     return row["seconds"] * training.get("processes", 1) / 3600
 
 
-def status(rows: list[dict], training: dict) -> str:
-    """ "early-stopped" once `early_stop_patience` epochs brought no better validation loss, else how many epochs
-    have passed since the best one (0: the run was still improving when it stopped or was published)."""
-    patience = training["train"].get("early_stop_patience")
+def status(name: str, rows: list[dict], training: dict) -> str:
+    """How the run stands: "ended on its flat curve" for a campaign stage that ended its lineage (`ENDED` in
+    recipes/train_campaign.py), "schedule done" once its learning-rate schedule (warm-up and cosine decay) is
+    complete, "early-stopped" once `early_stop_patience` epochs brought no better validation loss, else how many
+    epochs have passed since the best one (0: the run was still improving when it stopped or was published)."""
+    train = training["train"]
     stale = rows[-1]["epoch"] - max(r["epoch"] for r in rows if r["best"])
-    if patience and stale >= patience:
+    if name in {stage_name(lineage, k) for lineage, k in ENDED.items()}:
+        return f"ended on its flat curve, {stale} epoch{'s' if stale != 1 else ''} after its best"
+    schedule = train.get("warmup_steps", 0) + train.get("cosine_steps", 0)
+    if train.get("lr_schedule") == "warmup_cosine" and rows[-1]["step"] >= schedule:
+        return "schedule done"
+    if train.get("early_stop_patience") and stale >= train["early_stop_patience"]:
         return "early-stopped"
     return "best at last epoch" if stale == 0 else f"{stale} epoch{'s' if stale > 1 else ''} since best"
 
@@ -114,7 +122,8 @@ def main() -> None:
                 f"| {folder.name} | {run.name} | {starts_from(training)} | "
                 f"{parameters(run / 'model' / 'model.safetensors'):,} | {rows[-1]['epoch'] + 1} | {rows[-1]['step']} | "
                 f"{best['epoch']} | {best['valid_loss']:.1f} | {best['valid_recon']:.1f} | "
-                f"{cpu_hours(rows[-1], training):.2f} | {status(rows, training)}{continued(run.name, parent)} |"
+                f"{cpu_hours(rows[-1], training):.2f} | "
+                f"{status(run.name, rows, training)}{continued(run.name, parent)} |"
             )
             hours = [start + cpu_hours(r, training) for r in rows]
             ax.plot(hours, [r["valid_loss"] for r in rows], label=run.name)

@@ -1,7 +1,7 @@
 """The decisions the recipes make: the inference-settings rule (recipes/vem_settings.py), when a training
-lineage is done (recipes/train_campaign.py), the paired comparison of report rows (recipes/paired.py), the
-resynthesis metrics by utterance length (recipes/by_length.py) and the decoders' dependence on the past
-(recipes/past_dependence.py)."""
+lineage is done (recipes/train_campaign.py) and how the training report states it (recipes/training_report.py),
+the paired comparison of report rows (recipes/paired.py), the resynthesis metrics by utterance length
+(recipes/by_length.py) and the decoders' dependence on the past (recipes/past_dependence.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def load(name: str):
 
 vem_settings = load("vem_settings")
 train_campaign = load("train_campaign")
+training_report = load("training_report")  # after train_campaign, which it imports
 paired = load("paired")
 by_length = load("by_length")
 past_dependence = load("past_dependence")
@@ -102,6 +103,19 @@ def test_an_ended_lineage_starts_no_stage(tmp_path: Path, monkeypatch):
     assert name == "x.3" and f"train.init_from={published / 'x.2' / 'model'}" in argv
     assert command({"x": 3})[0] == "x.3"  # ends after a stage not committed yet
     assert command({"x": 2}) is None
+
+
+def test_the_training_report_states_how_each_run_ended(monkeypatch):
+    monkeypatch.setattr(training_report, "ENDED", {"x": 2})
+    rows = [{"epoch": 0, "step": 310, "best": True}, {"epoch": 1, "step": 620, "best": False}]
+    train = {"train": {"max_steps": None, "early_stop_patience": 1}}
+    assert training_report.status("x.2", rows, train) == "ended on its flat curve, 1 epoch after its best"
+    assert training_report.status("x", rows, train) == "early-stopped"
+    schedule = {"lr_schedule": "warmup_cosine", "warmup_steps": 100}
+    assert training_report.status("x", rows, {"train": {**schedule, "cosine_steps": 520}}) == "schedule done"
+    # stopped before its cosine decay ended
+    assert training_report.status("x", rows, {"train": {**schedule, "cosine_steps": 600}}) == "1 epoch since best"
+    assert training_report.status("x", rows[:1], {"train": {}}) == "best at last epoch"
 
 
 def set_options(argv: list[str]) -> list[str]:
