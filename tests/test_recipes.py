@@ -108,7 +108,7 @@ def test_an_ended_lineage_starts_no_stage(tmp_path: Path, monkeypatch):
 def test_the_training_report_states_how_each_run_ended(monkeypatch):
     monkeypatch.setattr(training_report, "ENDED", {"x": 2})
     rows = [{"epoch": 0, "step": 310, "best": True}, {"epoch": 1, "step": 620, "best": False}]
-    train = {"train": {"max_steps": None, "early_stop_patience": 1}}
+    train = {"train": {"early_stop_patience": 1}}
     assert training_report.status("x.2", rows, train) == "ended on its flat curve, 1 epoch after its best"
     assert training_report.status("x", rows, train) == "early-stopped"
     schedule = {"lr_schedule": "warmup_cosine", "warmup_steps": 100}
